@@ -1,0 +1,90 @@
+"""Shared benchmark plumbing: timing by medians, optional peers, result files.
+
+Every benchmark module ``benchmarks/bench_*.py`` defines ``run(quick: bool) -> dict`` that
+returns ``{"title": str, "columns": [...], "rows": [[...], ...], "notes": [str, ...]}`` plus
+any extra keys; ``run_all.py`` writes that to ``benchmarks/results/NAME.json`` and a
+markdown table to ``docs/benchmarks/NAME.md``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+DOCS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                        "benchmarks")
+
+
+def median_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
+    """Median wall time in seconds of ``fn()`` over ``repeat`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def optional_peer(module: str):
+    """Import and return a peer library, or print a skip line and return None."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        print(f"  [skip] peer '{module}' is not installed (pip install -e '.[bench]')")
+        return None
+
+
+def markdown_table(columns: list[str], rows: list[list]) -> str:
+    """Render rows as a GitHub markdown table; floats get 3 significant decimals."""
+
+    def fmt(v):
+        if isinstance(v, float):
+            if v == 0 or 0.01 <= abs(v) < 1e5:
+                return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+            return f"{v:.3e}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_info() -> dict:
+    """A short description of where the figures were measured."""
+    return {
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def write_result(name: str, result: dict, quick: bool) -> str:
+    """Write ``result`` as JSON and markdown; return the markdown text."""
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    os.makedirs(DOCS_DIR, exist_ok=True)
+    payload = dict(result, name=name, quick=quick, machine=machine_info(),
+                   date=time.strftime("%Y-%m-%d %H:%M:%S"))
+    suffix = "_quick" if quick else ""
+    with open(os.path.join(RESULTS_DIR, f"{name}{suffix}.json"), "w") as fh:
+        json.dump(payload, fh, indent=1, default=str)
+    md = [f"## {result.get('title', name)}", ""]
+    if quick:
+        md += ["*Quick mode: reduced sizes, indicative only.*", ""]
+    md.append(markdown_table(result["columns"], result["rows"]))
+    for extra in result.get("tables", []):
+        md += ["", f"### {extra['title']}", "", markdown_table(extra["columns"], extra["rows"])]
+    if result.get("notes"):
+        md += [""] + [f"- {n}" for n in result["notes"]]
+    text = "\n".join(md) + "\n"
+    with open(os.path.join(DOCS_DIR, f"{name}{suffix}.md"), "w") as fh:
+        fh.write(text)
+    return text

@@ -1,0 +1,1 @@
+"""Compiled Cython kernels. Import them through the validating wrappers in ``qpack``."""
