@@ -29,9 +29,13 @@ def check_bits(bits, name: str = "bits", low: int = 1, high: int = 8) -> int:
 
 
 def _codes_as_uint8(codes, bits: int) -> np.ndarray:
-    """Validate integer codes and return them as a C-contiguous uint8 array (no copy if possible)."""
+    """Return integer codes as a C-contiguous 1-D or 2-D uint8 array (no copy if possible).
+
+    Wider dtypes are range-checked here, before the narrowing cast could wrap them; uint8
+    codes are range-checked by the packing kernel itself, which ORs every code it reads.
+    """
     arr = np.asarray(codes)
-    if arr.ndim > 2:
+    if arr.ndim not in (1, 2):
         raise ValueError(f"codes must be 1-D or 2-D, got {arr.ndim}-D with shape {arr.shape}")
     if arr.dtype == np.bool_:
         arr = arr.view(np.uint8)
@@ -39,20 +43,15 @@ def _codes_as_uint8(codes, bits: int) -> np.ndarray:
         raise ValueError(f"codes must have an integer dtype, got {arr.dtype}")
     if arr.dtype != np.uint8:
         if arr.size:
-            lo, hi = int(arr.min()), int(arr.max())
-            if lo < 0:
-                raise ValueError(f"codes must be non-negative, found {lo}")
+            if arr.dtype.kind == "i":
+                lo = int(arr.min())
+                if lo < 0:
+                    raise ValueError(f"codes must be non-negative, found {lo}")
+            hi = int(arr.max())
             if hi >= 1 << bits:
                 raise ValueError(f"codes must be < 2**{bits} = {1 << bits}, found {hi}")
         arr = arr.astype(np.uint8)
-    arr = np.ascontiguousarray(arr)
-    if bits < 8 and arr.size:
-        rows2d = arr.reshape(1, -1) if arr.ndim == 1 else arr
-        acc = _k.or_reduce(rows2d, get_num_threads())
-        if acc >> bits:
-            hi = int(arr.max())
-            raise ValueError(f"codes must be < 2**{bits} = {1 << bits}, found {hi}")
-    return arr
+    return np.ascontiguousarray(arr)
 
 
 def _check_out(out, shape: tuple, what: str) -> np.ndarray:
@@ -83,8 +82,9 @@ def pack(codes, bits: int, out: np.ndarray | None = None) -> np.ndarray:
 
     Raises
     ------
-    ValueError: bits outside 1..8; float, negative or too-large codes; more than 2 dims;
-        an ``out`` of the wrong dtype, shape or layout.
+    ValueError: bits outside 1..8; float, negative or too-large codes; not 1-D or 2-D;
+        an ``out`` of the wrong dtype, shape or layout. When uint8 codes turn out to be
+        too large, ``out`` has already been written and its contents are unspecified.
 
     Example
     -------
@@ -100,7 +100,10 @@ def pack(codes, bits: int, out: np.ndarray | None = None) -> np.ndarray:
         out = np.empty(shape, dtype=np.uint8)
     else:
         _check_out(out, shape, "codes")
-    _k.pack_rows(rows2d, out.reshape(rows2d.shape[0], nbytes), bits, get_num_threads())
+    seen = _k.pack_rows(rows2d, out.reshape(rows2d.shape[0], nbytes), bits, get_num_threads())
+    if seen >> bits:
+        hi = int(arr.max())
+        raise ValueError(f"codes must be < 2**{bits} = {1 << bits}, found {hi}")
     return out
 
 
@@ -109,8 +112,9 @@ def unpack(packed, bits: int, count: int, out: np.ndarray | None = None) -> np.n
 
     Parameters
     ----------
-    packed : uint8 array_like, 1-D (at least ceil(count*bits/8) bytes; extra bytes are
-        ignored) or 2-D (rows, ceil(count*bits/8)): then each row holds ``count`` codes.
+    packed : uint8 array or bytes-like object, 1-D (at least ceil(count*bits/8) bytes;
+        extra bytes are ignored) or 2-D (rows, ceil(count*bits/8)): then each row holds
+        ``count`` codes.
     bits : int in 1..8
     count : number of codes (per row, for 2-D input).
     out : optional uint8 C-contiguous array of shape (count,) or (rows, count).
@@ -122,12 +126,15 @@ def unpack(packed, bits: int, count: int, out: np.ndarray | None = None) -> np.n
     Raises
     ------
     ValueError: bits outside 1..8, negative count, non-uint8 or >2-D input, a buffer too
-        short for ``count`` codes, or a bad ``out``.
+        short for ``count`` codes, or a bad ``out``. Padding bits after a row's last code
+        are ignored, whatever their value.
     """
     bits = check_bits(bits)
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
         raise ValueError(f"count must be a non-negative integer, got {count!r}")
     count = int(count)
+    if isinstance(packed, (bytes, bytearray, memoryview)):
+        packed = np.frombuffer(packed, dtype=np.uint8)
     arr = np.asarray(packed)
     if arr.dtype != np.uint8:
         raise ValueError(f"packed must have dtype uint8, got {arr.dtype}")
