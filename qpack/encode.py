@@ -1,0 +1,125 @@
+"""Encode one float tensor: prune → quantize → choose layout and codecs → sections.
+
+``encode_tensor`` returns the tensor's header entry (spec) and its section blobs; the
+container (qpack/format.py) later gives the blobs their offsets and checksums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qpack import dtypes, metrics
+from qpack.cluster import quantize_kmeans
+from qpack.prune import prune_magnitude
+from qpack.quantize import quantize_linear
+from qpack.sections import coded_nbytes, encode_codes, encode_raw
+from qpack.sparse import encode_sparse_index
+from qpack.tensor import ELEMENT_ALLOWANCE, MAX_ELEMENTS_PER_BYTE, matrix_shape
+
+
+@dataclass(frozen=True)
+class TensorSettings:
+    """The compression settings of one tensor (after per-layer overrides)."""
+
+    method: str = "kmeans"
+    bits: int = 4
+    prune: float = 0.0
+    group_size: int | None = None
+    symmetric: bool = False
+    clip: str = "minmax"
+    entropy: bool = True
+    per_channel: bool = False
+    init: str = "linear"
+
+    def as_json(self) -> dict:
+        """The settings as a JSON-ready dict (stored in the file's metadata)."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def encode_raw_tensor(arr: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
+    """Header entry and blobs of a tensor stored exactly as given."""
+    desc, blob = encode_raw(arr)
+    spec = {"method": "raw", "shape": list(arr.shape), "dtype": desc["dtype"],
+            "sections": {"data": desc}}
+    return spec, {"data": blob}
+
+
+def _stats(w: np.ndarray, w_hat: np.ndarray, mask: np.ndarray | None) -> dict:
+    return {
+        "sparsity": 0.0 if mask is None else float(1.0 - mask.mean()),
+        "rel_error": float(metrics.relative_error(w, w_hat)),
+        "sqnr_db": float(metrics.sqnr_db(w, w_hat)),
+        "max_abs_error": float(metrics.max_abs_error(w, w_hat)),
+    }
+
+
+def encode_tensor(arr: np.ndarray, settings: TensorSettings,
+                  mask: np.ndarray | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """Compress one floating tensor; return (header entry, {role: uint8 blob}).
+
+    ``mask`` (bool, arr's shape) is a keep-mask computed elsewhere (global pruning);
+    otherwise ``settings.prune`` prunes this tensor by magnitude.
+    """
+    shape = arr.shape
+    rows, cols = matrix_shape(shape)
+    w = np.asarray(arr)
+    if w.dtype not in (np.float32, np.float64):
+        w = w.astype(np.float32)
+    w2 = w.reshape(rows, cols)
+    if mask is None and settings.prune > 0:
+        mask = prune_magnitude(w2, settings.prune)
+    elif mask is not None:
+        mask = np.asarray(mask, dtype=bool).reshape(rows, cols)
+    if mask is not None and mask.all():
+        mask = None
+    bits = settings.bits
+    spec: dict = {"shape": list(shape), "dtype": dtypes.dtype_name(arr.dtype),
+                  "method": settings.method, "bits": bits}
+    blobs: dict[str, np.ndarray] = {}
+    sections: dict[str, dict] = {}
+    if settings.method == "linear":
+        src = w2 if mask is None else np.where(mask, w2, 0).astype(w2.dtype, copy=False)
+        q = quantize_linear(src, bits, group_size=settings.group_size,
+                            symmetric=settings.symmetric, clip=settings.clip)
+        spec.update(group_size=settings.group_size, symmetric=settings.symmetric)
+        for role, param in (("scales", q.scales), ("zeros", q.zeros)):
+            sections[role], blobs[role] = encode_raw(np.asarray(param))
+    else:
+        q = quantize_kmeans(w2, bits, mask=mask, init=settings.init,
+                            per_channel=settings.per_channel)
+        spec.update(per_channel=settings.per_channel,
+                    zero_code=None if q.zero_code is None else int(q.zero_code))
+        sections["codebook"], blobs["codebook"] = encode_raw(
+            np.asarray(q.codebook, dtype=np.float32))
+    codes = np.asarray(q.codes).reshape(rows, cols)
+    w_hat = np.asarray(q.dequantize(np.float32)).reshape(rows, cols)
+    spec["stats"] = _stats(w2, w_hat, mask)
+    del w_hat
+    _choose_layout(codes, bits, mask, settings.entropy, spec, sections, blobs)
+    spec["sections"] = sections
+    return spec, blobs
+
+
+def _choose_layout(codes, bits, mask, entropy, spec, sections, blobs) -> None:
+    """Store codes densely, or as a sparse index plus kept codes when that is smaller."""
+    dense_codec, dense_size = coded_nbytes(codes, bits, entropy)
+    if mask is not None:
+        index = encode_sparse_index(mask)
+        kept = codes[mask].reshape(1, -1)
+        gaps = index.gaps.reshape(1, -1)
+        _, gaps_size = coded_nbytes(gaps, index.p, entropy)
+        _, kept_size = coded_nbytes(kept, bits, entropy)
+        sparse_size = gaps_size + kept_size + 4 * index.row_nsym.size
+        numel = codes.size
+        fits = numel <= MAX_ELEMENTS_PER_BYTE * sparse_size + ELEMENT_ALLOWANCE
+        if sparse_size < dense_size and fits:
+            spec.update(layout="sparse", gap_bits=int(index.p), nnz=int(kept.size))
+            sections["gaps"], blobs["gaps"] = encode_codes(gaps, index.p, entropy)
+            sections["row_nsym"], blobs["row_nsym"] = encode_raw(
+                np.asarray(index.row_nsym, dtype=np.uint32))
+            sections["codes"], blobs["codes"] = encode_codes(kept, bits, entropy)
+            return
+    spec["layout"] = "dense"
+    sections["codes"], blobs["codes"] = encode_codes(codes, bits, entropy)

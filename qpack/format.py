@@ -1,0 +1,224 @@
+"""The ``.qpk`` container: preamble, JSON header, 64-byte-aligned checksummed sections.
+
+Layout (docs/FORMAT.md, section 4)::
+
+    offset 0   8 bytes   magic  b"\\x89QPK\\r\\n\\x1a\\n"
+    offset 8   uint32    format version (1)
+    offset 12  uint32    header length H in bytes (UTF-8 JSON)
+    offset 16  uint32    CRC32 of the header bytes
+    offset 20  uint32    reserved, 0
+    offset 24  H bytes   header JSON
+    ...        zero padding up to the data start D = align64(24 + H)
+    D + off    sections; every ``off`` is a multiple of 64, zero padding between them
+
+This module knows sections only as (offset, length, crc32) byte ranges. What a section
+holds is described in the header by the tensor encodings (qpack/tensor_spec.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mmap
+import os
+import struct
+import tempfile
+import zlib
+from collections.abc import Iterable
+
+import numpy as np
+
+from qpack.errors import FormatError
+
+MAGIC = b"\x89QPK\r\n\x1a\n"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+PREAMBLE = struct.Struct("<8sIIII")
+ALIGN = 64
+MAX_HEADER_BYTES = 64 << 20  # a header larger than this is refused before it is read
+
+
+def align_up(n: int, a: int = ALIGN) -> int:
+    """Smallest multiple of ``a`` that is >= n."""
+    return (n + a - 1) // a * a
+
+
+def crc32(data) -> int:
+    """CRC-32 (zlib polynomial) of a bytes-like object or uint8 array, as an unsigned int."""
+    return zlib.crc32(memoryview(data).cast("B") if not isinstance(data, np.ndarray)
+                      else np.ascontiguousarray(data).view(np.uint8)) & 0xFFFFFFFF
+
+
+def _dump_header(header: dict) -> bytes:
+    return json.dumps(header, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def layout_sections(blobs: Iterable[tuple[dict, np.ndarray]]) -> int:
+    """Assign ``offset``, ``length`` and ``crc32`` to each section descriptor in place.
+
+    ``blobs`` yields (descriptor, uint8 array) pairs in file order. Returns the total size
+    of the data region (sections plus padding between them).
+    """
+    offset = 0
+    for desc, blob in blobs:
+        offset = align_up(offset)
+        desc["offset"] = offset
+        desc["length"] = int(blob.nbytes)
+        desc["crc32"] = crc32(blob)
+        offset += int(blob.nbytes)
+    return offset
+
+
+def file_size(header: dict, data_size: int) -> int:
+    """Exact size of the file ``write_file`` produces for this header and data region."""
+    return align_up(PREAMBLE.size + len(_dump_header(header))) + data_size
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed over it.
+
+    On any exception the temporary file is removed and ``path`` is left untouched, so an
+    interrupted save never leaves a partial file under the target name. Raises ValueError
+    if the target directory does not exist.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"cannot write {path!r}: directory {directory!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".qpack-", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def write_bytes_atomic(path: str | os.PathLike, chunks: Iterable) -> int:
+    """Write bytes-like chunks to ``path`` atomically (see ``atomic_path``); return the size."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        for chunk in chunks:
+            fh.write(memoryview(chunk).cast("B") if not isinstance(chunk, np.ndarray)
+                     else memoryview(np.ascontiguousarray(chunk).reshape(-1).view(np.uint8)))
+        fh.flush()
+        size = fh.tell()
+    return size
+
+
+def _file_chunks(head: bytes, blobs: list[tuple[dict, np.ndarray]]):
+    yield PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(head), crc32(head), 0)
+    yield head
+    yield b"\0" * (align_up(PREAMBLE.size + len(head)) - PREAMBLE.size - len(head))
+    pos = 0
+    for desc, blob in blobs:
+        if desc["offset"] > pos:
+            yield b"\0" * (desc["offset"] - pos)
+            pos = desc["offset"]
+        yield blob
+        pos += desc["length"]
+
+
+def write_file(path: str | os.PathLike, header: dict,
+               blobs: list[tuple[dict, np.ndarray]]) -> int:
+    """Write a ``.qpk`` file atomically; return its size in bytes.
+
+    ``header`` must already contain the section descriptors of ``blobs`` as filled by
+    ``layout_sections``. Raises ValueError if the directory does not exist or the header
+    is over the size cap.
+    """
+    head = _dump_header(header)
+    if len(head) > MAX_HEADER_BYTES:
+        raise ValueError(f"header of {len(head)} bytes exceeds the {MAX_HEADER_BYTES} byte cap")
+    return write_bytes_atomic(path, _file_chunks(head, blobs))
+
+
+class MappedFile:
+    """A ``.qpk`` file opened read-only and memory-mapped; sections are views into it.
+
+    Opening reads and checks only the preamble and header (O(header)). Each section's CRC32
+    is checked the first time the section is read (or all at once by ``verify()``).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        try:
+            with open(self.path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if size < PREAMBLE.size:
+                    raise FormatError(f"{self.path}: {size} bytes is too short for a .qpk file")
+                self._mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError:
+            raise FormatError(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise FormatError(f"{self.path}: is a directory, not a .qpk file") from None
+        except PermissionError as exc:
+            raise FormatError(f"{self.path}: cannot read ({exc.strerror})") from None
+        self.buffer = np.frombuffer(self._mmap, dtype=np.uint8)
+        self.size = size
+        magic, version, head_len, head_crc, _reserved = PREAMBLE.unpack_from(self._mmap, 0)
+        if magic != MAGIC:
+            raise FormatError(f"{self.path}: not a .qpk file (bad magic {magic!r})")
+        if version not in SUPPORTED_VERSIONS:
+            raise FormatError(f"{self.path}: unsupported .qpk format version {version} "
+                              f"(this qpack reads {SUPPORTED_VERSIONS})")
+        if head_len > MAX_HEADER_BYTES:
+            raise FormatError(f"{self.path}: header length {head_len} exceeds the cap")
+        if PREAMBLE.size + head_len > size:
+            raise FormatError(f"{self.path}: truncated inside the header "
+                              f"(header needs {head_len} bytes, file has {size})")
+        head = self._mmap[PREAMBLE.size:PREAMBLE.size + head_len]
+        if crc32(head) != head_crc:
+            raise FormatError(f"{self.path}: header checksum mismatch (damaged header)")
+        try:
+            header = json.loads(head.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FormatError(f"{self.path}: header is not valid UTF-8 JSON ({exc})") from None
+        if not isinstance(header, dict):
+            raise FormatError(f"{self.path}: header must be a JSON object")
+        self.header = header
+        self.header_nbytes = head_len
+        self.data_start = align_up(PREAMBLE.size + head_len)
+        self._verified: set[int] = set()
+
+    def check_section(self, desc: dict, where: str) -> None:
+        """Validate a section descriptor's offset, length and crc32 fields against the file."""
+        for key in ("offset", "length", "crc32"):
+            v = desc.get(key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise FormatError(f"{self.path}: {where}: '{key}' must be a non-negative "
+                                  f"integer, got {v!r}")
+        if desc["offset"] % ALIGN:
+            raise FormatError(f"{self.path}: {where}: offset {desc['offset']} is not "
+                              f"{ALIGN}-byte aligned")
+        end = self.data_start + desc["offset"] + desc["length"]
+        if end > self.size:
+            raise FormatError(f"{self.path}: {where}: section ends at byte {end} but the file "
+                              f"has {self.size} bytes (truncated?)")
+
+    def section(self, desc: dict, where: str) -> np.ndarray:
+        """Read-only uint8 view of a section, its CRC32 checked on first access."""
+        start = self.data_start + desc["offset"]
+        view = self.buffer[start:start + desc["length"]]
+        key = desc["offset"]
+        if key not in self._verified:
+            if crc32(view) != desc["crc32"]:
+                raise FormatError(f"{self.path}: {where}: checksum mismatch (damaged section "
+                                  f"at byte {start}, {desc['length']} bytes)")
+            self._verified.add(key)
+        return view
