@@ -64,10 +64,9 @@ def encode_tensor(arr: np.ndarray, settings: TensorSettings,
     """
     shape = arr.shape
     rows, cols = matrix_shape(shape)
-    w = np.asarray(arr)
-    if w.dtype not in (np.float32, np.float64):
-        w = w.astype(np.float32)
-    w2 = w.reshape(rows, cols)
+    # every floating dtype is quantized from its float32 values (float64 weights lose
+    # nothing that 8-bit codes could keep)
+    w2 = np.asarray(arr).astype(np.float32, copy=False).reshape(rows, cols)
     if mask is None and settings.prune > 0:
         mask = prune_magnitude(w2, settings.prune)
     elif mask is not None:

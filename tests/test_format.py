@@ -1,0 +1,169 @@
+"""The .qpk container under damage: truncation, flipped bytes, hostile headers."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from model_cases import small_model
+
+import qpack
+from qpack.format import MAGIC
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """One file of each flavour: dense huffman, sparse huffman, packed (no entropy)."""
+    d = tmp_path_factory.mktemp("qpk")
+    model = small_model()
+    paths = {}
+    for key, kw in {"kmeans_sparse": dict(bits=4, prune=0.6),
+                    "linear_packed": dict(bits=3, method="linear", group_size=16,
+                                          entropy=None),
+                    "kmeans_dense": dict(bits=2)}.items():
+        path = d / f"{key}.qpk"
+        qpack.compress(model, min_numel=0, **kw).save(path)
+        paths[key] = path
+    return paths
+
+
+def _header(raw: bytes) -> tuple[dict, int]:
+    n = int.from_bytes(raw[12:16], "little")
+    return json.loads(raw[24:24 + n]), -(-(24 + n) // 64) * 64
+
+
+def _touch_all(path, verify):
+    m = qpack.load(path, verify=verify)
+    for name in m:
+        m[name].dequantize()
+
+
+def _with_header(raw: bytes, header: dict) -> bytes:
+    """Re-serialize a header with a valid CRC (to test checks beyond the checksum)."""
+    old_n = int.from_bytes(raw[12:16], "little")
+    old_start = -(-(24 + old_n) // 64) * 64
+    head = json.dumps(header).encode()
+    start = -(-(24 + len(head)) // 64) * 64
+    pre = struct.pack("<8sIIII", MAGIC, 1, len(head), zlib.crc32(head), 0)
+    return pre + head + b"\0" * (start - 24 - len(head)) + raw[old_start:]
+
+
+@pytest.mark.parametrize("flavour", ["kmeans_sparse", "linear_packed", "kmeans_dense"])
+def test_truncated_at_every_section_boundary(tmp_path, saved, flavour):
+    raw = saved[flavour].read_bytes()
+    header, start = _header(raw)
+    cuts = {0, 1, 7, 8, 16, 23, 24, 30, start - 1, start, len(raw) - 1}
+    for t in header["tensors"].values():
+        for d in t["sections"].values():
+            cuts.update({start + d["offset"], start + d["offset"] + d["length"] // 2,
+                         start + d["offset"] + d["length"] - 1})
+    bad = tmp_path / "t.qpk"
+    for cut in sorted(c for c in cuts if 0 <= c < len(raw)):
+        bad.write_bytes(raw[:cut])
+        with pytest.raises(qpack.FormatError):
+            _touch_all(bad, verify=False)
+
+
+@pytest.mark.parametrize("flavour", ["kmeans_sparse", "linear_packed", "kmeans_dense"])
+def test_flipped_byte_in_every_section(tmp_path, saved, flavour):
+    raw = saved[flavour].read_bytes()
+    header, start = _header(raw)
+    bad = tmp_path / "f.qpk"
+    for name, t in header["tensors"].items():
+        for role, d in t["sections"].items():
+            if d["length"] == 0:
+                continue
+            for pos in {0, d["length"] // 2, d["length"] - 1}:
+                b = bytearray(raw)
+                b[start + d["offset"] + pos] ^= 0x5A
+                bad.write_bytes(bytes(b))
+                with pytest.raises(qpack.FormatError, match="checksum"):
+                    qpack.load(bad, verify=True)
+                m = qpack.load(bad)  # opening is fine; touching the section is not
+                with pytest.raises(qpack.FormatError, match=f"{role}"):
+                    m[name].dequantize()
+
+
+def test_flipped_byte_in_header(tmp_path, saved):
+    raw = saved["kmeans_dense"].read_bytes()
+    n = int.from_bytes(raw[12:16], "little")
+    bad = tmp_path / "h.qpk"
+    for pos in (24, 24 + n // 2, 24 + n - 1, 12, 16):
+        b = bytearray(raw)
+        b[pos] ^= 0x01
+        bad.write_bytes(bytes(b))
+        with pytest.raises(qpack.FormatError):
+            qpack.load(bad)
+
+
+def test_not_a_qpk_file(tmp_path):
+    for content in (b"", b"hello world, this is not a model file at all",
+                    b"\x89QPK\r\n\x1a\n" + b"\xff" * 40):
+        p = tmp_path / "x.qpk"
+        p.write_bytes(content)
+        with pytest.raises(qpack.FormatError):
+            qpack.load(p)
+    with pytest.raises(qpack.FormatError, match="no such file"):
+        qpack.load(tmp_path / "missing.qpk")
+    with pytest.raises(qpack.FormatError, match="directory"):
+        qpack.load(tmp_path)
+
+
+def test_unknown_version(tmp_path, saved):
+    raw = bytearray(saved["kmeans_dense"].read_bytes())
+    raw[8:12] = (99).to_bytes(4, "little")
+    p = tmp_path / "v.qpk"
+    p.write_bytes(bytes(raw))
+    with pytest.raises(qpack.FormatError, match="version 99"):
+        qpack.load(p)
+
+
+def _mutated(saved, tmp_path, mutate):
+    raw = saved["kmeans_sparse"].read_bytes()
+    header, _ = _header(raw)
+    mutate(header)
+    p = tmp_path / "mut.qpk"
+    p.write_bytes(_with_header(raw, header))
+    return p
+
+
+def _first(header, method):
+    return next(t for t in header["tensors"].values() if t["method"] == method)
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda h: _first(h, "kmeans").update(method="lzma"), "unknown method"),
+    (lambda h: _first(h, "kmeans").update(bits=12), "bits"),
+    (lambda h: _first(h, "kmeans").update(shape=[10**9, 10**9]), "elements|match"),
+    (lambda h: _first(h, "kmeans").update(shape=[-1, 4]), "shape"),
+    (lambda h: _first(h, "kmeans").update(dtype="object"), "dtype"),
+    (lambda h: _first(h, "raw").update(dtype="complex128"), "dtype"),
+    (lambda h: _first(h, "raw")["sections"]["data"].update(shape=[10**6]), "data section"),
+    (lambda h: _first(h, "kmeans")["sections"]["codebook"].update(offset=10**12),
+     "truncated|ends"),
+    (lambda h: _first(h, "kmeans")["sections"]["codebook"].update(offset=3), "aligned"),
+    (lambda h: _first(h, "kmeans")["sections"]["codebook"].update(length=-5), "length"),
+    (lambda h: _first(h, "kmeans")["sections"].pop("codebook"), "codebook"),
+    (lambda h: _first(h, "kmeans")["sections"]["codes"].update(count=10**9), "codes|nnz"),
+    (lambda h: _first(h, "kmeans").update(layout="diagonal"), "layout"),
+    (lambda h: h.update(tensors=[]), "tensors"),
+    (lambda h: h.update(metadata={"a": 1}), "metadata"),
+])
+def test_hostile_headers(saved, tmp_path, mutate, match):
+    p = _mutated(saved, tmp_path, mutate)
+    with pytest.raises(qpack.FormatError, match=match):
+        _touch_all(p, verify=True)
+
+
+def test_random_garbage_after_valid_preamble(tmp_path):
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        head = rng.integers(0, 256, size=int(rng.integers(0, 200)), dtype=np.uint8).tobytes()
+        pre = struct.pack("<8sIIII", MAGIC, 1, len(head), zlib.crc32(head), 0)
+        p = tmp_path / "g.qpk"
+        p.write_bytes(pre + head + rng.bytes(100))
+        with pytest.raises(qpack.FormatError):
+            _touch_all(p, verify=True)
