@@ -54,7 +54,9 @@ def _codes_as_uint8(codes, bits: int) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _check_out(out, shape: tuple, what: str) -> np.ndarray:
+def _check_out(out, shape: tuple, what: str, source: np.ndarray) -> np.ndarray:
+    """Check a caller's ``out`` buffer: uint8, exactly ``shape``, C-contiguous, writeable,
+    and not overlapping ``source`` (the kernels read and write through restrict pointers)."""
     if not isinstance(out, np.ndarray):
         raise ValueError(f"out must be a numpy array, got {type(out).__name__}")
     if out.dtype != np.uint8:
@@ -63,6 +65,8 @@ def _check_out(out, shape: tuple, what: str) -> np.ndarray:
         raise ValueError(f"out must have shape {shape} for these {what}, got {out.shape}")
     if not out.flags.c_contiguous or not out.flags.writeable:
         raise ValueError("out must be C-contiguous and writeable")
+    if np.may_share_memory(out, source):
+        raise ValueError(f"out must not overlap the input {what}")
     return out
 
 
@@ -99,7 +103,7 @@ def pack(codes, bits: int, out: np.ndarray | None = None) -> np.ndarray:
     if out is None:
         out = np.empty(shape, dtype=np.uint8)
     else:
-        _check_out(out, shape, "codes")
+        _check_out(out, shape, "codes", arr)
     seen = _k.pack_rows(rows2d, out.reshape(rows2d.shape[0], nbytes), bits, get_num_threads())
     if seen >> bits:
         hi = int(arr.max())
@@ -158,6 +162,6 @@ def unpack(packed, bits: int, count: int, out: np.ndarray | None = None) -> np.n
     if out is None:
         out = np.empty(shape, dtype=np.uint8)
     else:
-        _check_out(out, shape, "packed bytes")
+        _check_out(out, shape, "packed bytes", rows2d)
     _k.unpack_rows(rows2d, out.reshape(rows2d.shape[0], count), bits, get_num_threads())
     return out

@@ -9,14 +9,17 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import qpack
+from qpack._kernels import bitpack as _kernels
 
 BITS = list(range(1, 9))
 # Lengths around byte and 8-code group edges, plus rows longer than the 65536-code chunk
 # that the kernels split across threads.
+# Inputs of at least PARALLEL_MIN_CODES codes use the threads: a long row in chunks of
+# CHUNK_SIZE_CODES, or many short rows one row per thread.
 LENGTHS = [0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1001, 65535, 65536, 65537,
-           2 * 65536 + 13]
+           2 * 65536 + 13, 4 * 65536 + 13]
 SHAPES_2D = [(0, 0), (0, 5), (4, 0), (1, 1), (3, 7), (17, 9), (64, 33), (5, 64), (200, 1),
-             (1, 3 * 65536 + 5), (3, 70001)]
+             (1, 4 * 65536 + 5), (4, 70001), (4100, 65)]
 INT_DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
 
 
@@ -46,6 +49,13 @@ def threads(request):
     qpack.set_num_threads(request.param)
     yield request.param
     qpack.set_num_threads(None)
+
+
+def test_large_cases_reach_the_parallel_chunked_path():
+    assert 4 * 65536 + 13 >= _kernels.PARALLEL_MIN_CODES
+    assert 4 * 65536 + 5 > 4 * _kernels.CHUNK_SIZE_CODES
+    assert 4 * 70001 >= _kernels.PARALLEL_MIN_CODES and 70001 > _kernels.CHUNK_SIZE_CODES
+    assert 4100 * 65 >= _kernels.PARALLEL_MIN_CODES and 65 < _kernels.CHUNK_SIZE_CODES
 
 
 # --- the reference matches the layout spelled out in the docs ---------------------------
@@ -163,7 +173,7 @@ def test_non_contiguous_inputs(bits, threads):
              base[:, 11], np.asfortranarray(base)]
     for v in views:
         assert (qpack.pack(v, bits) == ref_pack(np.ascontiguousarray(v), bits)).all()
-    big = random_codes(200_001, bits, seed=bits)[::2]
+    big = random_codes(600_001, bits, seed=bits)[::2]
     assert (qpack.pack(big, bits) == ref_pack(big, bits)).all()
     # Non-contiguous packed input for unpack: a strided 1-D buffer and column-sliced rows.
     n = 50
@@ -189,7 +199,7 @@ def test_pack_does_not_modify_input():
 @pytest.mark.parametrize("bits", BITS)
 def test_out_is_filled_and_returned(bits, threads):
     rng = np.random.default_rng(bits)
-    for shape in [(70001,), (7, 130)]:
+    for shape in [(300_001,), (7, 130), (3000, 99)]:
         ncols = shape[-1]
         pshape = shape[:-1] + (qpack.packed_nbytes(ncols, bits),)
         pout = np.full(pshape, 0xAA, np.uint8)
@@ -218,6 +228,14 @@ def test_bad_out_rejected(bad_out, match):
         qpack.unpack(np.zeros(2, np.uint8), 4, 4, out=bad_out)
 
 
+def test_out_overlapping_input_rejected():
+    buf = np.zeros(16, np.uint8)
+    with pytest.raises(ValueError, match="overlap"):
+        qpack.pack(buf[:8], 8, out=buf[4:12])
+    with pytest.raises(ValueError, match="overlap"):
+        qpack.unpack(buf[:4], 4, 8, out=buf[2:10])
+
+
 def test_read_only_out_rejected():
     out = np.zeros(4, np.uint8)
     out.flags.writeable = False
@@ -241,7 +259,7 @@ def test_numpy_integer_bits_accepted():
 
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int64, np.uint64])
-@pytest.mark.parametrize("n", [1, 9, 70001])
+@pytest.mark.parametrize("n", [1, 9, 70001, 300_001])
 def test_code_too_large(bits, dtype, n, threads):
     if (1 << bits) > np.iinfo(dtype).max:
         pytest.skip("this dtype cannot hold 2**bits")
@@ -338,7 +356,8 @@ def codes_and_bits(draw):
     shape = draw(st.one_of(hnp.array_shapes(min_dims=1, max_dims=1, min_side=0, max_side=300),
                            hnp.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=40)))
     dtype = draw(st.sampled_from(INT_DTYPES))
-    codes = draw(hnp.arrays(dtype, shape, elements=st.integers(0, (1 << bits) - 1)))
+    top = min((1 << bits) - 1, int(np.iinfo(dtype).max))  # int8 holds at most 127
+    codes = draw(hnp.arrays(dtype, shape, elements=st.integers(0, top)))
     return codes, bits
 
 
