@@ -1,0 +1,466 @@
+"""K-means weight sharing (Deep Compression): exact 1-D Lloyd iterations on sorted data.
+
+In one dimension every cluster of a Lloyd assignment is a contiguous run of the sorted
+values, delimited by the midpoints between consecutive ascending centroids. So the data is
+sorted once, and each iteration finds the k-1 run boundaries by binary search
+(np.searchsorted) and the cluster means from prefix sums: O(k log n) per iteration instead
+of the O(nk) distance matrix of a general K-means. The result is the same Lloyd fixed
+point a general implementation reaches from the same initial centroids.
+
+``quantize_kmeans`` turns a weight tensor into uint8 codes plus a float32 codebook; with a
+pruning mask, pruned weights map to a reserved exact 0.0 entry and take no part in the fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qpack._kernels import cluster as _k
+from qpack.bitpack import check_bits
+from qpack.quantize import as_matrix, check_weights
+from qpack.threads import get_num_threads
+
+INIT_METHODS = ("linear", "density", "random")
+MAX_K = 1 << 16
+
+
+def _check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+        raise ValueError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
+    return int(k)
+
+
+def _check_init(init, k: int):
+    """Return an init method name or a sorted float64 array of k initial centroids."""
+    if isinstance(init, str):
+        if init not in INIT_METHODS:
+            raise ValueError(f"init must be one of {INIT_METHODS} or an array of {k} "
+                             f"centroids, got {init!r}")
+        return init
+    try:
+        arr = np.asarray(init, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"init must be one of {INIT_METHODS} or an array of {k} centroids, "
+                         f"got {type(init).__name__}") from None
+    if arr.ndim != 1 or arr.shape[0] != k:
+        raise ValueError(f"init array must have shape ({k},), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("init array must be finite")
+    return np.sort(arr)
+
+
+def _midpoints(c: np.ndarray) -> np.ndarray:
+    # Written as a half-sum so huge centroids cannot overflow.
+    return c[:-1] * 0.5 + c[1:] * 0.5
+
+
+def _bounds_below(b: np.ndarray, dtype) -> np.ndarray:
+    """The largest ``dtype`` values <= b, so that x <= b <=> x <= result for x of ``dtype``.
+
+    Lets np.searchsorted run on the data's own dtype (no float64 copy of the data) with
+    exactly the comparisons the float64 boundaries define.
+    """
+    if dtype == np.float64:
+        return b
+    r = b.astype(dtype)
+    up = r.astype(np.float64) > b
+    if up.any():
+        r[up] = np.nextafter(r[up], dtype.type(-np.inf))
+    return r
+
+
+def _pad_distinct(distinct: np.ndarray, k: int) -> np.ndarray:
+    """k ascending centroids from at most k distinct values: repeat the largest at the end."""
+    out = np.empty(k, dtype=np.float64)
+    out[:distinct.size] = distinct
+    out[distinct.size:] = distinct[-1]
+    return out
+
+
+def _initial_centroids(xs, ws, wcum, k, init, rng) -> np.ndarray:
+    if not isinstance(init, str):
+        return init.copy()
+    n = xs.size
+    if init == "linear":
+        return np.linspace(float(xs[0]), float(xs[-1]), k)
+    if init == "density":
+        # Evenly spaced levels of the (weighted) cumulative distribution.
+        levels = (np.arange(k) + 0.5) / k
+        if ws is None:
+            idx = np.minimum((levels * n).astype(np.intp), n - 1)
+        else:
+            idx = np.minimum(np.searchsorted(wcum[1:], levels * wcum[-1], side="right"), n - 1)
+        return xs[idx].astype(np.float64)
+    return np.sort(xs[rng.choice(n, size=k, replace=False)].astype(np.float64))
+
+
+def _relocate_empty(xs, ws, edges, c, S, W, shift):
+    """Move empty clusters onto the points farthest from their centroids (in place on S, W).
+
+    As in scikit-learn's Lloyd: the e empty clusters take the e points with the largest
+    distance to the centroid they were assigned to, and those points leave their old
+    clusters. Within a contiguous run, distance to a centroid is largest at the ends, so
+    the e first and e last points of each run hold every candidate.
+    """
+    empty = np.flatnonzero(W <= 0)
+    cnt = np.diff(edges)
+    ne = empty.size
+    own = np.flatnonzero(cnt > 0)
+    m = np.minimum(ne, cnt[own])
+    tot = int(m.sum())
+    owner = np.repeat(own, m)
+    offs = np.arange(tot) - np.repeat(np.cumsum(m) - m, m)
+    idx = np.concatenate([edges[owner] + offs, edges[owner + 1] - 1 - offs])
+    owner = np.concatenate([owner, owner])
+    idx, first = np.unique(idx, return_index=True)
+    owner = owner[first]
+    dist = np.square(xs[idx].astype(np.float64) - c[owner])
+    far = np.argsort(-dist, kind="stable")[:ne]
+    for new_j, f in zip(empty, far, strict=False):
+        x = float(xs[idx[f]]) - shift
+        wt = 1.0 if ws is None else float(ws[idx[f]])
+        old = owner[f]
+        S[old] -= x * wt
+        W[old] -= wt
+        S[new_j] = x * wt
+        W[new_j] = wt
+
+
+def _lloyd_sorted(xs: np.ndarray, ws: np.ndarray | None, k: int, init, max_iter: int,
+                  tol: float, rng) -> tuple[np.ndarray, int]:
+    """Lloyd iterations on ascending ``xs`` (weights ``ws`` in the same order, or None).
+
+    Returns (k ascending float64 centroids, iterations run).
+    """
+    n = xs.size
+    change = xs[1:] != xs[:-1]
+    ndistinct = 1 + int(np.count_nonzero(change))
+    if ndistinct <= k:
+        # Every distinct value gets its own centroid: zero error, nothing to iterate.
+        distinct = xs[np.concatenate(([True], change))].astype(np.float64)
+        return _pad_distinct(distinct, k), 0
+    # Prefix sums of values centred on the median keep the float64 sums well conditioned.
+    shift = float(xs[n // 2])
+    if ws is None:
+        P = np.empty(n + 1, dtype=np.float64)
+        _k.prefix_sum_shifted(xs, shift, P)
+        wcum = None
+    else:
+        P = np.concatenate(([0.0], np.cumsum((xs.astype(np.float64) - shift) * ws)))
+        wcum = np.concatenate(([0.0], np.cumsum(ws)))
+    c = _initial_centroids(xs, ws, wcum, k, init, rng)
+    tol_abs = tol * float(np.var(xs.astype(np.float64))) if tol > 0 else 0.0
+    edges = np.empty(k + 1, dtype=np.intp)
+    edges[0], edges[-1] = 0, n
+    prev = None
+    it = 0
+    while it < max_iter:
+        edges[1:-1] = np.searchsorted(xs, _bounds_below(_midpoints(c), xs.dtype), side="right")
+        if prev is not None and np.array_equal(edges, prev):
+            break  # assignments unchanged: c already holds the means of this assignment
+        it += 1
+        if ws is None:
+            W = np.diff(edges).astype(np.float64)
+        else:
+            W = wcum[edges[1:]] - wcum[edges[:-1]]
+        S = P[edges[1:]] - P[edges[:-1]]
+        relocated = bool((W <= 0).any())
+        if relocated:
+            _relocate_empty(xs, ws, edges, c, S, W, shift)
+        filled = W > 0
+        new_c = np.where(filled, S / np.where(filled, W, 1.0) + shift, c)
+        if relocated:
+            new_c.sort()
+            prev = None  # the new centroids are not the means of this assignment
+        else:
+            prev = edges.copy()
+        shift_sq = float(np.square(new_c - c).sum())
+        c = new_c
+        if tol_abs > 0 and shift_sq <= tol_abs:
+            break
+    return c, it
+
+
+def _rng(random_state):
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if random_state is None or (isinstance(random_state, (int, np.integer))
+                                and not isinstance(random_state, bool) and random_state >= 0):
+        return np.random.default_rng(random_state)
+    raise ValueError(f"random_state must be None, a non-negative int or a numpy Generator, "
+                     f"got {random_state!r}")
+
+
+def _check_iter_tol(max_iter, tol) -> tuple[int, float]:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) \
+            or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.number)) \
+            or not np.isfinite(tol) or tol < 0:
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    return int(max_iter), float(tol)
+
+
+def assign_nearest(values: np.ndarray, centroids: np.ndarray, dtype=np.intp) -> np.ndarray:
+    """Index of the nearest centroid for every element (ties to the lower index).
+
+    values : float32/float64 array (rows, cols), finite. centroids : float64 (1, k) shared by
+    all rows or (rows, k), each row ascending. Returns ``dtype`` labels of values' shape.
+    """
+    rows, cols = values.shape
+    k = centroids.shape[1]
+    nb = k - 1
+    levels = int(nb).bit_length()          # 2**levels - 1 >= nb
+    width = max(1, (1 << levels) - 1)
+    bounds = np.full((centroids.shape[0], width), np.inf)
+    for r in range(centroids.shape[0]):
+        bounds[r, :nb] = _midpoints(centroids[r])
+        # Compare like the fit did: a float32 value is <= b iff it is <= the float32 below b.
+        bounds[r, :nb] = _bounds_below(bounds[r, :nb], values.dtype)
+    step = (1 << (levels - 1)) if levels else 0
+    out = np.empty((rows, cols), dtype=dtype)
+    _k.assign_by_boundaries(np.ascontiguousarray(values), bounds, out, step, get_num_threads())
+    return out
+
+
+def _work_dtype(arr: np.ndarray):
+    return np.float64 if arr.dtype == np.float64 else np.float32
+
+
+def kmeans_1d(values, k: int, *, init="linear", max_iter: int = 300, tol: float = 0.0,
+              sample_weight=None, random_state=0) -> tuple[np.ndarray, np.ndarray]:
+    """Exact 1-D K-means (Lloyd) of every element of ``values``.
+
+    Parameters
+    ----------
+    values : float16/32/64 array_like of any shape, finite, not empty.
+    k : number of centroids, 1..65536.
+    init : "linear" (evenly spaced from min to max; keeps the rare large weights, the best
+        choice in Deep Compression), "density" (evenly spaced quantiles of the weighted
+        distribution), "random" (k distinct data points drawn with ``random_state``), or an
+        array of k initial centroids (any order).
+    max_iter : cap on Lloyd iterations (safety; by default iteration runs to convergence,
+        i.e. until no assignment changes).
+    tol : 0.0 = stop only at convergence; > 0 = also stop once the summed squared centroid
+        shift is <= tol * variance(values) (scikit-learn's rule).
+    sample_weight : optional non-negative finite weights of values' shape (positive sum).
+    random_state : None, int >= 0 or numpy Generator (used by init="random").
+
+    Returns
+    -------
+    (centroids, labels): centroids float64 (k,) ascending; labels intp of values' shape,
+    labels[i] = index of the centroid nearest to values[i] (ties to the lower index).
+
+    Empty clusters are relocated each iteration to the points farthest from their centroids
+    (as scikit-learn does), so every centroid ends up owning data. With at most k distinct
+    values the centroids are exactly the distinct values, ascending, with the largest one
+    repeated to fill k entries (labels point at the first copy); the inertia is then 0.
+
+    Computation: values are sorted once (float32 data stays float32); centroids, prefix sums
+    and boundaries are float64.
+
+    Raises ValueError naming the argument for bad values, k, init, max_iter, tol,
+    sample_weight or random_state.
+    """
+    arr = check_weights(values, "values")
+    k = _check_k(k)
+    init = _check_init(init, k)
+    max_iter, tol = _check_iter_tol(max_iter, tol)
+    rng = _rng(random_state)
+    flat = arr.reshape(-1).astype(_work_dtype(arr), copy=False)
+    if sample_weight is None:
+        xs = np.sort(flat)
+        ws = None
+    else:
+        sw = np.asarray(sample_weight)
+        if sw.dtype.kind not in "fiu":
+            raise ValueError(f"sample_weight must be numeric, got {sw.dtype}")
+        sw = sw.astype(np.float64)
+        if sw.shape != arr.shape and sw.shape != flat.shape:
+            raise ValueError(f"sample_weight must have shape {arr.shape}, got {sw.shape}")
+        sw = sw.reshape(-1)
+        if not np.isfinite(sw).all() or (sw < 0).any() or sw.sum() <= 0:
+            raise ValueError("sample_weight must be finite, >= 0 and have a positive sum")
+        order = np.argsort(flat, kind="stable")
+        xs, ws = flat[order], sw[order]
+    centroids, _ = _lloyd_sorted(xs, ws, k, init, max_iter, tol, rng)
+    labels = assign_nearest(flat.reshape(1, -1), centroids.reshape(1, -1))
+    return centroids, labels.reshape(arr.shape)
+
+
+@dataclass(frozen=True)
+class KMeansQuantized:
+    """A tensor stored as codes into a shared codebook (Deep Compression weight sharing).
+
+    Fields
+    ------
+    codes : uint8 ndarray of ``shape``; codes < k = 2**bits.
+    codebook : float32 (k,), or (rows, k) when ``per_channel`` (rows as in quantize_linear).
+    zero_code : index of the reserved exact 0.0 codebook entry when a pruning mask was given
+        (pruned positions have this code; the same index in every row), else None.
+    bits : code width, 1..8.
+    shape : original tensor shape.
+    per_channel : one codebook per row.
+    """
+
+    codes: np.ndarray
+    codebook: np.ndarray
+    zero_code: int | None
+    bits: int
+    shape: tuple
+    per_channel: bool
+
+    def dequantize(self, dtype=np.float32) -> np.ndarray:
+        """codebook[codes] (per row: codebook[r, codes[r, :]]) as ``dtype``, of ``shape``."""
+        if not self.per_channel:
+            return self.codebook[self.codes].astype(dtype, copy=False)
+        codes = as_matrix(self.codes)
+        out = np.take_along_axis(self.codebook, codes.astype(np.intp), axis=1)
+        return out.reshape(self.shape).astype(dtype, copy=False)
+
+    @property
+    def nbytes_params(self) -> int:
+        """Bytes of the codebook(s)."""
+        return int(self.codebook.nbytes)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """``bits`` plus the codebook bytes spread over every weight."""
+        return self.bits + 8.0 * self.nbytes_params / int(np.prod(self.shape))
+
+
+def check_mask(mask, shape: tuple, name: str = "mask") -> np.ndarray:
+    """Return ``mask`` as a bool ndarray after checking its dtype and shape."""
+    m = np.asarray(mask)
+    if m.dtype != np.bool_:
+        raise ValueError(f"{name} must be a boolean keep-mask, got dtype {m.dtype}")
+    if m.shape != tuple(shape):
+        raise ValueError(f"{name} must have the weights' shape {tuple(shape)}, got {m.shape}")
+    return m
+
+
+def _fit_values(vals: np.ndarray, k: int, init, max_iter: int, rng) -> np.ndarray:
+    """k ascending centroids of unsorted 1-D ``vals`` (all zeros when vals is empty)."""
+    if vals.size == 0:
+        return np.zeros(k)
+    c, _ = _lloyd_sorted(np.sort(vals), None, k, init, max_iter, 0.0, rng)
+    return c
+
+
+def quantize_kmeans(w, bits: int, *, mask=None, init="linear", per_channel: bool = False,
+                    max_iter: int = 300, random_state=0) -> KMeansQuantized:
+    """Weight sharing: cluster the weights into 2**bits shared values (exact 1-D K-means).
+
+    Parameters
+    ----------
+    w : float16/32/64 array_like, finite, not empty; viewed as (rows, cols) like
+        quantize_linear when ``per_channel``.
+    bits : int in 1..8; k = 2**bits codebook entries.
+    mask : optional boolean keep-mask of w's shape (e.g. from prune_magnitude). Pruned
+        weights get code ``zero_code`` = 0, whose codebook entry is exactly 0.0, and are left
+        out of the fit, so the k-1 other centroids describe the kept weights only.
+    init : "linear", "density", "random" or an array of initial centroids (k, or k-1 with a
+        mask), as in kmeans_1d.
+    per_channel : fit one codebook per row instead of one for the tensor.
+    max_iter, random_state : as in kmeans_1d.
+
+    Returns
+    -------
+    KMeansQuantized. Codes are assigned against the float32 codebook that is stored.
+
+    Raises ValueError naming the argument for bad w, bits, mask, init, max_iter.
+    """
+    arr = check_weights(w)
+    bits = check_bits(bits)
+    k = 1 << bits
+    if mask is not None:
+        mask = check_mask(mask, arr.shape)
+    if per_channel not in (True, False):
+        raise ValueError(f"per_channel must be a bool, got {per_channel!r}")
+    k_fit = k if mask is None else k - 1
+    if k_fit < 1:
+        raise ValueError("bits must leave room for a learned centroid")
+    init = _check_init(init, k_fit)
+    max_iter, _ = _check_iter_tol(max_iter, 0.0)
+    rng = _rng(random_state)
+    mat = as_matrix(arr).astype(_work_dtype(arr), copy=False)
+    mmat = None if mask is None else as_matrix(mask)
+    if per_channel:
+        if mmat is None:
+            # One batched sort for every row, then per-row Lloyd on the sorted rows.
+            srt = np.sort(mat, axis=1)
+            cents = np.stack([_lloyd_sorted(srt[r], None, k_fit, init, max_iter, 0.0, rng)[0]
+                              for r in range(mat.shape[0])])
+        else:
+            cents = np.stack([_fit_values(mat[r][mmat[r]], k_fit, init, max_iter, rng)
+                              for r in range(mat.shape[0])])
+        data = mat
+    else:
+        vals = mat.reshape(-1) if mmat is None else mat[mmat]
+        cents = _fit_values(vals, k_fit, init, max_iter, rng).reshape(1, -1)
+        data = mat.reshape(1, -1)
+    book = cents.astype(np.float32)
+    # Assign against the stored float32 codebook, so decoding reproduces what was measured.
+    codes = assign_nearest(data, book.astype(np.float64), dtype=np.uint8)
+    zero_code = None
+    if mmat is not None:
+        zero_code = 0
+        codes += 1
+        codes[~mmat.reshape(codes.shape)] = zero_code
+        book = np.concatenate([np.zeros((book.shape[0], 1), np.float32), book], axis=1)
+    if not per_channel:
+        book = book[0]
+    return KMeansQuantized(codes=codes.reshape(arr.shape), codebook=np.ascontiguousarray(book),
+                           zero_code=zero_code, bits=bits, shape=tuple(arr.shape),
+                           per_channel=bool(per_channel))
+
+
+def codebook_gradient(codes, grad, k: int, *, per_channel: bool = False,
+                      zero_code: int | None = None) -> np.ndarray:
+    """Gradient of the loss with respect to the shared centroids (Deep Compression, eq. 3).
+
+    Each centroid's gradient is the sum of the gradients of the weights that share it:
+    g[c] = sum over i with codes[i] == c of grad[i].
+
+    Parameters
+    ----------
+    codes : integer array_like, values in [0, k).
+    grad : float array_like of codes' shape (dL/dw of the decoded weights), finite.
+    k : codebook size.
+    per_channel : codes viewed as (rows, cols) (like quantize_kmeans); one gradient row per
+        codebook row.
+    zero_code : optional reserved code (a pruned 0.0 entry) whose gradient is set to 0 so a
+        training step keeps it exactly zero.
+
+    Returns float64 (k,) or (rows, k). Raises ValueError naming the bad argument.
+    """
+    k = _check_k(k)
+    c = np.asarray(codes)
+    if c.dtype.kind not in "iu":
+        raise ValueError(f"codes must have an integer dtype, got {c.dtype}")
+    if c.size == 0:
+        raise ValueError("codes must not be empty")
+    if int(c.min()) < 0 or int(c.max()) >= k:
+        raise ValueError(f"codes must lie in [0, {k}), found {int(c.min())}..{int(c.max())}")
+    g = check_weights(grad, "grad")
+    if g.shape != c.shape:
+        raise ValueError(f"grad must have codes' shape {c.shape}, got {g.shape}")
+    if zero_code is not None and (isinstance(zero_code, bool)
+                                  or not isinstance(zero_code, (int, np.integer))
+                                  or not 0 <= zero_code < k):
+        raise ValueError(f"zero_code must be None or an integer in [0, {k}), got {zero_code!r}")
+    g = g.astype(np.float64, copy=False)
+    if per_channel:
+        if c.ndim < 2:
+            raise ValueError("per_channel needs codes with at least 2 dimensions")
+        cm = as_matrix(c).astype(np.intp)
+        rows = cm.shape[0]
+        flat = (cm + (np.arange(rows, dtype=np.intp) * k)[:, None]).reshape(-1)
+        out = np.bincount(flat, weights=g.reshape(-1), minlength=rows * k).reshape(rows, k)
+    else:
+        out = np.bincount(c.reshape(-1).astype(np.intp), weights=g.reshape(-1), minlength=k)
+    if zero_code is not None:
+        out[..., zero_code] = 0.0
+    return out

@@ -1,0 +1,350 @@
+"""Linear (uniform) quantization of a float tensor to 1-8-bit integer codes.
+
+A weight tensor is viewed as a matrix (rows, cols): a >=2-D array as (shape[0],
+prod(shape[1:])), a 1-D array as (1, n). Each row is cut into groups of ``group_size``
+consecutive columns (the last group may be shorter); every group gets a scale and an
+integer zero-point, and one formula decodes every variant:
+
+    w_hat[r, c] = (float32(codes[r, c]) - float32(zeros[r, c // G])) * float32(scales[r, c // G])
+
+Scales are stored in ``scale_dtype`` (float16 by default) and the codes are computed
+against the stored, rounded scales, so the error the caller measures is the error the
+decoder produces. This module also holds ``check_weights``, the input validation shared
+by every transform (pruning, linear and K-means quantization).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qpack.bitpack import check_bits
+
+CLIP_METHODS = ("minmax", "percentile", "mse")
+# Clipping ratios tried by clip="mse": the kept range is ratio * (min, max) of the group.
+MSE_RATIOS = np.linspace(1.0, 0.3, 36)
+
+
+def check_weights(w, name: str = "w") -> np.ndarray:
+    """Return ``w`` as a floating ndarray after checking it is usable as weights.
+
+    Accepts float16/float32/float64 arrays and anything numpy converts to a floating array
+    (nested lists of floats, ...). Returns the array itself (no copy) when it already is one.
+
+    Raises ValueError naming ``name`` for: a non-floating dtype (integers, bools, complex,
+    objects), an empty array, a 0-d scalar, or any NaN or Inf.
+    """
+    try:
+        arr = np.asarray(w)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be convertible to a floating numpy array: {exc}") from None
+    if arr.dtype.kind != "f":
+        raise ValueError(f"{name} must have a floating dtype (float16/32/64), got {arr.dtype}")
+    if arr.dtype.itemsize > 8:
+        raise ValueError(f"{name} must be float16, float32 or float64, got {arr.dtype}")
+    if arr.ndim == 0:
+        raise ValueError(f"{name} must be an array with at least one dimension, got a scalar")
+    if arr.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        bad = "NaN" if np.isnan(arr).any() else "Inf"
+        raise ValueError(f"{name} contains {bad}; weights must be finite")
+    return arr
+
+
+def as_matrix(arr: np.ndarray) -> np.ndarray:
+    """View an array as (rows, cols): (shape[0], prod(rest)) for >=2-D, (1, n) for 1-D."""
+    if arr.ndim == 1:
+        return arr.reshape(1, -1)
+    return arr.reshape(arr.shape[0], -1)
+
+
+def _check_group_size(group_size, cols: int):
+    if group_size is None:
+        return None
+    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)):
+        raise ValueError(f"group_size must be None, -1 or a positive integer, got {group_size!r}")
+    group_size = int(group_size)
+    if group_size == 0 or group_size < -1:
+        raise ValueError(f"group_size must be None, -1 or a positive integer, got {group_size}")
+    return group_size
+
+
+def _check_scale_dtype(scale_dtype) -> np.dtype:
+    try:
+        dt = np.dtype(scale_dtype)
+    except TypeError:
+        raise ValueError(
+            f"scale_dtype must be float16, float32 or float64, got {scale_dtype!r}") from None
+    if dt not in (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"scale_dtype must be float16, float32 or float64, got {dt}")
+    return dt
+
+
+@dataclass(frozen=True)
+class LinearQuantized:
+    """A linearly quantized tensor: uint8 codes, per-group scales and zero-points.
+
+    Fields
+    ------
+    codes : uint8 ndarray of ``shape``; every code < 2**bits.
+    scales : ndarray (rows, ngroups) of the scale dtype (float16 by default).
+    zeros : uint8 ndarray (rows, ngroups): integer zero-points (2**(bits-1) everywhere when
+        symmetric). 0.0 is always exactly representable: code == zero decodes to 0.0.
+    bits : code width, 1..8.
+    group_size : None (one group for the tensor), -1 (one per row) or G (groups of G
+        consecutive columns; group g covers columns [g*G, min((g+1)*G, cols))).
+    symmetric : whether the codes are q + 2**(bits-1) with |q| <= 2**(bits-1) - 1.
+    shape : the original tensor shape.
+    """
+
+    codes: np.ndarray
+    scales: np.ndarray
+    zeros: np.ndarray
+    bits: int
+    group_size: int | None
+    symmetric: bool
+    shape: tuple = field(default=())
+
+    @property
+    def group_width(self) -> int:
+        """Columns per group G in the decode formula (cols for per-tensor/per-channel)."""
+        rows, cols = _rows_cols(self.shape)
+        if self.group_size is None:
+            return rows * cols
+        if self.group_size == -1:
+            return cols
+        return self.group_size
+
+    def dequantize(self, dtype=np.float32) -> np.ndarray:
+        """Decode to an array of ``shape``: (codes - zeros) * scales in float32, then ``dtype``."""
+        rows, cols = _rows_cols(self.shape)
+        if self.group_size is None:
+            # One group over the whole tensor: the (1, 1) parameters apply everywhere.
+            c = self.codes.reshape(-1).astype(np.float32)
+            out = (c - self.zeros.astype(np.float32)[0, 0]) * self.scales.astype(np.float32)[0, 0]
+            return out.reshape(self.shape).astype(dtype, copy=False)
+        g = min(self.group_width, cols)
+        z = self.zeros.astype(np.float32)
+        s = self.scales.astype(np.float32)
+        codes = self.codes.reshape(rows, cols)
+        if cols % g == 0:
+            # Whole groups only: broadcast the parameters instead of repeating them.
+            c = codes.reshape(rows, cols // g, g).astype(np.float32)
+            out = (c - z[..., None]) * s[..., None]
+        else:
+            out = (codes.astype(np.float32) - np.repeat(z, g, axis=1)[:, :cols]) \
+                * np.repeat(s, g, axis=1)[:, :cols]
+        return out.reshape(self.shape).astype(dtype, copy=False)
+
+    @property
+    def nbytes_params(self) -> int:
+        """Bytes of the parameters: scales, plus zero-points when asymmetric.
+
+        Symmetric zero-points are the constant 2**(bits-1), implied by ``bits`` and not
+        counted (a container need not store them).
+        """
+        n = self.scales.nbytes
+        if not self.symmetric:
+            n += self.zeros.nbytes
+        return int(n)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Storage cost per weight: ``bits`` plus the parameters spread over every weight."""
+        size = int(np.prod(self.shape))
+        return self.bits + 8.0 * self.nbytes_params / size
+
+
+def _rows_cols(shape: tuple) -> tuple[int, int]:
+    if len(shape) == 1:
+        return 1, int(shape[0])
+    return int(shape[0]), int(np.prod(shape[1:]))
+
+
+def round_scale_up(scale: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Round positive scales to ``dtype`` without ever going below the exact value.
+
+    A scale rounded down would shrink the representable range and clip the extreme value;
+    rounding up keeps every value within half a step of a code. Raises ValueError when a
+    scale overflows ``dtype`` (too wide a range for float16, say).
+    """
+    with np.errstate(over="ignore"):  # overflow is reported below, by name
+        s = scale.astype(dtype)
+    low = s.astype(scale.dtype) < scale
+    if low.any():
+        s[low] = np.nextafter(s[low], dtype.type(np.inf))
+    if not np.isfinite(s).all():
+        raise ValueError(
+            f"scale_dtype {dtype} cannot hold a scale of {float(scale.max()):.4g}; the "
+            "weight range is too wide (use scale_dtype=np.float32)")
+    return s
+
+
+def _group_params(blk: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int,
+                  symmetric: bool, sdt: np.dtype):
+    """Scales (rounded up to ``sdt``) and zero-points for groups with ranges [lo, hi].
+
+    lo <= 0 <= hi per group. A group whose range is one value c (constant) gets scale |c|
+    and a code one step from the zero-point, so it decodes exactly when |c| is representable
+    in ``sdt``; an all-zero group gets scale 0.
+    """
+    work = blk.dtype
+    if symmetric:
+        half = (1 << (bits - 1)) - 1
+        amax = np.maximum(-lo, hi)
+        scale = amax / half
+        zero = np.full(lo.shape, 1 << (bits - 1), dtype=np.int32)
+    else:
+        qmax = (1 << bits) - 1
+        scale = (hi - lo) / qmax
+        zero = None
+    # Constant groups: every element equals the one nonzero end of [lo, hi].
+    gmin = blk.min(axis=-1)
+    gmax = blk.max(axis=-1)
+    const = (gmin == gmax) & (gmin != 0)
+    scale = np.where(const, np.abs(gmin), scale).astype(work)
+    s_store = np.zeros(scale.shape, dtype=sdt)
+    pos = scale > 0
+    s_store[pos] = round_scale_up(scale[pos], sdt)
+    s = s_store.astype(work)
+    if not symmetric:
+        safe = np.where(s > 0, s, 1).astype(work)
+        zero = np.clip(np.rint(-lo / safe), 0, (1 << bits) - 1).astype(np.int32)
+        # A negative constant decodes as (zero - 1 - zero) * |c|: put the zero-point at 1.
+        zero = np.where(const & (gmin < 0), 1, np.where(const, 0, zero)).astype(np.int32)
+    return s_store, s, zero
+
+
+def _codes_for(blk: np.ndarray, s: np.ndarray, zero: np.ndarray, bits: int,
+               symmetric: bool) -> np.ndarray:
+    """Integer codes of ``blk`` (..., G) against per-group scales ``s`` and zero-points."""
+    work = blk.dtype
+    inv = np.where(s > 0, 1 / np.where(s > 0, s, 1), 0).astype(work)
+    q = np.rint(blk * inv[..., None])
+    if symmetric:
+        half = (1 << (bits - 1)) - 1
+        np.clip(q, -half, half, out=q)
+        q += zero[..., None].astype(work)
+    else:
+        q += zero[..., None].astype(work)
+        np.clip(q, 0, (1 << bits) - 1, out=q)
+    return q.astype(np.uint8)
+
+
+def _quantize_block(blk: np.ndarray, bits: int, symmetric: bool, clip: str,
+                    percentile: float, sdt: np.dtype):
+    """Quantize a block (rows, ngroups, G) group by group: returns codes, scales, zeros."""
+    if clip == "percentile":
+        if symmetric:
+            amax = np.percentile(np.abs(blk), percentile, axis=-1)
+            lo, hi = -amax, amax
+        else:
+            lo = np.percentile(blk, 100.0 - percentile, axis=-1)
+            hi = np.percentile(blk, percentile, axis=-1)
+        lo = np.minimum(lo, 0).astype(blk.dtype)
+        hi = np.maximum(hi, 0).astype(blk.dtype)
+    else:
+        lo = np.minimum(blk.min(axis=-1), 0)
+        hi = np.maximum(blk.max(axis=-1), 0)
+    if clip != "mse":
+        s_store, s, zero = _group_params(blk, lo, hi, bits, symmetric, sdt)
+        return _codes_for(blk, s, zero, bits, symmetric), s_store, zero
+    # mse: try each clipping ratio of the min/max range, keep per group the one whose
+    # decoded error (against the rounded scale actually stored) is smallest.
+    best_err = None
+    for ratio in MSE_RATIOS:
+        s_store, s, zero = _group_params(blk, lo * ratio, hi * ratio, bits, symmetric, sdt)
+        codes = _codes_for(blk, s, zero, bits, symmetric)
+        deq = (codes.astype(np.float32) - zero[..., None].astype(np.float32)) \
+            * s_store.astype(np.float32)[..., None]
+        err = np.square(deq - blk, dtype=np.float64).sum(axis=-1)
+        if best_err is None:
+            best_err, best = err, (codes, s_store, zero)
+            continue
+        better = err < best_err
+        if better.any():
+            best_err = np.where(better, err, best_err)
+            codes_b, s_b, z_b = best
+            codes_b = np.where(better[..., None], codes, codes_b)
+            best = (codes_b, np.where(better, s_store, s_b), np.where(better, zero, z_b))
+    return best
+
+
+def quantize_linear(w, bits: int, *, group_size: int | None = None, symmetric: bool = False,
+                    clip: str = "minmax", percentile: float = 99.9,
+                    scale_dtype=np.float16) -> LinearQuantized:
+    """Quantize a float tensor to ``bits``-bit integer codes with per-group scales.
+
+    Parameters
+    ----------
+    w : float16/32/64 array_like, any shape with at least one element; viewed as (rows, cols)
+        = (shape[0], prod(shape[1:])) or (1, n) for 1-D.
+    bits : int in 1..8.
+    group_size : None = one scale for the whole tensor; -1 = one per row (output channel);
+        G > 0 = one per G consecutive columns of a row (the last group of a row may be
+        shorter; G > cols gives one group per row).
+    symmetric : False: asymmetric, codes 0..2**bits-1 with an integer zero-point chosen so
+        0.0 is exact. True: q in [-(2**(bits-1)-1), 2**(bits-1)-1] stored as q + 2**(bits-1)
+        (bits=1 has no such range and raises ValueError).
+    clip : "minmax" (range = [min, max] of the group, widened to include 0; the scale is
+        rounded up so nothing is clipped and every element is within scale/2 of its decoded
+        value), "percentile" (range from the ``percentile``-th percentile of each group, or of
+        |w| when symmetric), "mse" (searches clipping ratios 1.0..0.3 of the minmax range per
+        group and keeps the one with the smallest squared error).
+    percentile : float in (50, 100], used by clip="percentile".
+    scale_dtype : float16 (default), float32 or float64.
+
+    Returns
+    -------
+    LinearQuantized; ``.dequantize()`` decodes it.
+
+    Raises
+    ------
+    ValueError naming the argument: non-float, empty, NaN/Inf weights; bits outside 1..8;
+    symmetric with bits=1; bad group_size, clip, percentile or scale_dtype; a scale that
+    overflows scale_dtype.
+
+    Constant groups decode exactly when the constant is representable in ``scale_dtype``
+    (for float16 scales, e.g. 0.5 or 3.0, not 0.3); all-zero groups always decode to 0.
+    """
+    arr = check_weights(w)
+    bits = check_bits(bits)
+    if symmetric not in (True, False):
+        raise ValueError(f"symmetric must be a bool, got {symmetric!r}")
+    symmetric = bool(symmetric)
+    if symmetric and bits == 1:
+        raise ValueError("bits=1 has no symmetric range +-(2**(bits-1)-1) = 0; use "
+                         "symmetric=False or bits >= 2")
+    if clip not in CLIP_METHODS:
+        raise ValueError(f"clip must be one of {CLIP_METHODS}, got {clip!r}")
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float, np.number)) \
+            or not 50.0 < float(percentile) <= 100.0:
+        raise ValueError(f"percentile must be a number in (50, 100], got {percentile!r}")
+    sdt = _check_scale_dtype(scale_dtype)
+    rows, cols = _rows_cols(arr.shape)
+    group_size = _check_group_size(group_size, cols)
+    work = np.float64 if arr.dtype == np.float64 else np.float32
+    mat = as_matrix(arr).astype(work, copy=False)
+    if group_size is None:
+        mat = mat.reshape(1, -1)
+        g = mat.shape[1]
+    elif group_size == -1:
+        g = cols
+    else:
+        g = min(group_size, cols)
+    nfull = mat.shape[1] // g
+    parts = []
+    if nfull:
+        blk = mat[:, :nfull * g].reshape(mat.shape[0], nfull, g)
+        parts.append(_quantize_block(blk, bits, symmetric, clip, float(percentile), sdt))
+    if nfull * g < mat.shape[1]:
+        blk = mat[:, nfull * g:].reshape(mat.shape[0], 1, -1)
+        parts.append(_quantize_block(blk, bits, symmetric, clip, float(percentile), sdt))
+    codes = np.concatenate([p[0].reshape(mat.shape[0], -1) for p in parts], axis=1)
+    scales = np.concatenate([p[1] for p in parts], axis=1).astype(sdt, copy=False)
+    zeros = np.concatenate([p[2] for p in parts], axis=1).astype(np.uint8)
+    return LinearQuantized(codes=codes.reshape(arr.shape), scales=scales, zeros=zeros,
+                           bits=bits, group_size=group_size, symmetric=symmetric,
+                           shape=tuple(arr.shape))
