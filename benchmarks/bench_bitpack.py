@@ -158,8 +158,8 @@ def run(quick: bool) -> dict:
             "numpy peer: strided shift/or per code position for 2/4 bits, per byte column of "
             "8-code groups for 3/5/6/7 bits, np.packbits/np.unpackbits for 1 bit, a copy "
             "for 8 bits; it is single-threaded, so both rows of a width share its figure.",
-            f"qpack kernel: {'BMI2 pext/pdep word path' if _kernels.FAST_PATH else 'portable'}"
-            f" build; {os.cpu_count()} CPUs; threads column = qpack.set_num_threads.",
+            f"qpack kernels: vectorized byte loops for 1/2/4 bits, {_kernels.ODD_WIDTH_PATH} "
+            f"for 3/5/6/7 bits; {os.cpu_count()} CPUs; threads = qpack.set_num_threads.",
         ],
         "n_codes": n,
         "repeat": repeat,

@@ -38,6 +38,12 @@ cdef extern from *:
     #else
     #define QP_PDEP 0
     #endif
+    /* ... and 64 codes at a time through AVX-512 VBMI byte permutes when available. */
+    #if QP_PDEP && defined(__AVX512VBMI__) && defined(__AVX512BW__)
+    #define QP_VBMI 1
+    #else
+    #define QP_VBMI 0
+    #endif
 
     /* ---- Simple version: one group of 8 codes <-> b bytes through a 64-bit accumulator.
        Portable, the reference for the fast paths below, and what handles every run's
@@ -129,6 +135,66 @@ cdef extern from *:
     #define qp_unpack_bytes qp_unpack_simple
     #endif
 
+    #if QP_VBMI
+    /* ---- 3, 5, 6 and 7 bits with AVX-512 VBMI, 64 codes (8 groups, 8*b bytes) per step.
+       Unpack: vpermb copies the 8 bytes starting at group g's first byte (b*g) into
+       64-bit lane g; vpmultishiftqb then extracts, for byte j of each lane, the 8 bits
+       starting at bit j*b of that lane, and an AND keeps the low b. Pack runs the other
+       way: within each 64-bit lane of 8 codes, merge neighbours pairwise (8 -> 16 -> 32
+       -> 64-bit fields, each step shifting the upper field left by the lower field's
+       width), which leaves the group's 8*b stream bits at the bottom of the lane; vpermb
+       then gathers the low b bytes of each lane into 8*b consecutive bytes. Loads and
+       stores are masked to exactly 8*b bytes, so nothing outside the run is touched.
+       Each returns how many codes it handled (a multiple of 64); the caller finishes. */
+    static inline Py_ssize_t qp_unpack_vbmi(const uint8_t *src, uint8_t *dst, Py_ssize_t n,
+                                            const int b) {
+        uint8_t gather[64], shifts[64];
+        for (int i = 0; i < 64; i++) {
+            gather[i] = (uint8_t)(b * (i >> 3) + (i & 7));
+            shifts[i] = (uint8_t)(b * (i & 7));
+        }
+        const __m512i vgather = _mm512_loadu_si512(gather);
+        const __m512i vshift = _mm512_loadu_si512(shifts);
+        const __m512i vmask = _mm512_set1_epi8((char)((1 << b) - 1));
+        const __mmask64 inmask = ((__mmask64)1 << (8 * b)) - 1;
+        Py_ssize_t i = 0;
+        for (; i + 64 <= n; i += 64) {
+            __m512i v = _mm512_maskz_loadu_epi8(inmask, src + (i >> 3) * b);
+            v = _mm512_permutexvar_epi8(vgather, v);
+            v = _mm512_multishift_epi64_epi8(vshift, v);
+            _mm512_storeu_si512(dst + i, _mm512_and_si512(v, vmask));
+        }
+        return i;
+    }
+
+    static inline Py_ssize_t qp_pack_vbmi(const uint8_t *src, uint8_t *dst, Py_ssize_t n,
+                                          const int b, uint64_t *seen) {
+        uint8_t compact[64];
+        for (int k = 0; k < 64; k++)
+            compact[k] = (uint8_t)(k < 8 * b ? 8 * (k / b) + k % b : 0);
+        const __m512i vcompact = _mm512_loadu_si512(compact);
+        const __mmask64 outmask = ((__mmask64)1 << (8 * b)) - 1;
+        const __m512i lo8 = _mm512_set1_epi16(0x00FF), lo16 = _mm512_set1_epi32(0xFFFF);
+        const __m512i lo32 = _mm512_set1_epi64(0xFFFFFFFFLL);
+        __m512i vseen = _mm512_setzero_si512();
+        Py_ssize_t i = 0;
+        for (; i + 64 <= n; i += 64) {
+            __m512i v = _mm512_loadu_si512(src + i);
+            vseen = _mm512_or_si512(vseen, v);
+            v = _mm512_or_si512(_mm512_and_si512(v, lo8),
+                                _mm512_slli_epi16(_mm512_srli_epi16(v, 8), b));
+            v = _mm512_or_si512(_mm512_and_si512(v, lo16),
+                                _mm512_slli_epi32(_mm512_srli_epi32(v, 16), 2 * b));
+            v = _mm512_or_si512(_mm512_and_si512(v, lo32),
+                                _mm512_slli_epi64(_mm512_srli_epi64(v, 32), 4 * b));
+            v = _mm512_permutexvar_epi8(vcompact, v);
+            _mm512_mask_storeu_epi8(dst + (i >> 3) * b, outmask, v);
+        }
+        *seen |= (uint64_t)_mm512_reduce_or_epi64(vseen);
+        return i;
+    }
+    #endif
+
     #if QP_PDEP
     /* ---- 3, 5, 6 and 7 bits on x86-64 with BMI2: with L = the low b bits of every byte
        lane (0x0707..07 for b = 3), pext(8 code bytes, L) squeezes 8 codes into the low
@@ -147,9 +213,15 @@ cdef extern from *:
     static inline uint8_t qp_pack_words(const uint8_t *src, uint8_t *dst, Py_ssize_t n,
                                         const int b) {
         const uint64_t lanes = qp_lanes(b);
+        uint64_t seen = 0;
+    #if QP_VBMI
+        const Py_ssize_t done = qp_pack_vbmi(src, dst, n, b, &seen);
+        src += done;
+        dst += (done >> 3) * b;
+        n -= done;
+    #endif
         const Py_ssize_t ngroups = n >> 3;
         const Py_ssize_t nwide = ngroups - (7 + b) / b + 1;  /* b*g + 8 <= b*ngroups */
-        uint64_t seen = 0;
         Py_ssize_t g = 0;
         _Pragma("GCC unroll 4")
         for (; g < nwide; g++) {
@@ -176,6 +248,12 @@ cdef extern from *:
     static inline void qp_unpack_words(const uint8_t *src, uint8_t *dst, Py_ssize_t n,
                                        const int b) {
         const uint64_t lanes = qp_lanes(b);
+    #if QP_VBMI
+        const Py_ssize_t done = qp_unpack_vbmi(src, dst, n, b);
+        src += (done >> 3) * b;
+        dst += done;
+        n -= done;
+    #endif
         const Py_ssize_t ngroups = n >> 3;
         const Py_ssize_t nwide = ngroups - (7 + b) / b + 1;
         Py_ssize_t g = 0;
@@ -229,6 +307,7 @@ cdef extern from *:
     }
     """
     int QP_PDEP
+    int QP_VBMI
     uint8_t qp_pack_any(const uint8_t* src, uint8_t* dst, Py_ssize_t n, int b) noexcept nogil
     void qp_unpack_any(const uint8_t* src, uint8_t* dst, Py_ssize_t n, int b) noexcept nogil
 
@@ -247,8 +326,9 @@ cdef enum:
 PARALLEL_MIN_CODES = PARALLEL_MIN
 CHUNK_SIZE_CODES = CHUNK_CODES
 
-# True when the BMI2 word path for 3/5/6/7 bits was compiled in (reported by the benchmark).
-FAST_PATH = bool(QP_PDEP)
+# Which path this build uses for 3/5/6/7 bits (reported by the benchmark).
+ODD_WIDTH_PATH = ("avx512-vbmi + bmi2 tail" if QP_VBMI else "bmi2 pext/pdep" if QP_PDEP
+                  else "portable simple loop")
 
 
 def pack_rows(const uint8_t[:, ::1] codes, uint8_t[:, ::1] out, int bits, int num_threads=1):
