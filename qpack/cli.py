@@ -1,26 +1,384 @@
-"""The ``qpack`` command line."""
+"""The ``qpack`` command line: compress, inspect, verify and decompress ``.qpk`` files.
+
+Exit codes: 0 on success, 1 on a bad input (missing or damaged file, bad setting, ...;
+one line on stderr, no traceback unless ``--debug``), 2 on a usage error (argparse).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 from qpack._version import __version__
 
+MODEL_EXTENSIONS = (".safetensors", ".npz")
+
+
+class CliError(Exception):
+    """A bad input found by the CLI itself: printed as one line, exit code 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors are one line on stderr (exit code 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+# -- argument types (argparse turns their ValueError/ArgumentTypeError into exit 2) ------
+
+def _bits(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in 1..8, got {text!r}") from None
+    if not 1 <= value <= 8:
+        raise argparse.ArgumentTypeError(f"must be an integer in 1..8, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {value:g}")
+    return value
+
+
+def _group_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not (value == -1 or value > 0):
+        raise argparse.ArgumentTypeError(
+            f"must be a positive integer, or -1 for one group per output row; got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
+def _override_value(text: str):
+    """An override value: int, float, true/false, none, or a plain word."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def parse_override(text: str) -> tuple[str, dict]:
+    """Parse ``'GLOB:key=value,key=value'`` into (glob, {key: value}).
+
+    The glob is everything before the last ``:``; values are converted to int, float,
+    bool (true/false) or None (none) when they look like one. Raises
+    argparse.ArgumentTypeError for a malformed override.
+    """
+    pattern, sep, body = text.rpartition(":")
+    if not sep or not pattern or not body:
+        raise argparse.ArgumentTypeError(
+            f"expected 'GLOB:key=value[,key=value...]', got {text!r}")
+    settings = {}
+    for item in body.split(","):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise argparse.ArgumentTypeError(
+                f"override {text!r}: expected key=value, got {item!r}")
+        settings[key.strip()] = _override_value(value)
+    return pattern, settings
+
+
+# -- subcommands -----------------------------------------------------------------------
+
+def _check_output(path: str, extensions: tuple[str, ...]) -> str:
+    """Fail early (before any work) on an output path that cannot be written."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in extensions:
+        raise CliError(f"{path}: output must end in {' or '.join(extensions)}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CliError(f"{path}: directory {folder} does not exist")
+    if os.path.isdir(path):
+        raise CliError(f"{path}: is a directory")
+    return ext
+
+
+def _check_exists(path: str) -> None:
+    if not os.path.exists(path):
+        raise CliError(f"{path}: no such file")
+    if not os.path.isfile(path):
+        raise CliError(f"{path}: not a regular file")
+
+
+def _check_input(path: str, extensions: tuple[str, ...]) -> None:
+    _check_exists(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in extensions:
+        raise CliError(f"{path}: unknown input type {ext or '(no extension)'!r} "
+                       f"(expected {' or '.join(extensions)})")
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    """Compress a .safetensors/.npz model into a .qpk file and print the report."""
+    from qpack.inputs import read_model
+    from qpack.model import compress
+
+    _check_input(args.input, MODEL_EXTENSIONS)
+    _check_output(args.output, (".qpk",))
+    arrays = read_model(args.input)
+    overrides: dict[str, dict] = {}
+    for pattern, settings in args.override:
+        overrides.setdefault(pattern, {}).update(settings)
+    progress = not args.quiet and sys.stderr.isatty()
+    model = compress(arrays, bits=args.bits, prune=args.prune, method=args.method,
+                     group_size=args.group_size, symmetric=args.symmetric, clip=args.clip,
+                     entropy=None if args.no_entropy else "huffman",
+                     include=args.include or None, exclude=args.exclude or None,
+                     overrides=overrides or None, min_numel=args.min_numel,
+                     prune_scope=args.prune_scope, per_channel=args.per_channel,
+                     metadata={"source": os.path.basename(args.input)}, progress=progress)
+    size = model.save(args.output)
+    if not args.quiet:
+        print(model.report())
+    print(f"wrote {args.output}: {size:,} bytes, {model.original_nbytes / size:.2f}x smaller "
+          f"than the {model.original_nbytes:,} input bytes")
+    return 0
+
+
+def _info_dict(path: str, model) -> dict:
+    tensors = {}
+    for name, t in model.items():
+        tensors[name] = {"shape": list(t.shape), "dtype": t.spec["dtype"], "method": t.method,
+                         "bits": t.bits, "layout": t.layout if t.method != "raw" else None,
+                         "sparsity": t.sparsity, "stored_bytes": t.nbytes,
+                         "original_bytes": t.original_nbytes, "stats": t.stats,
+                         "spec": t.spec}
+    return {"file": path, "file_bytes": model.nbytes, "original_bytes": model.original_nbytes,
+            "ratio": model.ratio, "metadata": model.metadata, "tensors": tensors}
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print a .qpk file's header, metadata and per-tensor table (nothing is decoded)."""
+    from qpack.model import load
+
+    _check_exists(args.file)
+    model = load(args.file)  # validates the header; decodes no section
+    if args.json:
+        print(json.dumps(_info_dict(args.file, model), indent=1, default=str))
+        return 0
+    print(f"file: {args.file}")
+    print(f"size: {model.nbytes:,} bytes ({len(model)} tensors, "
+          f"{model.original_nbytes:,} bytes uncompressed, ratio {model.ratio:.2f}x)")
+    for key, value in model.metadata.items():
+        print(f"metadata {key}: {value}")
+    print()
+    print(model.report())
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check every CRC32 of a .qpk (header and each section); optionally decode each tensor."""
+    from qpack.model import load
+
+    _check_exists(args.file)
+    model = load(args.file, verify=True)
+    sections = sum(len(t.spec["sections"]) for t in model.values())
+    if args.decode:
+        for t in model.values():
+            t.dequantize()
+    what = " and every tensor decodes" if args.decode else ""
+    print(f"{args.file}: OK ({len(model)} tensors, header and {sections} section checksums "
+          f"match{what})")
+    return 0
+
+
+def write_arrays(path: str, arrays: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write arrays to ``.safetensors`` or ``.npz`` atomically (no partial file on error).
+
+    ``.npz`` cannot hold bfloat16 without pickling, so bfloat16 arrays become float32 there.
+    """
+    import numpy as np
+
+    from qpack.format import atomic_path
+    from qpack.safetensors_file import write_safetensors
+
+    if path.lower().endswith(".safetensors"):
+        write_safetensors(path, arrays, metadata)
+        return
+    plain = {}
+    for name, arr in arrays.items():
+        arr = np.asarray(arr)
+        plain[name] = arr.astype(np.float32) if arr.dtype.name == "bfloat16" else arr
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **plain)
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    """Decode every tensor of a .qpk and write them as .safetensors or .npz."""
+    from qpack.model import load
+
+    _check_exists(args.file)
+    _check_output(args.output, MODEL_EXTENSIONS)
+    model = load(args.file)
+    arrays = model.decompress()
+    write_arrays(args.output, arrays, metadata=model.metadata)
+    print(f"wrote {args.output}: {len(arrays)} tensors, "
+          f"{sum(a.nbytes for a in arrays.values()):,} bytes of data")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train the digits MLP, compress it at several settings, run it from the files."""
+    from qpack.demo import main as demo_main
+
+    return demo_main(quick=args.quick)
+
+
+def find_benchmarks() -> Path | None:
+    """benchmarks/run_all.py of the source checkout qpack was installed from, if present."""
+    candidate = Path(__file__).resolve().parent.parent / "benchmarks" / "run_all.py"
+    return candidate if candidate.is_file() else None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run benchmarks/run_all.py from the source checkout (not part of an installed wheel)."""
+    script = find_benchmarks()
+    if script is None:
+        raise CliError("the benchmark suite is not installed with the package: run "
+                       "'qpack bench' from an editable install of a qpack source checkout "
+                       "(pip install -e .), or 'python benchmarks/run_all.py' there")
+    command = [sys.executable, str(script)] + (["--quick"] if args.quick else [])
+    if args.only:
+        command += ["--only", *args.only]
+    return subprocess.call(command, cwd=str(script.parent.parent))
+
+
+# -- parser ----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``qpack`` command."""
-    parser = argparse.ArgumentParser(prog="qpack", description=__doc__)
+    parser = _Parser(
+        prog="qpack",
+        description="Compress neural-network weights (pruning, K-means weight sharing, "
+                    "1-8-bit quantization, Huffman coding) into .qpk files, and inspect them.")
     parser.add_argument("--version", action="version", version=f"qpack {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback when a command fails")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("compress", help="compress a .safetensors or .npz model to .qpk",
+                       description="Compress every floating tensor of >= 2 dims and at least "
+                                   "--min-numel elements; store the others exactly.")
+    p.add_argument("input", metavar="IN", help="model file: .safetensors or .npz")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.qpk", help="file to write")
+    p.add_argument("--bits", type=_bits, default=4, help="bits per weight code, 1-8 (4)")
+    p.add_argument("--prune", type=_fraction, default=0.0,
+                   help="fraction of smallest-magnitude weights removed, in [0, 1) (0)")
+    p.add_argument("--method", choices=("kmeans", "linear"), default="kmeans",
+                   help="kmeans: shared-weight codebook; linear: scale + zero-point (kmeans)")
+    p.add_argument("--group-size", type=_group_size, default=None, metavar="N",
+                   help="linear: one scale per N inputs of a row, -1 per row (default: "
+                        "one per tensor)")
+    p.add_argument("--symmetric", action="store_true", help="linear: zero-point at 0")
+    p.add_argument("--clip", choices=("minmax", "percentile", "mse"), default="minmax",
+                   help="linear: how the quantization range is chosen (minmax)")
+    p.add_argument("--per-channel", action="store_true",
+                   help="kmeans: one codebook per output row")
+    p.add_argument("--no-entropy", action="store_true",
+                   help="skip Huffman coding (larger file, codes usable in place)")
+    p.add_argument("--include", action="append", default=[], metavar="GLOB",
+                   help="quantize only tensors matching this glob (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="store tensors matching this glob exactly (repeatable)")
+    p.add_argument("--override", action="append", default=[], type=parse_override,
+                   metavar="'GLOB:key=value,...'",
+                   help="per-tensor settings, e.g. 'embed*:bits=8,method=linear' (keys: "
+                        "method (kmeans|linear|raw), bits, prune, group_size, symmetric, "
+                        "clip, entropy, per_channel, init; repeatable, later wins)")
+    p.add_argument("--min-numel", type=_non_negative_int, default=1024, metavar="N",
+                   help="smaller tensors are stored exactly (1024)")
+    p.add_argument("--prune-scope", choices=("tensor", "global"), default="tensor",
+                   help="prune each tensor by --prune, or one threshold for all (tensor)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar and no per-tensor report")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("info", help="show a .qpk file's header, metadata and tensors",
+                       description="Reads only the header: no tensor is decoded.")
+    p.add_argument("file", metavar="FILE.qpk")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("decompress", help="decode a .qpk file to .safetensors or .npz")
+    p.add_argument("file", metavar="FILE.qpk")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="OUT.safetensors or OUT.npz")
+    p.set_defaults(func=cmd_decompress)
+
+    p = sub.add_parser("verify", help="check every checksum of a .qpk file",
+                       description="Checks the header's and every section's CRC32; exit "
+                                   "code 1 naming the damaged section when one fails.")
+    p.add_argument("file", metavar="FILE.qpk")
+    p.add_argument("--decode", action="store_true",
+                   help="also decode every tensor (slower, checks the encoded contents)")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("demo", help="compress a digits MLP at several settings (no download)",
+                       description="Trains MLPClassifier(300, 100) on scikit-learn's digits, "
+                                   "compresses it at several settings, and runs the test "
+                                   "set from each saved .qpk with packed layers.")
+    p.add_argument("--quick", action="store_true", help="short training, three settings")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="run the benchmark suite (source checkout only)")
+    p.add_argument("--quick", action="store_true", help="small sizes, about a minute each")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="benchmarks to run")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``qpack`` console script; returns the process exit code."""
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # e.g. `qpack info --json x.qpk | head`: not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except (CliError, ValueError, OSError) as exc:  # FormatError is a ValueError
+        if args.debug:
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        print(f"qpack {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("qpack: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,308 @@
+"""``qpack demo``: compress a trained MLP at several settings and run it from the packed file.
+
+The model is scikit-learn's ``MLPClassifier(hidden_layer_sizes=(300, 100))`` (the
+LeNet-300-100 shape of the Deep Compression paper) trained on the 8x8 digits that ship with
+scikit-learn, so nothing is downloaded. Each setting compresses the whole model (three
+weight matrices quantized, biases stored exactly), saves it to a ``.qpk``, loads it back
+(memory-mapped) and classifies the test set with ``PackedLinear`` layers running straight
+from the loaded file. The CLI (``qpack demo``), ``examples/digits_mlp.py`` and
+``benchmarks/bench_models.py`` all call the functions here.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qpack.model import CompressedModel, compress, load
+from qpack.nn import PackedLinear
+
+# Each setting: a label and the keyword arguments for qpack.compress (min_numel=0 is added
+# so the 100x10 output layer is quantized too). Linear settings use one scale per output
+# row (group_size=-1); Huffman coding is on everywhere (the compress default).
+DEMO_SETTINGS: list[tuple[str, dict]] = [
+    ("kmeans 8-bit", {"method": "kmeans", "bits": 8}),
+    ("kmeans 4-bit", {"method": "kmeans", "bits": 4}),
+    ("kmeans 2-bit", {"method": "kmeans", "bits": 2}),
+    ("linear 8-bit/row", {"method": "linear", "bits": 8, "group_size": -1}),
+    ("linear 4-bit/row", {"method": "linear", "bits": 4, "group_size": -1}),
+    ("linear 2-bit/row", {"method": "linear", "bits": 2, "group_size": -1}),
+    ("kmeans 4-bit, prune 0.5", {"method": "kmeans", "bits": 4, "prune": 0.5}),
+    ("linear 4-bit/row, prune 0.5", {"method": "linear", "bits": 4, "group_size": -1,
+                                     "prune": 0.5}),
+    ("kmeans 4-bit, prune 0.9", {"method": "kmeans", "bits": 4, "prune": 0.9}),
+]
+QUICK_SETTINGS = ["kmeans 4-bit", "linear 8-bit/row", "kmeans 4-bit, prune 0.5"]
+# Deep Compression retrains after pruning; this row prunes 90%, fine-tunes the survivors
+# with the pruned weights held at zero, then compresses like "kmeans 4-bit, prune 0.9".
+RETRAINED = ("kmeans 4-bit, prune 0.9 + retrain",
+             {"method": "kmeans", "bits": 4, "prune": 0.9})
+LAYERS = ("fc1", "fc2", "fc3")
+
+
+@dataclass
+class DigitsSplit:
+    """The digits data set, scaled to [0, 1] float32, split 75/25 stratified."""
+
+    x_train: np.ndarray
+    x_test: np.ndarray
+    y_train: np.ndarray
+    y_test: np.ndarray
+
+
+@dataclass
+class DemoResult:
+    """What ``run_demo`` measured: one dict per row (see ``format_table``) plus context."""
+
+    rows: list[dict] = field(default_factory=list)
+    float_accuracy: float = 0.0
+    train_seconds: float = 0.0
+    n_test: int = 0
+    workdir: str = ""
+
+
+def load_digits_split(seed: int = 0) -> DigitsSplit:
+    """sklearn's 1797 8x8 digits as float32 in [0, 1]; stratified 75/25 split by ``seed``."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=0.25, stratify=y, random_state=seed)
+    return DigitsSplit(x_train, x_test, y_train, y_test)
+
+
+def _single_thread_blas():
+    """A context limiting BLAS to one thread: on a busy 2-core machine, training this small
+    MLP with two OpenBLAS threads is often 10x slower than with one."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def train_mlp(data: DigitsSplit, seed: int = 0, max_iter: int = 200):
+    """Train ``MLPClassifier(hidden_layer_sizes=(300, 100))`` (ReLU, Adam) on ``data``.
+
+    Returns the fitted classifier. Convergence warnings (for a small ``max_iter``) are
+    silenced: the demo reports the accuracy it reached either way.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    mlp = MLPClassifier(hidden_layer_sizes=(300, 100), random_state=seed, max_iter=max_iter)
+    with warnings.catch_warnings(), _single_thread_blas():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mlp.fit(data.x_train, data.y_train)
+    return mlp
+
+
+def mlp_state_dict(mlp) -> dict[str, np.ndarray]:
+    """The classifier as a PyTorch-style state dict of float32 arrays.
+
+    ``fcN.weight`` has shape (out, in) (sklearn's ``coefs_[i]`` is (in, out), so it is
+    transposed) and ``fcN.bias`` shape (out,).
+    """
+    state = {}
+    for name, w, b in zip(LAYERS, mlp.coefs_, mlp.intercepts_, strict=True):
+        state[f"{name}.weight"] = np.ascontiguousarray(w.T, dtype=np.float32)
+        state[f"{name}.bias"] = np.asarray(b, dtype=np.float32)
+    return state
+
+
+def mlp_forward(layers: Sequence[Callable[[np.ndarray], np.ndarray]], x: np.ndarray) -> np.ndarray:
+    """Logits of the MLP: each layer maps (batch, in) -> (batch, out), ReLU between layers.
+
+    (The classifier's softmax does not change the argmax, so it is left out.)
+    """
+    for i, layer in enumerate(layers):
+        x = layer(x)
+        if i < len(layers) - 1:
+            x = np.maximum(x, 0.0)
+    return x
+
+
+def dense_layers(state: dict[str, np.ndarray]) -> list[Callable[[np.ndarray], np.ndarray]]:
+    """Plain float32 numpy layers (x @ W.T + b) from a state dict: the reference."""
+    def make(w: np.ndarray, b: np.ndarray):
+        wt = np.ascontiguousarray(w.T)
+        return lambda x: x @ wt + b
+
+    return [make(state[f"{n}.weight"], state[f"{n}.bias"]) for n in LAYERS]
+
+
+def packed_layers(model: CompressedModel, act_quant: str | None = None) -> list[PackedLinear]:
+    """``PackedLinear`` layers over the weights of a (loaded) compressed MLP.
+
+    The weights stay packed; the biases (stored exactly) are decoded to float32.
+    """
+    return [PackedLinear(model[f"{n}.weight"], bias=model[f"{n}.bias"].dequantize(),
+                         act_quant=act_quant) for n in LAYERS]
+
+
+def accuracy(layers, x: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of rows of ``x`` whose arg-max logit equals the label in ``y``."""
+    return float(np.mean(mlp_forward(layers, x).argmax(axis=1) == y))
+
+
+def prune_and_retrain(mlp, data: DigitsSplit, sparsity: float, epochs: int = 15,
+                      seed: int = 0) -> dict[str, np.ndarray]:
+    """Deep Compression's prune-then-retrain step, on a copy of ``mlp``.
+
+    Removes the ``sparsity`` fraction of smallest-magnitude weights of every layer
+    (``qpack.prune_magnitude``), then trains ``epochs`` more epochs with ``partial_fit``,
+    putting the pruned weights back to zero after each one. Returns the state dict of the
+    retrained, pruned model (``mlp`` is not modified).
+    """
+    import copy
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from qpack.prune import prune_magnitude
+
+    net = copy.deepcopy(mlp)
+    masks = [prune_magnitude(w, sparsity) for w in net.coefs_]
+    rng = np.random.default_rng(seed)
+    with warnings.catch_warnings(), _single_thread_blas():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for _ in range(epochs + 1):
+            for w, keep in zip(net.coefs_, masks, strict=True):
+                w *= keep
+            order = rng.permutation(len(data.y_train))
+            net.partial_fit(data.x_train[order], data.y_train[order])
+    for w, keep in zip(net.coefs_, masks, strict=True):
+        w *= keep
+    return mlp_state_dict(net)
+
+
+def median_seconds(fn: Callable[[], object], repeat: int = 7, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` over ``repeat`` runs after ``warmup`` runs (seconds)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure_setting(label: str, kwargs: dict, state: dict[str, np.ndarray],
+                    data: DigitsSplit, workdir: str, float_accuracy: float,
+                    float_seconds: float, repeat: int = 7) -> dict:
+    """Compress ``state`` with ``kwargs``, save and load the ``.qpk``, classify the test set.
+
+    Returns a row: setting, file_bytes, ratio, accuracy, accuracy_delta (vs float32),
+    time_ratio (packed inference time / float32 numpy time), path.
+    """
+    path = os.path.join(workdir, label.replace(" ", "_").replace(",", "").replace("/", "-")
+                        .replace("+", "") + ".qpk")
+    model = compress(state, min_numel=0, **kwargs)
+    model.save(path, metadata={"setting": label})
+    loaded = load(path)
+    layers = packed_layers(loaded)
+    acc = accuracy(layers, data.x_test, data.y_test)
+    seconds = median_seconds(lambda: mlp_forward(layers, data.x_test), repeat=repeat)
+    return {"setting": label, "file_bytes": loaded.nbytes, "ratio": loaded.ratio,
+            "accuracy": acc, "accuracy_delta": acc - float_accuracy,
+            "time_ratio": seconds / float_seconds, "path": path}
+
+
+def run_demo(quick: bool = False, workdir: str | None = None, seed: int = 0,
+             settings: Sequence[tuple[str, dict]] | None = None, retrain: bool | None = None,
+             log: Callable[[str], None] | None = None) -> DemoResult:
+    """Train the digits MLP, then compress, save, load and evaluate it at each setting.
+
+    quick : fewer training iterations, three settings, no retraining row (for tests).
+    workdir : folder for the ``.qpk`` files (default: a fresh temporary folder, removed
+        afterwards; a given folder is kept with its files).
+    settings : (label, compress kwargs) pairs replacing the default list.
+    retrain : add the prune-0.9-and-retrain row (default: not in quick mode).
+    log : called with progress lines (e.g. ``print``); None for silence.
+
+    Returns a DemoResult; its first row is the float32 reference.
+    """
+    say = log or (lambda line: None)
+    if settings is None:
+        settings = ([s for s in DEMO_SETTINGS if s[0] in QUICK_SETTINGS] if quick
+                    else list(DEMO_SETTINGS))
+    if retrain is None:
+        retrain = not quick
+    repeat = 3 if quick else 7
+    data = load_digits_split(seed)
+    say(f"training MLPClassifier(300, 100) on {len(data.y_train)} digits ...")
+    t0 = time.perf_counter()
+    mlp = train_mlp(data, seed=seed, max_iter=30 if quick else 200)
+    result = DemoResult(train_seconds=time.perf_counter() - t0, n_test=len(data.y_test))
+    state = mlp_state_dict(mlp)
+    float_layers = dense_layers(state)
+    result.float_accuracy = accuracy(float_layers, data.x_test, data.y_test)
+    float_seconds = median_seconds(lambda: mlp_forward(float_layers, data.x_test),
+                                   repeat=repeat)
+
+    own_dir = workdir is None
+    tmp = tempfile.TemporaryDirectory(prefix="qpack-demo-") if own_dir else None
+    folder = tmp.name if tmp else os.fspath(workdir)
+    try:
+        from qpack.safetensors_file import write_safetensors
+
+        ref_path = os.path.join(folder, "float32.safetensors")
+        write_safetensors(ref_path, state)
+        ref_bytes = os.path.getsize(ref_path)
+        original = sum(a.nbytes for a in state.values())
+        result.rows.append({"setting": "float32 (numpy)", "file_bytes": ref_bytes,
+                            "ratio": original / ref_bytes, "accuracy": result.float_accuracy,
+                            "accuracy_delta": 0.0, "time_ratio": 1.0, "path": ref_path})
+        jobs = list(settings) + ([RETRAINED] if retrain else [])
+        for label, kwargs in jobs:
+            say(f"  {label}")
+            source = state
+            if (label, kwargs) == RETRAINED:
+                source = prune_and_retrain(mlp, data, kwargs["prune"], seed=seed)
+            result.rows.append(measure_setting(label, kwargs, source, data, folder,
+                                               result.float_accuracy, float_seconds, repeat))
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    result.workdir = "" if own_dir else folder
+    return result
+
+
+def format_table(result: DemoResult) -> str:
+    """The demo's table as aligned text (what ``qpack demo`` prints)."""
+    header = ["setting", "file size", "ratio", "test accuracy", "vs float32", "inference time"]
+    lines = [header]
+    for r in result.rows:
+        delta = r["accuracy_delta"]
+        lines.append([r["setting"], f"{r['file_bytes']:,} B", f"{r['ratio']:.1f}x",
+                      f"{100 * r['accuracy']:.2f}%",
+                      "-" if r["setting"].startswith("float32") else f"{100 * delta:+.2f} pt",
+                      f"{r['time_ratio']:.2f}x"])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    out = []
+    for j, row in enumerate(lines):
+        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip())
+        if j == 0:
+            out.append("  ".join("-" * w for w in widths))
+    out.append(f"test set: {result.n_test} digits; accuracy and time are relative to the "
+               "float32 model run with numpy (x @ W.T + b); ratio = float32 bytes / file size.")
+    return "\n".join(out)
+
+
+def main(quick: bool = False, out=None) -> int:
+    """Run the demo and print its table to ``out`` (default stdout); return 0."""
+    out = out or sys.stdout
+    result = run_demo(quick=quick, log=lambda line: print(line, file=out, flush=True))
+    print(f"trained in {result.train_seconds:.1f} s; float32 test accuracy "
+          f"{100 * result.float_accuracy:.2f}%\n", file=out)
+    print(format_table(result), file=out)
+    return 0
