@@ -263,12 +263,17 @@ def test_numpy_integer_bits_accepted():
 def test_code_too_large(bits, dtype, n, threads):
     if (1 << bits) > np.iinfo(dtype).max:
         pytest.skip("this dtype cannot hold 2**bits")
-    codes = np.zeros(n, dtype)
-    codes[n // 2] = 1 << bits  # a single bad code anywhere must be found
+    for where in sorted({0, n // 2, n - 1}):  # first, middle and last thread's share
+        codes = np.zeros(n, dtype)
+        codes[where] = 1 << bits  # a single bad code anywhere must be found
+        with pytest.raises(ValueError, match=rf"< 2\*\*{bits}"):
+            qpack.pack(codes, bits)
+        with pytest.raises(ValueError, match=rf"< 2\*\*{bits}"):
+            qpack.pack(codes.reshape(1, n), bits)
+    rows = np.zeros((5000, 61), dtype)  # many short rows, one row per thread
+    rows[-1, -1] = (1 << bits) | 1
     with pytest.raises(ValueError, match=rf"< 2\*\*{bits}"):
-        qpack.pack(codes, bits)
-    with pytest.raises(ValueError, match=rf"< 2\*\*{bits}"):
-        qpack.pack(codes.reshape(1, n), bits)
+        qpack.pack(rows, bits)
 
 
 def test_code_too_large_for_uint8_in_last_partial_group():
