@@ -10,13 +10,18 @@ from qpack.bitpack import pack, packed_nbytes, unpack
 from qpack.cluster import KMeansQuantized, codebook_gradient, kmeans_1d, quantize_kmeans
 from qpack.entropy import HuffmanCode, huffman_decode, huffman_encode, huffman_stream_info
 from qpack.errors import FormatError, QpackError
+from qpack.inputs import read_model
+from qpack.model import CompressedModel, compress, load, save
 from qpack.prune import prune_global, prune_magnitude, prune_n_m
 from qpack.quantize import LinearQuantized, quantize_linear
 from qpack.sparse import SparseIndex, encode_sparse_index
+from qpack.tensor import CompressedTensor
 from qpack.threads import get_num_threads, set_num_threads
 
 __all__ = [
     "__version__",
+    "CompressedModel",
+    "CompressedTensor",
     "FormatError",
     "HuffmanCode",
     "KMeansQuantized",
@@ -24,12 +29,14 @@ __all__ = [
     "QpackError",
     "SparseIndex",
     "codebook_gradient",
+    "compress",
     "encode_sparse_index",
     "get_num_threads",
     "huffman_decode",
     "huffman_encode",
     "huffman_stream_info",
     "kmeans_1d",
+    "load",
     "metrics",
     "pack",
     "packed_nbytes",
@@ -38,6 +45,8 @@ __all__ = [
     "prune_n_m",
     "quantize_kmeans",
     "quantize_linear",
+    "read_model",
+    "save",
     "set_num_threads",
     "unpack",
 ]

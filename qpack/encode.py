@@ -6,17 +6,20 @@ container (qpack/format.py) later gives the blobs their offsets and checksums.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from qpack import dtypes, metrics
+from qpack import dtypes
+from qpack._kernels import errstats as _errstats
 from qpack.cluster import quantize_kmeans
 from qpack.prune import prune_magnitude
 from qpack.quantize import quantize_linear
 from qpack.sections import coded_nbytes, encode_codes, encode_raw
 from qpack.sparse import encode_sparse_index
 from qpack.tensor import ELEMENT_ALLOWANCE, MAX_ELEMENTS_PER_BYTE, matrix_shape
+from qpack.threads import get_num_threads
 
 
 @dataclass(frozen=True)
@@ -47,12 +50,19 @@ def encode_raw_tensor(arr: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def _stats(w: np.ndarray, w_hat: np.ndarray, mask: np.ndarray | None) -> dict:
-    return {
-        "sparsity": 0.0 if mask is None else float(1.0 - mask.mean()),
-        "rel_error": float(metrics.relative_error(w, w_hat)),
-        "sqnr_db": float(metrics.sqnr_db(w, w_hat)),
-        "max_abs_error": float(metrics.max_abs_error(w, w_hat)),
-    }
+    """Sparsity and reconstruction errors, in one pass and no tensor-sized temporaries."""
+    err, sig, max_abs = _errstats.error_sums(np.ascontiguousarray(w).reshape(-1),
+                                              np.ascontiguousarray(w_hat).reshape(-1),
+                                              get_num_threads())
+    if err == 0.0:
+        rel, sqnr = 0.0, math.inf
+    else:
+        rel = math.sqrt(err / sig) if sig > 0 else math.inf
+        sqnr = 10.0 * math.log10(sig / err) if sig > 0 else -math.inf
+    return {"sparsity": 0.0 if mask is None else float(1.0 - np.count_nonzero(mask) / mask.size),
+            # JSON has no infinities: an exact or all-zero tensor stores null
+            "rel_error": rel if math.isfinite(rel) else None,
+            "sqnr_db": sqnr if math.isfinite(sqnr) else None, "max_abs_error": max_abs}
 
 
 def encode_tensor(arr: np.ndarray, settings: TensorSettings,

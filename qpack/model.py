@@ -103,7 +103,8 @@ class CompressedModel(Mapping):
                 "original_bytes": t.original_nbytes,
                 "ratio": t.original_nbytes / t.nbytes if t.nbytes else math.inf,
                 "rel_error": 0.0 if raw else stats.get("rel_error"),
-                "sqnr_db": math.inf if raw else stats.get("sqnr_db"),
+                "sqnr_db": math.inf if raw or stats.get("rel_error") == 0.0
+                else stats.get("sqnr_db"),
             })
         return Report(rows, self.nbytes, self.original_nbytes)
 
@@ -177,7 +178,7 @@ def load(path: str | os.PathLike, verify: bool = False) -> CompressedModel:
         validate_spec(name, spec, lambda d: d["length"])
         tensors[name] = _mapped_tensor(name, spec, mapped)
     if verify:
-        for name, t in tensors.items():
+        for t in tensors.values():
             for role in t.spec["sections"]:
                 t._read_section(role)
     return CompressedModel(tensors, metadata, source=mapped)

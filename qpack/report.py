@@ -42,7 +42,8 @@ class Report(list):
         widths = [max(len(r[i]) for r in table) for i in range(len(self.COLUMNS))]
         lines = []
         for j, r in enumerate(table):
-            cells = [c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
+            cells = [c.ljust(w) if i < 3 else c.rjust(w)
+                     for i, (c, w) in enumerate(zip(r, widths, strict=True))]
             lines.append("  ".join(cells).rstrip())
             if j == 0:
                 lines.append("  ".join("-" * w for w in widths))

@@ -61,11 +61,12 @@ def test_round_trip_matches_transforms(tmp_path, model, method, bits, prune, ent
 
 
 def test_selection_rules(model):
-    cm = qpack.compress(model, bits=4, min_numel=1000)
+    cm = qpack.compress(model, bits=4, min_numel=700)
     methods = {n: cm[n].method for n in cm}
     assert methods["fc1.weight"] == "kmeans" and methods["embed.weight"] == "kmeans"
-    assert methods["fc2.weight"] == "raw"          # 816 elements < min_numel
-    assert methods["conv.weight"] == "kmeans"       # 4-D, viewed as (8, 75)
+    assert methods["fc2.weight"] == "kmeans"       # 816 elements
+    assert methods["conv.weight"] == "raw"         # 600 elements < min_numel
+    assert qpack.compress(model, min_numel=0)["conv.weight"].method == "kmeans"  # 4-D
     for name in ("fc1.bias", "norm.weight", "step", "position_ids"):
         assert methods[name] == "raw"
     cm2 = qpack.compress(model, bits=4, min_numel=0, include=["fc*"], exclude="*.bias")
@@ -280,3 +281,19 @@ def test_fixtures_still_load():
         expect = np.load(os.path.join(data, fname.replace(".qpk", ".expected.npz")))
         for name in m:
             np.testing.assert_array_equal(m[name].dequantize(), expect[name], err_msg=name)
+
+
+def test_exact_and_zero_tensors(tmp_path):
+    """Tensors a quantizer reproduces exactly (SQNR inf) still save and report."""
+    model = {"zeros": np.zeros((64, 64), np.float32),
+             "const": np.full((64, 64), 0.25, np.float32),
+             "two": np.tile(np.array([-1.0, 1.0], np.float32), (64, 32))}
+    for method in ("kmeans", "linear"):
+        if method == "linear":  # 2-bit asymmetric cannot hit both -1 and +1 with 0 exact
+            model.pop("two")
+        cm = qpack.compress(model, bits=2, method=method, min_numel=0)
+        cm.save(tmp_path / "e.qpk")
+        out = qpack.load(tmp_path / "e.qpk").decompress()
+        for k, v in model.items():
+            np.testing.assert_array_equal(out[k], v)
+        assert "inf" in str(cm.report())

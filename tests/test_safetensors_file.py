@@ -16,7 +16,8 @@ def _arrays():
     rng = np.random.default_rng(0)
     return {"a": rng.normal(size=(3, 5)).astype(np.float32),
             "b": rng.integers(-5, 5, size=7).astype(np.int64),
-            "c": np.zeros((0, 4), np.float16), "d": np.array(True), "e": np.arange(6, dtype=np.uint8)}
+            "c": np.zeros((0, 4), np.float16), "d": np.array(True),
+            "e": np.arange(6, dtype=np.uint8)}
 
 
 def test_reads_what_safetensors_writes(tmp_path):

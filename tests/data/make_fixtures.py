@@ -15,8 +15,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-import qpack  # noqa: E402
 from model_cases import small_model  # noqa: E402
+
+import qpack  # noqa: E402
 
 SETTINGS = {
     "kmeans4_prune50_huffman": dict(bits=4, prune=0.5),

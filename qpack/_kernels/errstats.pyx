@@ -1,0 +1,36 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""One-pass error sums between a reference and its reconstruction (float32 inputs).
+
+Used to measure every compressed tensor without float64 temporaries the size of the
+tensor. The caller (qpack.metrics.error_sums) checks that both arrays are C-contiguous
+float32 of the same length, so the loops index without bounds checks.
+"""
+
+from cython.parallel cimport prange
+from libc.math cimport fabs
+
+
+def error_sums(const float[::1] ref, const float[::1] approx, int num_threads=1):
+    """Return (sum (ref-approx)^2, sum ref^2, max |ref-approx|), accumulated in float64."""
+    cdef Py_ssize_t n = ref.shape[0], i, c, start, stop
+    cdef Py_ssize_t chunk = 1 << 16
+    cdef Py_ssize_t nchunks = (n + chunk - 1) // chunk
+    cdef double err = 0.0, sig = 0.0, mx = 0.0
+    cdef double e_c, s_c, m_c, d
+    for c in prange(nchunks, nogil=True, num_threads=num_threads, schedule="static"):
+        e_c = 0.0
+        s_c = 0.0
+        m_c = 0.0
+        start = c * chunk
+        stop = min(start + chunk, n)
+        for i in range(start, stop):
+            d = <double>ref[i] - <double>approx[i]
+            e_c = e_c + d * d
+            s_c = s_c + <double>ref[i] * <double>ref[i]
+            m_c = max(m_c, fabs(d))
+        err += e_c
+        sig += s_c
+        with gil:
+            if m_c > mx:
+                mx = m_c
+    return err, sig, mx
