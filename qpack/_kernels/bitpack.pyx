@@ -2,8 +2,16 @@
 """Bit-packing kernels: b-bit codes (1 <= b <= 8) <-> LSB-first packed bytes.
 
 Layout (docs/FORMAT.md): code i occupies stream bits i*b .. i*b+b-1 and stream bit k is
-bit (k mod 8) of byte k div 8. Eight codes of b bits fill exactly b bytes, so the kernels
-work on groups of 8 codes; the last, partial group of a row writes ceil(r*b/8) bytes.
+bit (k mod 8) of byte k div 8. Eight codes of b bits fill exactly b bytes, so a row is a
+run of b-byte groups of 8 codes plus a partial group of r codes in ceil(r*b/8) bytes.
+
+Paths, per width (each compiled with b as a constant):
+  8 bits          memcpy.
+  1, 2, 4 bits    byte-at-a-time loops written so the compiler vectorizes them.
+  3, 5, 6, 7 bits AVX-512 VBMI (64 codes a step) when the build targets it, else BMI2
+                  pext/pdep (8 codes a step), else the simple loop.
+  any             the simple 64-bit-accumulator loop: portable, the readable reference
+                  for the others, and what finishes every run's partial group.
 
 Every function here trusts its caller (qpack/bitpack.py) to have checked dtypes, shapes,
 and that every buffer is long enough for the row lengths it passes. That is why bounds
@@ -331,6 +339,8 @@ ODD_WIDTH_PATH = ("avx512-vbmi + bmi2 tail" if QP_VBMI else "bmi2 pext/pdep" if 
                   else "portable simple loop")
 
 
+# boundscheck/wraparound are off in both kernels below: qpack.bitpack.pack/unpack checked
+# every shape and length they pass (see the module docstring).
 def pack_rows(const uint8_t[:, ::1] codes, uint8_t[:, ::1] out, int bits, int num_threads=1):
     """Pack each row of ``codes`` (rows, ncols) into ``out`` (rows, ceil(ncols*bits/8)).
 
@@ -339,7 +349,7 @@ def pack_rows(const uint8_t[:, ::1] codes, uint8_t[:, ::1] out, int bits, int nu
     caller: 1 <= bits <= 8 and out has exactly that shape.
     """
     cdef Py_ssize_t rows = codes.shape[0], ncols = codes.shape[1]
-    cdef Py_ssize_t i, c, nchunks, start, length
+    cdef Py_ssize_t i, c, task, nchunks, start, length
     cdef Py_ssize_t chunk_bytes = (CHUNK_CODES // 8) * bits
     cdef uint8_t seen = 0
     if rows == 0 or ncols == 0:
@@ -350,12 +360,15 @@ def pack_rows(const uint8_t[:, ::1] codes, uint8_t[:, ::1] out, int bits, int nu
         for i in prange(rows, nogil=True, num_threads=num_threads, schedule="static"):
             seen |= qp_pack_any(&codes[i, 0], &out[i, 0], ncols, bits)
         return seen
+    # Long rows: every (row, chunk) pair is an independent task.
     nchunks = (ncols + CHUNK_CODES - 1) // CHUNK_CODES
-    for i in range(rows):
-        for c in prange(nchunks, nogil=True, num_threads=num_threads, schedule="static"):
-            start = c * CHUNK_CODES
-            length = min(CHUNK_CODES, ncols - start)
-            seen |= qp_pack_any(&codes[i, start], &out[i, c * chunk_bytes], length, bits)
+    for task in prange(rows * nchunks, nogil=True, num_threads=num_threads,
+                       schedule="static"):
+        i = task // nchunks
+        c = task % nchunks
+        start = c * CHUNK_CODES
+        length = min(CHUNK_CODES, ncols - start)
+        seen |= qp_pack_any(&codes[i, start], &out[i, c * chunk_bytes], length, bits)
     return seen
 
 
@@ -367,7 +380,7 @@ def unpack_rows(const uint8_t[:, ::1] packed, uint8_t[:, ::1] out, int bits,
     Padding bits after the last code of a row are never read into a code.
     """
     cdef Py_ssize_t rows = out.shape[0], ncols = out.shape[1]
-    cdef Py_ssize_t i, c, nchunks, start, length
+    cdef Py_ssize_t i, c, task, nchunks, start, length
     cdef Py_ssize_t chunk_bytes = (CHUNK_CODES // 8) * bits
     if rows == 0 or ncols == 0:
         return
@@ -378,8 +391,10 @@ def unpack_rows(const uint8_t[:, ::1] packed, uint8_t[:, ::1] out, int bits,
             qp_unpack_any(&packed[i, 0], &out[i, 0], ncols, bits)
         return
     nchunks = (ncols + CHUNK_CODES - 1) // CHUNK_CODES
-    for i in range(rows):
-        for c in prange(nchunks, nogil=True, num_threads=num_threads, schedule="static"):
-            start = c * CHUNK_CODES
-            length = min(CHUNK_CODES, ncols - start)
-            qp_unpack_any(&packed[i, c * chunk_bytes], &out[i, start], length, bits)
+    for task in prange(rows * nchunks, nogil=True, num_threads=num_threads,
+                       schedule="static"):
+        i = task // nchunks
+        c = task % nchunks
+        start = c * CHUNK_CODES
+        length = min(CHUNK_CODES, ncols - start)
+        qp_unpack_any(&packed[i, c * chunk_bytes], &out[i, start], length, bits)
