@@ -51,6 +51,26 @@ def _check_init(init, k: int):
     return np.sort(arr)
 
 
+def _threads_for(work: int) -> int:
+    # Small jobs run on one thread: waking an OpenMP team costs more than it saves.
+    return get_num_threads() if work >= 1 << 16 else 1
+
+
+def sort_values(v: np.ndarray) -> np.ndarray:
+    """Ascending copy of 1-D float32/float64 ``v`` (finite).
+
+    Large float32 inputs go through the radix-sort kernel (four linear passes, several
+    times faster than np.sort here); the rest use np.sort.
+    """
+    if v.dtype != np.float32 or v.size < 1 << 15:
+        return np.sort(v)
+    src = np.ascontiguousarray(v)
+    out = np.empty_like(src)
+    scratch = np.empty(src.size, dtype=np.uint32)
+    _k.radix_sort_float32(src, out, scratch, get_num_threads() if v.size >= 1 << 20 else 1)
+    return out
+
+
 def _midpoints(c: np.ndarray) -> np.ndarray:
     # Written as a half-sum so huge centroids cannot overflow.
     return c[:-1] * 0.5 + c[1:] * 0.5
@@ -128,59 +148,111 @@ def _relocate_empty(xs, ws, edges, c, S, W, shift):
         W[new_j] = wt
 
 
-def _lloyd_sorted(xs: np.ndarray, ws: np.ndarray | None, k: int, init, max_iter: int,
-                  tol: float, rng) -> tuple[np.ndarray, int]:
-    """Lloyd iterations on ascending ``xs`` (weights ``ws`` in the same order, or None).
+# Row states reported by the lloyd_rows kernel (see qpack/_kernels/cluster.pyx).
+_CONVERGED, _MAX_ITER, _EMPTY, _SKIP, _PENDING = 0, 1, 2, 3, 4
 
-    Returns (k ascending float64 centroids, iterations run).
+
+def _edges_for(xs: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Run boundaries [0, e_1, ..., e_{k-1}, n] of the assignment to ascending centroids c."""
+    edges = np.empty(c.size + 1, dtype=np.intp)
+    edges[0], edges[-1] = 0, xs.size
+    edges[1:-1] = np.searchsorted(xs, _bounds_below(_midpoints(c), xs.dtype), side="right")
+    return edges
+
+
+def _lloyd_step(xs, ws, P, wcum, shift, c):
+    """One Lloyd update from centroids c (with empty-cluster relocation).
+
+    Returns (edges of the assignment to c, new centroids, whether a relocation happened).
     """
+    edges = _edges_for(xs, c)
+    if ws is None:
+        W = np.diff(edges).astype(np.float64)
+    else:
+        W = wcum[edges[1:]] - wcum[edges[:-1]]
+    S = P[edges[1:]] - P[edges[:-1]]
+    relocated = bool((W <= 0).any())
+    if relocated:
+        _relocate_empty(xs, ws, edges, c, S, W, shift)
+    filled = W > 0
+    new_c = np.where(filled, S / np.where(filled, W, 1.0) + shift, c)
+    if relocated:
+        new_c.sort()
+    return edges, new_c, relocated
+
+
+def _lloyd_python(xs, ws, P, wcum, shift, c, max_iter, tol_abs):
+    """The reference loop: used with sample weights or tol > 0. Returns (centroids, iters)."""
+    prev = None
+    it = 0
+    while True:
+        if prev is not None and np.array_equal(_edges_for(xs, c), prev):
+            break  # assignments unchanged: c already holds the means of this assignment
+        if it >= max_iter:
+            break
+        edges, new_c, relocated = _lloyd_step(xs, ws, P, wcum, shift, c)
+        it += 1
+        # After a relocation the new centroids are not the means of this assignment.
+        prev = None if relocated else edges
+        shift_sq = float(np.square(new_c - c).sum())
+        c = new_c
+        if tol_abs > 0 and shift_sq <= tol_abs:
+            break
+    return c, it
+
+
+def _lloyd_rows(srt: np.ndarray, P: np.ndarray, shifts: np.ndarray, cents: np.ndarray,
+                todo: np.ndarray, max_iter: int) -> None:
+    """Run Lloyd to convergence on the rows flagged in ``todo`` (centroids in place).
+
+    The kernel runs plain iterations for all rows at once; a row that meets an empty
+    cluster comes back here for one Python step with relocation, then resumes.
+    """
+    status = np.where(todo, _PENDING, _SKIP).astype(np.int32)
+    iters = np.zeros(srt.shape[0], dtype=np.int64)
+    nt = _threads_for(srt.shape[0] * 64)
+    _k.lloyd_rows(srt, P, shifts, cents, status, iters, max_iter, nt)
+    if (status == _PENDING).any():
+        raise MemoryError("kmeans: could not allocate per-thread scratch")
+    for r in np.flatnonzero(status == _EMPTY):
+        one = status[r:r + 1].copy()
+        it = iters[r:r + 1].copy()
+        while one[0] == _EMPTY and it[0] < max_iter:
+            _, cents[r], _ = _lloyd_step(srt[r], None, P[r], None, float(shifts[r]), cents[r])
+            it[0] += 1
+            one[0] = _PENDING
+            _k.lloyd_rows(srt[r:r + 1], P[r:r + 1], shifts[r:r + 1], cents[r:r + 1], one, it,
+                          max_iter, 1)
+
+
+def _lloyd_sorted(xs: np.ndarray, ws: np.ndarray | None, k: int, init, max_iter: int,
+                  tol: float, rng) -> np.ndarray:
+    """k ascending float64 centroids of ascending ``xs`` (weights ``ws`` alike, or None)."""
     n = xs.size
     change = xs[1:] != xs[:-1]
     ndistinct = 1 + int(np.count_nonzero(change))
     if ndistinct <= k:
         # Every distinct value gets its own centroid: zero error, nothing to iterate.
         distinct = xs[np.concatenate(([True], change))].astype(np.float64)
-        return _pad_distinct(distinct, k), 0
+        return _pad_distinct(distinct, k)
     # Prefix sums of values centred on the median keep the float64 sums well conditioned.
     shift = float(xs[n // 2])
+    P = np.empty(n + 1, dtype=np.float64)
+    wcum = None
     if ws is None:
-        P = np.empty(n + 1, dtype=np.float64)
         _k.prefix_sum_shifted(xs, shift, P)
-        wcum = None
     else:
-        P = np.concatenate(([0.0], np.cumsum((xs.astype(np.float64) - shift) * ws)))
+        P[0] = 0.0
+        np.cumsum((xs.astype(np.float64) - shift) * ws, out=P[1:])
         wcum = np.concatenate(([0.0], np.cumsum(ws)))
     c = _initial_centroids(xs, ws, wcum, k, init, rng)
+    if ws is None and tol == 0:
+        cents = c.reshape(1, -1).astype(np.float64)  # a copy, updated in place
+        _lloyd_rows(xs.reshape(1, -1), P.reshape(1, -1), np.array([shift]), cents,
+                    np.ones(1, dtype=bool), max_iter)
+        return cents[0]
     tol_abs = tol * float(np.var(xs.astype(np.float64))) if tol > 0 else 0.0
-    edges = np.empty(k + 1, dtype=np.intp)
-    edges[0], edges[-1] = 0, n
-    prev = None
-    it = 0
-    while it < max_iter:
-        edges[1:-1] = np.searchsorted(xs, _bounds_below(_midpoints(c), xs.dtype), side="right")
-        if prev is not None and np.array_equal(edges, prev):
-            break  # assignments unchanged: c already holds the means of this assignment
-        it += 1
-        if ws is None:
-            W = np.diff(edges).astype(np.float64)
-        else:
-            W = wcum[edges[1:]] - wcum[edges[:-1]]
-        S = P[edges[1:]] - P[edges[:-1]]
-        relocated = bool((W <= 0).any())
-        if relocated:
-            _relocate_empty(xs, ws, edges, c, S, W, shift)
-        filled = W > 0
-        new_c = np.where(filled, S / np.where(filled, W, 1.0) + shift, c)
-        if relocated:
-            new_c.sort()
-            prev = None  # the new centroids are not the means of this assignment
-        else:
-            prev = edges.copy()
-        shift_sq = float(np.square(new_c - c).sum())
-        c = new_c
-        if tol_abs > 0 and shift_sq <= tol_abs:
-            break
-    return c, it
+    return _lloyd_python(xs, ws, P, wcum, shift, c, max_iter, tol_abs)[0]
 
 
 def _rng(random_state):
@@ -221,7 +293,8 @@ def assign_nearest(values: np.ndarray, centroids: np.ndarray, dtype=np.intp) -> 
         bounds[r, :nb] = _bounds_below(bounds[r, :nb], values.dtype)
     step = (1 << (levels - 1)) if levels else 0
     out = np.empty((rows, cols), dtype=dtype)
-    _k.assign_by_boundaries(np.ascontiguousarray(values), bounds, out, step, get_num_threads())
+    _k.assign_by_boundaries(np.ascontiguousarray(values), bounds, out, step,
+                            _threads_for(values.size))
     return out
 
 
@@ -271,7 +344,7 @@ def kmeans_1d(values, k: int, *, init="linear", max_iter: int = 300, tol: float 
     rng = _rng(random_state)
     flat = arr.reshape(-1).astype(_work_dtype(arr), copy=False)
     if sample_weight is None:
-        xs = np.sort(flat)
+        xs = sort_values(flat)
         ws = None
     else:
         sw = np.asarray(sample_weight)
@@ -285,7 +358,7 @@ def kmeans_1d(values, k: int, *, init="linear", max_iter: int = 300, tol: float 
             raise ValueError("sample_weight must be finite, >= 0 and have a positive sum")
         order = np.argsort(flat, kind="stable")
         xs, ws = flat[order], sw[order]
-    centroids, _ = _lloyd_sorted(xs, ws, k, init, max_iter, tol, rng)
+    centroids = _lloyd_sorted(xs, ws, k, init, max_iter, tol, rng)
     labels = assign_nearest(flat.reshape(1, -1), centroids.reshape(1, -1))
     return centroids, labels.reshape(arr.shape)
 
@@ -345,8 +418,34 @@ def _fit_values(vals: np.ndarray, k: int, init, max_iter: int, rng) -> np.ndarra
     """k ascending centroids of unsorted 1-D ``vals`` (all zeros when vals is empty)."""
     if vals.size == 0:
         return np.zeros(k)
-    c, _ = _lloyd_sorted(np.sort(vals), None, k, init, max_iter, 0.0, rng)
-    return c
+    return _lloyd_sorted(sort_values(vals), None, k, init, max_iter, 0.0, rng)
+
+
+def _fit_sorted_rows(srt: np.ndarray, k: int, init, max_iter: int, rng) -> np.ndarray:
+    """k ascending centroids per ascending row of ``srt`` (rows, n), all rows in one kernel."""
+    rows, n = srt.shape
+    cents = np.empty((rows, k))
+    change = srt[:, 1:] != srt[:, :-1]
+    ndistinct = 1 + np.count_nonzero(change, axis=1)
+    few = ndistinct <= k
+    for r in np.flatnonzero(few):
+        distinct = srt[r][np.concatenate(([True], change[r]))].astype(np.float64)
+        cents[r] = _pad_distinct(distinct, k)
+    todo = ~few
+    if not todo.any():
+        return cents
+    shifts = srt[:, n // 2].astype(np.float64)
+    P = np.empty((rows, n + 1))
+    _k.prefix_sum_rows(srt, shifts, P, _threads_for(srt.size))
+    if isinstance(init, str) and init == "linear":
+        t = np.linspace(0.0, 1.0, k)
+        lo, hi = srt[:, 0].astype(np.float64), srt[:, -1].astype(np.float64)
+        cents[todo] = (lo[:, None] + (hi - lo)[:, None] * t)[todo]
+    else:
+        for r in np.flatnonzero(todo):
+            cents[r] = _initial_centroids(srt[r], None, None, k, init, rng)
+    _lloyd_rows(srt, P, shifts, cents, todo, max_iter)
+    return cents
 
 
 def quantize_kmeans(w, bits: int, *, mask=None, init="linear", per_channel: bool = False,
@@ -391,8 +490,7 @@ def quantize_kmeans(w, bits: int, *, mask=None, init="linear", per_channel: bool
         if mmat is None:
             # One batched sort for every row, then per-row Lloyd on the sorted rows.
             srt = np.sort(mat, axis=1)
-            cents = np.stack([_lloyd_sorted(srt[r], None, k_fit, init, max_iter, 0.0, rng)[0]
-                              for r in range(mat.shape[0])])
+            cents = _fit_sorted_rows(srt, k_fit, init, max_iter, rng)
         else:
             cents = np.stack([_fit_values(mat[r][mmat[r]], k_fit, init, max_iter, rng)
                               for r in range(mat.shape[0])])

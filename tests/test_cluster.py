@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.cluster import KMeans
 
@@ -73,7 +73,7 @@ DISTS = ["normal", "uniform", "laplace", "bimodal", "duplicates", "few_distinct"
 @pytest.mark.parametrize("k", [2, 5, 16])
 @pytest.mark.parametrize("init_kind", ["linear", "density", "random"])
 def test_inertia_matches_sklearn_from_same_init(dist, k, init_kind):
-    x = distribution(dist, 2000, seed=k)
+    x = distribution(dist, 1200, seed=k)
     rng = np.random.default_rng(k)
     if init_kind == "linear":
         init = np.linspace(x.min(), x.max(), k)
@@ -336,6 +336,7 @@ def test_codebook_gradient_bad_input(args, kwargs, match):
         qpack.codebook_gradient(*args, **kwargs)
 
 
+@settings(max_examples=30)  # each example runs sklearn, the slow side
 @given(
     n=st.integers(1, 400),
     k=st.integers(1, 20),
@@ -354,3 +355,68 @@ def test_property_against_sklearn(n, k, dist, seed, dtype):
         assert inertia(x64, c, labels) <= sklearn_fit(x64, init) * (1 + 1e-6) + 1e-300
     else:
         assert inertia(x64, c, labels) == 0.0
+
+
+# --- kernels against plain-numpy references ------------------------------------------------
+
+@pytest.mark.parametrize("n", [0, 1, 2, 100, 4095, 4097, 1 << 15, (1 << 15) + 3, 300_001])
+def test_radix_sort_matches_np_sort(n):
+    from qpack.cluster import sort_values
+
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 0.02).astype(np.float32)
+    if n > 100:
+        specials = np.array([0.0, -0.0, 3.4e38, -3.4e38, 1e-45, -1e-45, 1.0, -1.0], np.float32)
+        x[rng.choice(n, 80, replace=False)] = np.repeat(specials, 10)
+    out = sort_values(x)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.sort(x))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [1, 2, 3, 7, 16, 17, 100, 256])
+def test_assign_kernel_matches_searchsorted(dtype, k):
+    from qpack.cluster import _bounds_below, _midpoints, assign_nearest
+
+    rng = np.random.default_rng(k)
+    x = rng.normal(size=(3, 5000)).astype(dtype)
+    c = np.sort(rng.normal(size=k))
+    x[0, :k - 1] = _midpoints(c)  # values exactly on boundaries go to the lower cluster
+    got = assign_nearest(x, c.reshape(1, -1), dtype=np.int32)
+    want = np.searchsorted(_bounds_below(_midpoints(c), np.dtype(dtype)), x, side="left")
+    np.testing.assert_array_equal(got, want)
+    per_row = np.sort(rng.normal(size=(3, k)), axis=1)
+    got = assign_nearest(x, per_row, dtype=np.uint8 if k <= 256 else np.int32)
+    for r in range(3):
+        np.testing.assert_array_equal(
+            got[r], np.searchsorted(_bounds_below(_midpoints(per_row[r]), np.dtype(dtype)),
+                                    x[r], side="left"))
+
+
+@pytest.mark.parametrize("dist", DISTS)
+@pytest.mark.parametrize("k", [3, 16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lloyd_kernel_equals_python_loop(dist, k, dtype):
+    from qpack import cluster as C
+
+    xs = np.sort(distribution(dist, 5000, seed=k).astype(dtype))
+    if np.unique(xs).size <= k:
+        return
+    shift = float(xs[xs.size // 2])
+    P = np.concatenate(([0.0], np.cumsum(xs.astype(np.float64) - shift)))
+    # Start far off to force empty clusters, so relocation hand-offs are exercised too.
+    for init in (np.linspace(xs[0], xs[-1], k), xs[-1] + np.arange(k, dtype=np.float64)):
+        want, _ = C._lloyd_python(xs, None, P, None, shift, init.astype(np.float64), 3000, 0.0)
+        got = C._lloyd_sorted(xs, None, k, init, 3000, 0.0, None)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_per_channel_rows_with_relocation():
+    rng = np.random.default_rng(9)
+    w = rng.normal(0, 0.02, (8, 300)).astype(np.float32)
+    w[:, 0] = 5.0  # one huge outlier per row: linear init leaves most clusters empty
+    q = qpack.quantize_kmeans(w, 3, per_channel=True)
+    for r in range(8):
+        qr = qpack.quantize_kmeans(w[r], 3)
+        np.testing.assert_array_equal(q.codebook[r], qr.codebook)
+        assert np.unique(q.codes[r]).size == 8  # every codebook entry is used
