@@ -54,6 +54,12 @@ def _codes_as_uint8(codes, bits: int) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def _threads_for(ncodes: int) -> int:
+    """Thread count for a call on ``ncodes`` codes: small calls stay on this thread (and
+    skip get_num_threads, which costs a system call)."""
+    return get_num_threads() if ncodes >= _k.PARALLEL_MIN_CODES else 1
+
+
 def _check_out(out, shape: tuple, what: str, source: np.ndarray) -> np.ndarray:
     """Check a caller's ``out`` buffer: uint8, exactly ``shape``, C-contiguous, writeable,
     and not overlapping ``source`` (the kernels read and write through restrict pointers)."""
@@ -104,7 +110,8 @@ def pack(codes, bits: int, out: np.ndarray | None = None) -> np.ndarray:
         out = np.empty(shape, dtype=np.uint8)
     else:
         _check_out(out, shape, "codes", arr)
-    seen = _k.pack_rows(rows2d, out.reshape(rows2d.shape[0], nbytes), bits, get_num_threads())
+    seen = _k.pack_rows(rows2d, out.reshape(rows2d.shape[0], nbytes), bits,
+                        _threads_for(arr.size))
     if seen >> bits:
         hi = int(arr.max())
         raise ValueError(f"codes must be < 2**{bits} = {1 << bits}, found {hi}")
@@ -163,5 +170,6 @@ def unpack(packed, bits: int, count: int, out: np.ndarray | None = None) -> np.n
         out = np.empty(shape, dtype=np.uint8)
     else:
         _check_out(out, shape, "packed bytes", rows2d)
-    _k.unpack_rows(rows2d, out.reshape(rows2d.shape[0], count), bits, get_num_threads())
+    _k.unpack_rows(rows2d, out.reshape(rows2d.shape[0], count), bits,
+                   _threads_for(rows2d.shape[0] * count))
     return out

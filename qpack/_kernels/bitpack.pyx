@@ -356,6 +356,11 @@ def pack_rows(const uint8_t[:, ::1] codes, uint8_t[:, ::1] out, int bits, int nu
         return 0
     if rows * ncols < PARALLEL_MIN:
         num_threads = 1
+    if num_threads == 1:  # skip the OpenMP region: it costs more than small inputs
+        with nogil:
+            for i in range(rows):
+                seen |= qp_pack_any(&codes[i, 0], &out[i, 0], ncols, bits)
+        return seen
     if ncols <= CHUNK_CODES:
         for i in prange(rows, nogil=True, num_threads=num_threads, schedule="static"):
             seen |= qp_pack_any(&codes[i, 0], &out[i, 0], ncols, bits)
@@ -386,6 +391,11 @@ def unpack_rows(const uint8_t[:, ::1] packed, uint8_t[:, ::1] out, int bits,
         return
     if rows * ncols < PARALLEL_MIN:
         num_threads = 1
+    if num_threads == 1:
+        with nogil:
+            for i in range(rows):
+                qp_unpack_any(&packed[i, 0], &out[i, 0], ncols, bits)
+        return
     if ncols <= CHUNK_CODES:
         for i in prange(rows, nogil=True, num_threads=num_threads, schedule="static"):
             qp_unpack_any(&packed[i, 0], &out[i, 0], ncols, bits)
