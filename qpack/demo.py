@@ -11,6 +11,7 @@ from the loaded file. The CLI (``qpack demo``), ``examples/digits_mlp.py`` and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import sys
@@ -66,6 +67,7 @@ class DemoResult:
     float_accuracy: float = 0.0
     train_seconds: float = 0.0
     n_test: int = 0
+    threads: int = 1
     workdir: str = ""
 
 
@@ -87,6 +89,27 @@ def _single_thread_blas():
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")
+
+
+@contextlib.contextmanager
+def same_threads(n: int):
+    """Run numpy's BLAS and qpack's kernels with ``n`` threads each (restored on exit).
+
+    Timing the float32 reference and the packed layers with equal thread counts keeps the
+    comparison fair; and two thread pools that busy-wait (OpenBLAS and OpenMP) on a small
+    or busy machine can slow each other down by orders of magnitude.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from qpack.threads import get_num_threads, set_num_threads
+
+    before = get_num_threads()
+    set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n, user_api="blas"):
+            yield
+    finally:
+        set_num_threads(before)
 
 
 def train_mlp(data: DigitsSplit, seed: int = 0, max_iter: int = 200):
@@ -218,7 +241,8 @@ def measure_setting(label: str, kwargs: dict, state: dict[str, np.ndarray],
 
 def run_demo(quick: bool = False, workdir: str | None = None, seed: int = 0,
              settings: Sequence[tuple[str, dict]] | None = None, retrain: bool | None = None,
-             log: Callable[[str], None] | None = None) -> DemoResult:
+             log: Callable[[str], None] | None = None, data: DigitsSplit | None = None,
+             mlp=None, threads: int = 1) -> DemoResult:
     """Train the digits MLP, then compress, save, load and evaluate it at each setting.
 
     quick : fewer training iterations, three settings, no retraining row (for tests).
@@ -227,6 +251,9 @@ def run_demo(quick: bool = False, workdir: str | None = None, seed: int = 0,
     settings : (label, compress kwargs) pairs replacing the default list.
     retrain : add the prune-0.9-and-retrain row (default: not in quick mode).
     log : called with progress lines (e.g. ``print``); None for silence.
+    data, mlp : an existing split and classifier trained on it (skips the training).
+    threads : threads for numpy's BLAS and qpack's kernels while timing inference (1:
+        the test set is small, and single-threaded times are the most repeatable).
 
     Returns a DemoResult; its first row is the float32 reference.
     """
@@ -237,16 +264,21 @@ def run_demo(quick: bool = False, workdir: str | None = None, seed: int = 0,
     if retrain is None:
         retrain = not quick
     repeat = 3 if quick else 7
-    data = load_digits_split(seed)
-    say(f"training MLPClassifier(300, 100) on {len(data.y_train)} digits ...")
-    t0 = time.perf_counter()
-    mlp = train_mlp(data, seed=seed, max_iter=30 if quick else 200)
-    result = DemoResult(train_seconds=time.perf_counter() - t0, n_test=len(data.y_test))
+    if data is None or mlp is None:
+        data = load_digits_split(seed)
+        say(f"training MLPClassifier(300, 100) on {len(data.y_train)} digits ...")
+        t0 = time.perf_counter()
+        mlp = train_mlp(data, seed=seed, max_iter=30 if quick else 200)
+    else:
+        t0 = time.perf_counter()
+    result = DemoResult(train_seconds=time.perf_counter() - t0, n_test=len(data.y_test),
+                        threads=threads)
     state = mlp_state_dict(mlp)
     float_layers = dense_layers(state)
     result.float_accuracy = accuracy(float_layers, data.x_test, data.y_test)
-    float_seconds = median_seconds(lambda: mlp_forward(float_layers, data.x_test),
-                                   repeat=repeat)
+    with same_threads(threads):
+        float_seconds = median_seconds(lambda: mlp_forward(float_layers, data.x_test),
+                                       repeat=repeat)
 
     own_dir = workdir is None
     tmp = tempfile.TemporaryDirectory(prefix="qpack-demo-") if own_dir else None
@@ -267,8 +299,10 @@ def run_demo(quick: bool = False, workdir: str | None = None, seed: int = 0,
             source = state
             if (label, kwargs) == RETRAINED:
                 source = prune_and_retrain(mlp, data, kwargs["prune"], seed=seed)
-            result.rows.append(measure_setting(label, kwargs, source, data, folder,
-                                               result.float_accuracy, float_seconds, repeat))
+            with same_threads(threads):
+                result.rows.append(measure_setting(label, kwargs, source, data, folder,
+                                                   result.float_accuracy, float_seconds,
+                                                   repeat))
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -294,7 +328,9 @@ def format_table(result: DemoResult) -> str:
         if j == 0:
             out.append("  ".join("-" * w for w in widths))
     out.append(f"test set: {result.n_test} digits; accuracy and time are relative to the "
-               "float32 model run with numpy (x @ W.T + b); ratio = float32 bytes / file size.")
+               "float32 model run with numpy (x @ W.T + b), both on "
+               f"{result.threads} thread{'s' if result.threads > 1 else ''}; "
+               "ratio = float32 bytes / file size.")
     return "\n".join(out)
 
 

