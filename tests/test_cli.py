@@ -1,0 +1,296 @@
+"""The ``qpack`` command line: end-to-end round trip, every bad input, damaged files, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import qpack
+from qpack import cli
+from qpack import format as qformat
+from qpack.safetensors_file import read_safetensors, write_safetensors
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """Run ``python -m qpack.cli ARGS`` in a fresh interpreter; capture text output."""
+    return subprocess.run([sys.executable, "-m", "qpack.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+def small_model() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    return {
+        "encoder.weight": rng.standard_normal((96, 64)).astype(np.float32),
+        "encoder.bias": rng.standard_normal(96).astype(np.float32),
+        "head.weight": rng.standard_normal((10, 96)).astype(np.float32),
+        "steps": np.arange(5, dtype=np.int64),
+    }
+
+
+@pytest.fixture()
+def model_file(tmp_path):
+    path = tmp_path / "model.safetensors"
+    write_safetensors(path, small_model(), metadata={"origin": "test"})
+    return path
+
+
+def files_in(folder) -> set[str]:
+    return set(os.listdir(folder))
+
+
+# -- the round trip, in a subprocess ---------------------------------------------------
+
+def test_compress_info_verify_decompress_round_trip(tmp_path, model_file):
+    out = tmp_path / "model.qpk"
+    r = run_cli("compress", str(model_file), "-o", str(out), "--bits", "4", "--prune", "0.5",
+                "--min-numel", "0", "--override", "head.*:bits=8,method=linear,prune=0")
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    # the per-tensor report and the total ratio
+    assert "encoder.weight" in r.stdout and "head.weight" in r.stdout
+    size = os.path.getsize(out)
+    assert f"wrote {out}: {size:,} bytes" in r.stdout
+
+    model = qpack.load(out)
+    assert model["encoder.weight"].method == "kmeans"
+    assert model["encoder.weight"].sparsity == pytest.approx(0.5, abs=0.01)
+    assert model["head.weight"].method == "linear" and model["head.weight"].bits == 8
+    assert model["steps"].method == "raw"
+    assert model.metadata["source"] == "model.safetensors"
+
+    r = run_cli("info", str(out))
+    assert r.returncode == 0, r.stderr
+    assert f"{size:,} bytes" in r.stdout and "head.weight" in r.stdout
+
+    r = run_cli("info", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["file_bytes"] == size
+    assert set(info["tensors"]) == set(small_model())
+    assert info["tensors"]["encoder.weight"]["shape"] == [96, 64]
+    assert info["tensors"]["head.weight"]["bits"] == 8
+
+    r = run_cli("verify", str(out), "--decode")
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout
+
+    expected = model.decompress()
+    for name in ("back.safetensors", "back.npz"):
+        back = tmp_path / name
+        r = run_cli("decompress", str(out), "-o", str(back))
+        assert r.returncode == 0, r.stderr
+        if name.endswith(".npz"):
+            with np.load(back) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        else:
+            arrays = read_safetensors(back)[0]
+        assert set(arrays) == set(expected)
+        for key, arr in expected.items():
+            assert arrays[key].dtype == arr.dtype and arrays[key].shape == arr.shape
+            np.testing.assert_array_equal(arrays[key], arr)
+    original = small_model()
+    np.testing.assert_array_equal(expected["encoder.bias"], original["encoder.bias"])
+    np.testing.assert_array_equal(expected["steps"], original["steps"])
+    err = np.abs(expected["head.weight"] - original["head.weight"]).max()
+    assert err < 0.05  # 8-bit linear
+
+
+def test_npz_input_and_quiet(tmp_path):
+    src = tmp_path / "weights.npz"
+    np.savez(src, **small_model())
+    out = tmp_path / "w.qpk"
+    assert cli.main(["compress", str(src), "-o", str(out), "--quiet", "--no-entropy",
+                     "--method", "linear", "--group-size", "32", "--min-numel", "0"]) == 0
+    t = qpack.load(out)["encoder.weight"]
+    assert t.method == "linear" and t.spec["group_size"] == 32
+    assert all(d["codec"] != "huffman" for d in t.spec["sections"].values()
+               if "codec" in d)
+
+
+# -- bad inputs: one line on stderr, exit 1 or 2, nothing written -----------------------
+
+def _bad(tmp_path, model_file):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"this is not a safetensors file")
+    text = tmp_path / "model.txt"
+    text.write_text("weights")
+    out = str(tmp_path / "out.qpk")
+    m = str(model_file)
+    return {
+        "missing input": (["compress", str(tmp_path / "nope.safetensors"), "-o", out], 1,
+                          "no such file"),
+        "unknown format": (["compress", str(text), "-o", out], 1, "unknown input type"),
+        "unreadable file": (["compress", str(garbage), "-o", out], 1, "garbage.safetensors"),
+        "missing folder": (["compress", m, "-o", str(tmp_path / "no" / "out.qpk")], 1,
+                           "does not exist"),
+        "bits 9": (["compress", m, "-o", out, "--bits", "9"], 2, "--bits"),
+        "bits 0": (["compress", m, "-o", out, "--bits", "0"], 2, "--bits"),
+        "prune 1.5": (["compress", m, "-o", out, "--prune", "1.5"], 2, "--prune"),
+        "prune nan": (["compress", m, "-o", out, "--prune", "nan"], 2, "--prune"),
+        "bad group size": (["compress", m, "-o", out, "--group-size", "0"], 2,
+                           "--group-size"),
+        "override matches nothing": (["compress", m, "-o", out, "--override",
+                                      "decoder.*:bits=8"], 1, "decoder.*"),
+        "override unknown key": (["compress", m, "-o", out, "--override",
+                                  "head.*:bitz=8"], 1, "bitz"),
+        "override bad bits": (["compress", m, "-o", out, "--override", "head.*:bits=12"], 1,
+                              "bits"),
+        "override malformed": (["compress", m, "-o", out, "--override", "head.weight"], 2,
+                               "--override"),
+        "include matches nothing": (["compress", m, "-o", out, "--include", "zzz*"], 1,
+                                    "zzz*"),
+        "output not .qpk": (["compress", m, "-o", str(tmp_path / "out.bin")], 1, ".qpk"),
+        "info on a non-qpk": (["info", m], 1, "not a .qpk file"),
+        "verify missing": (["verify", str(tmp_path / "nope.qpk")], 1, "no such file"),
+        "decompress bad output": (["decompress", m, "-o", str(tmp_path / "x.txt")], 1,
+                                  ".safetensors or .npz"),
+        "no subcommand option": (["compress", m], 2, "--output"),
+    }
+
+
+BAD_CASES = ["missing input", "unknown format", "unreadable file", "missing folder", "bits 9",
+             "bits 0", "prune 1.5", "prune nan", "bad group size", "override matches nothing",
+             "override unknown key", "override bad bits", "override malformed",
+             "include matches nothing", "output not .qpk", "info on a non-qpk",
+             "verify missing", "decompress bad output", "no subcommand option"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_is_one_line_and_leaves_no_file(tmp_path, model_file, case, capsys):
+    argv, code, needle = _bad(tmp_path, model_file)[case]
+    before = files_in(tmp_path)
+    try:
+        rc = cli.main(argv)
+    except SystemExit as exc:  # argparse usage errors
+        rc = exc.code
+    captured = capsys.readouterr()
+    assert rc == code
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert needle in lines[0]
+    assert lines[0].startswith("qpack")
+    assert files_in(tmp_path) == before  # no output, no temporary file left behind
+
+
+def test_bad_input_in_a_subprocess_has_no_traceback(tmp_path, model_file):
+    r = run_cli("compress", str(model_file), "-o", str(tmp_path / "a.qpk"), "--override",
+                "nothing*:bits=8")
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "a.qpk").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(ValueError, match="no such file"):
+        cli.main(["--debug", "verify", str(tmp_path / "nope.qpk")])
+
+
+def test_decompress_into_missing_folder_writes_nothing(tmp_path, model_file):
+    qpk = tmp_path / "m.qpk"
+    assert cli.main(["compress", str(model_file), "-o", str(qpk), "-q"]) == 0
+    before = files_in(tmp_path)
+    assert cli.main(["decompress", str(qpk), "-o", str(tmp_path / "no" / "m.npz")]) == 1
+    assert files_in(tmp_path) == before
+
+
+# -- damaged files ------------------------------------------------------------------------
+
+def _flip(path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("role", ["codes", "codebook"])
+def test_verify_names_the_damaged_section(tmp_path, model_file, role, capsys):
+    qpk = tmp_path / "m.qpk"
+    assert cli.main(["compress", str(model_file), "-o", str(qpk), "-q", "--min-numel", "0"]) == 0
+    assert cli.main(["verify", str(qpk)]) == 0
+    mapped = qformat.MappedFile(qpk)
+    desc = mapped.header["tensors"]["encoder.weight"]["sections"][role]
+    offset = mapped.data_start + desc["offset"] + desc["length"] // 2
+    del mapped
+    _flip(qpk, offset)
+    capsys.readouterr()
+    assert cli.main(["verify", str(qpk)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "'encoder.weight'" in err and f"'{role}'" in err and "checksum" in err
+    # info reads only the header, so it still works on a file with a damaged section
+    assert cli.main(["info", str(qpk)]) == 0
+
+
+def test_verify_damaged_header(tmp_path, model_file, capsys):
+    qpk = tmp_path / "m.qpk"
+    assert cli.main(["compress", str(model_file), "-o", str(qpk), "-q"]) == 0
+    _flip(qpk, qformat.PREAMBLE.size + 5)
+    capsys.readouterr()
+    assert cli.main(["verify", str(qpk)]) == 1
+    assert "header" in capsys.readouterr().err
+
+
+def test_verify_truncated_file(tmp_path, model_file, capsys):
+    qpk = tmp_path / "m.qpk"
+    assert cli.main(["compress", str(model_file), "-o", str(qpk), "-q"]) == 0
+    data = qpk.read_bytes()
+    qpk.write_bytes(data[: len(data) - 100])
+    assert cli.main(["verify", str(qpk)]) == 1
+    assert "qpack verify: error:" in capsys.readouterr().err
+
+
+# -- argument parsing ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("head.*:bits=8,method=linear", ("head.*", {"bits": 8, "method": "linear"})),
+    ("a:b:c:prune=0.25,symmetric=true,group_size=none",
+     ("a:b:c", {"prune": 0.25, "symmetric": True, "group_size": None})),
+    ("*:method=raw", ("*", {"method": "raw"})),
+])
+def test_parse_override(text, expected):
+    assert cli.parse_override(text) == expected
+
+
+@pytest.mark.parametrize("text", ["head.weight", ":bits=8", "x:", "x:bits", "x:bits=8,,"])
+def test_parse_override_rejects(text):
+    with pytest.raises(Exception, match="expected"):
+        cli.parse_override(text)
+
+
+def test_help_and_version():
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"qpack {qpack.__version__}"
+    parser = cli.build_parser()
+    for command in ("compress", "info", "decompress", "verify", "demo", "bench"):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args([command, "--help"])
+        assert exc.value.code == 0
+
+
+# -- demo and bench -----------------------------------------------------------------------
+
+def test_demo_quick():
+    r = run_cli("demo", "--quick")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    table = [ln for ln in lines if ln.startswith(("float32 (numpy)", "kmeans", "linear"))]
+    assert len(table) == 4  # float32 reference + the three quick settings
+    ratios = [float(ln.split("x")[0].split()[-1]) for ln in table[1:]]
+    assert all(r > 3 for r in ratios)
+    accuracies = [float(ln.split("%")[0].split()[-1]) for ln in table]
+    assert accuracies[0] > 85 and all(a > 80 for a in accuracies)
+
+
+def test_bench_locates_the_suite_or_explains(monkeypatch, capsys):
+    found = cli.find_benchmarks()
+    if os.path.isdir(os.path.join(REPO, "benchmarks")):
+        assert found is not None and found.name == "run_all.py"
+    monkeypatch.setattr(cli, "find_benchmarks", lambda: None)
+    assert cli.main(["bench", "--quick"]) == 1
+    assert "not installed with the package" in capsys.readouterr().err
