@@ -11,6 +11,7 @@ from qpack.cluster import KMeansQuantized, codebook_gradient, kmeans_1d, quantiz
 from qpack.entropy import HuffmanCode, huffman_decode, huffman_encode, huffman_stream_info
 from qpack.errors import FormatError, QpackError
 from qpack.inputs import read_model
+from qpack.matmul import CodebookWeights, LinearWeights, SparseWeights
 from qpack.model import CompressedModel, compress, load, save
 from qpack.prune import prune_global, prune_magnitude, prune_n_m
 from qpack.quantize import LinearQuantized, quantize_linear
@@ -20,14 +21,17 @@ from qpack.threads import get_num_threads, set_num_threads
 
 __all__ = [
     "__version__",
+    "CodebookWeights",
     "CompressedModel",
     "CompressedTensor",
     "FormatError",
     "HuffmanCode",
     "KMeansQuantized",
     "LinearQuantized",
+    "LinearWeights",
     "QpackError",
     "SparseIndex",
+    "SparseWeights",
     "codebook_gradient",
     "compress",
     "encode_sparse_index",

@@ -1,0 +1,574 @@
+"""Matrix products straight from packed weights: ``y = x @ W_hat.T`` (float32 out).
+
+Three weight objects, one per encoding of a matrix W viewed as (n_out, n_in):
+
+- ``LinearWeights``: b-bit codes with scales and zero-points per tensor, channel or group:
+  ``W_hat[r, c] = (float32(code) - float32(zero)) * float32(scale)``.
+- ``CodebookWeights``: b-bit codes indexing a float32 codebook, shared or one per row.
+- ``SparseWeights``: pruned weights in CSR form with one uint8 code per kept weight,
+  decoded by a codebook or by linear scales and zero-points; pruned positions are 0.
+
+This module validates every argument and allocates; the loops run in
+``qpack._kernels.matmul``, which trusts what it is given. Layouts and error bounds are
+documented in docs/KERNELS.md.
+
+Accuracy modes of ``matmul``: ``act_quant=None`` keeps x in float32 (the result matches
+``x @ W_hat.T`` to float32 rounding); ``act_quant="int8"`` quantizes x per block to int8
+with one float scale per block and uses integer dot products, with the error bound
+``|y - x @ W_hat.T| <= sum_c |W_hat[r, c]| * scale_x(c) / 2`` (+ the codebook term for
+codebooks, see ``int8_error_bound``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qpack._kernels import matmul as _k
+from qpack.bitpack import check_bits, packed_nbytes, unpack
+from qpack.threads import get_num_threads
+
+__all__ = ["CodebookWeights", "LinearWeights", "SparseWeights", "int8_block_size"]
+
+LINEAR, CODEBOOK = 0, 1
+# Columns per int8 activation block when the weight grouping allows it.
+INT8_BLOCK = 128
+# Rows unpacked at a time when checking codes against a short codebook.
+_CHECK_ROWS = 256
+
+_DUMMY_F = np.zeros((1, 1), dtype=np.float32)
+_DUMMY_U8 = np.zeros((1, 1), dtype=np.uint8)
+_DUMMY_F1 = np.zeros(1, dtype=np.float32)
+
+
+def _check_shape(shape) -> tuple[int, int]:
+    try:
+        n_out, n_in = shape
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be a pair (n_out, n_in), got {shape!r}") from None
+    for name, v in (("n_out", n_out), ("n_in", n_in)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ValueError(f"shape: {name} must be a non-negative integer, got {v!r}")
+    if int(n_in) >= 2**31 or int(n_out) >= 2**40:
+        raise ValueError(f"shape {shape} is too large")
+    return int(n_out), int(n_in)
+
+
+def _check_group_size(group_size, n_out: int, n_in: int) -> tuple[int, int, int | None]:
+    """Return (rows of scales, groups per row, columns per group) for a group_size."""
+    if group_size is None:
+        return 1, 1, None
+    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)):
+        raise ValueError(f"group_size must be None, -1 or a positive integer, got {group_size!r}")
+    g = int(group_size)
+    if g == -1:
+        return n_out, 1, None
+    if g <= 0:
+        raise ValueError(f"group_size must be None, -1 or a positive integer, got {g}")
+    return n_out, -(-n_in // g), g
+
+
+def _check_linear_params(scales, zeros, group_size, n_out: int, n_in: int):
+    """Validate scales/zeros; return (scales f32, zeros f32, row stride, group columns)."""
+    rows, ngroups, g = _check_group_size(group_size, n_out, n_in)
+    want = (rows, ngroups)
+    s = np.asarray(scales)
+    if s.dtype.kind != "f":
+        raise ValueError(f"scales must be float16 or float32, got dtype {s.dtype}")
+    if s.shape != want:
+        raise ValueError(f"scales must have shape {want} for group_size={group_size!r} and "
+                         f"shape ({n_out}, {n_in}), got {s.shape}")
+    s32 = np.ascontiguousarray(s, dtype=np.float32)
+    if not np.isfinite(s32).all():
+        raise ValueError("scales must be finite")
+    z = np.asarray(zeros)
+    if z.dtype.kind not in "iu":
+        raise ValueError(f"zeros must be uint8, got dtype {z.dtype}")
+    if z.shape != want:
+        raise ValueError(f"zeros must have shape {want} (same as scales), got {z.shape}")
+    if z.size and (int(z.min()) < 0 or int(z.max()) > 255):
+        raise ValueError("zeros must lie in 0..255")
+    z32 = np.ascontiguousarray(z, dtype=np.float32)
+    prow = 0 if group_size is None else ngroups
+    group = n_in if g is None else g
+    if s32.size == 0:  # n_in == 0 with groups, or n_out == 0: kernels are never called
+        s32, z32 = _DUMMY_F, _DUMMY_F
+    return s32, z32, prow, max(group, 1)
+
+
+def _check_packed(packed, bits: int, n_out: int, n_in: int) -> np.ndarray:
+    arr = np.asarray(packed)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"packed must have dtype uint8, got {arr.dtype}")
+    want = (n_out, packed_nbytes(n_in, bits))
+    if arr.shape != want:
+        raise ValueError(f"packed must have shape {want} for shape ({n_out}, {n_in}) at "
+                         f"{bits} bits, got {arr.shape}")
+    # A C-contiguous input (a mapped file's section) is used in place, never written.
+    return np.ascontiguousarray(arr)
+
+
+def _check_codebook(codebook, n_out: int, name: str = "codebook") -> np.ndarray:
+    cb = np.asarray(codebook)
+    if cb.dtype.kind != "f":
+        raise ValueError(f"{name} must be float32, got dtype {cb.dtype}")
+    if cb.ndim == 1:
+        cb = cb.reshape(1, -1)
+    elif cb.ndim != 2 or cb.shape[0] != n_out:
+        raise ValueError(f"{name} must have shape (k,) or ({n_out}, k), got {cb.shape}")
+    if not 1 <= cb.shape[1] <= 256:
+        raise ValueError(f"{name} must have 1..256 entries, got {cb.shape[1]}")
+    cb = np.asarray(cb, dtype=np.float32)
+    if not np.isfinite(cb).all():
+        raise ValueError(f"{name} must be finite")
+    return cb
+
+
+def _pad_codebook(cb: np.ndarray, length: int) -> np.ndarray:
+    """Copy of cb (R, k) padded with zeros to (R, length): vector kernels load whole tables."""
+    out = np.zeros((cb.shape[0], length), dtype=np.float32)
+    out[:, :cb.shape[1]] = cb
+    return out
+
+
+def _codebook_int8(cb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 form of a (R, L) codebook: u8 = round(cb/scale) + 128 and scale = max|cb|/127."""
+    amax = np.abs(cb).max(axis=1)
+    scale = (amax / np.float32(127)).astype(np.float32)
+    safe = np.where(scale > 0, scale, np.float32(1))
+    q = np.clip(np.rint(cb / safe[:, None]), -127, 127)
+    return np.ascontiguousarray((q + 128).astype(np.uint8)), np.ascontiguousarray(scale)
+
+
+def int8_block_size(group_columns: int | None, n_in: int) -> int:
+    """Columns per int8 activation block for weights grouped by ``group_columns``.
+
+    128 when the weights are not grouped (None) or when every group is a multiple of 128
+    columns (or covers the whole row); otherwise the group size itself, so that every
+    activation block lies inside one weight group.
+    """
+    if group_columns is None or group_columns % INT8_BLOCK == 0 or group_columns >= n_in:
+        return INT8_BLOCK
+    return int(group_columns)
+
+
+def _prepare_x(x, n_in: int) -> tuple[np.ndarray, tuple]:
+    """Validate x; return it as C-contiguous float32 (batch, n_in) and the output shape."""
+    arr = np.asarray(x)
+    if arr.dtype.kind != "f":
+        raise ValueError(f"x must have a floating dtype, got {arr.dtype}")
+    if arr.ndim not in (1, 2):
+        raise ValueError(f"x must have shape (in,) or (batch, in), got {arr.shape}")
+    if arr.shape[-1] != n_in:
+        raise ValueError(f"x must have {n_in} columns (the weights' n_in), got shape {arr.shape}")
+    x2 = np.ascontiguousarray(arr.reshape(1, n_in) if arr.ndim == 1 else arr, dtype=np.float32)
+    return x2, arr.shape[:-1]
+
+
+def _prepare_out(out, shape: tuple) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    if not isinstance(out, np.ndarray):
+        raise ValueError(f"out must be a numpy array, got {type(out).__name__}")
+    if out.dtype != np.float32 or out.shape != shape:
+        raise ValueError(f"out must be float32 of shape {shape}, got {out.dtype} {out.shape}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be C-contiguous and writeable")
+    return out
+
+
+def _check_act_quant(act_quant) -> bool:
+    if act_quant is None:
+        return False
+    if act_quant == "int8":
+        return True
+    raise ValueError(f"act_quant must be None or 'int8', got {act_quant!r}")
+
+
+def _quantize_x(x2: np.ndarray, block: int, permute_bits: int, nt: int):
+    """int8 blocks of x2: (xq (batch, n_in) int8, scales (batch, nb) f32, sums (batch, nb))."""
+    batch, n_in = x2.shape
+    nb = -(-n_in // block)
+    xq = np.empty((batch, n_in), dtype=np.int8)
+    xs = np.empty((batch, nb), dtype=np.float32)
+    xsum = np.empty((batch, nb), dtype=np.int32)
+    tmp = np.empty((batch, n_in), dtype=np.int8) if permute_bits else xq
+    _k.quantize_activations(x2, block, xq, xs, xsum, permute_bits, tmp, nt)
+    return xq, xs, xsum
+
+
+def dequantized_activations(x, block: int) -> np.ndarray:
+    """What the int8 mode sees instead of x: x quantized per ``block`` columns to int8 and
+    scaled back (float32, same shape as x). For tests and error analysis."""
+    arr = np.asarray(x)
+    x2 = np.ascontiguousarray(arr.reshape(-1, arr.shape[-1]), dtype=np.float32)
+    xq, xs, _ = _quantize_x(x2, block, 0, 1)
+    per_col = np.repeat(xs, block, axis=1)[:, :x2.shape[1]]
+    return (xq.astype(np.float32) * per_col).reshape(arr.shape)
+
+
+class _DenseWeights:
+    """Shared machinery of LinearWeights and CodebookWeights (dense packed rows)."""
+
+    _kind = LINEAR
+
+    def _init(self, packed, bits, n_out, n_in, *, scales=_DUMMY_F, zeros=_DUMMY_F, prow=0,
+              group=1, group_columns=None, codebook=_DUMMY_F, cbrow=0, cb_u8=_DUMMY_U8,
+              cb_scale=_DUMMY_F1):
+        self.shape = (n_out, n_in)
+        self.bits = bits
+        self._packed = packed
+        self._scales, self._zeros, self._prow, self._group = scales, zeros, prow, group
+        self._codebook, self._cbrow, self._cb_u8, self._cb_scale = codebook, cbrow, cb_u8, cb_scale
+        self._aligned = group_columns is None or group_columns % 128 == 0 or group_columns >= n_in
+        self._block = int8_block_size(group_columns, n_in)
+        self._fast_float = bool(self._aligned and _k.fast_float_available(bits, self._kind))
+        self._fast_int8 = bool(self._aligned and _k.fast_int8_available(bits, self._kind))
+
+    def _args(self):
+        return (self._packed, self.bits, self._kind, self.shape[1], self._scales, self._zeros,
+                self._prow, self._group, self._codebook, self._cbrow, self._cb_u8,
+                self._cb_scale)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of memory held: packed codes plus parameters (a mapped file's pages count)."""
+        arrays = [self._packed, self._scales, self._zeros, self._codebook, self._cb_u8,
+                  self._cb_scale]
+        return int(sum(a.nbytes for a in arrays if a is not _DUMMY_F and a is not _DUMMY_U8
+                       and a is not _DUMMY_F1))
+
+    @property
+    def int8_block(self) -> int:
+        """Columns per activation block in the int8 mode (see int8_block_size)."""
+        return self._block
+
+    def dequantize(self) -> np.ndarray:
+        """The full float32 matrix W_hat of shape (n_out, n_in) (for tests and reference)."""
+        n_out, n_in = self.shape
+        out = np.zeros((n_out, n_in), dtype=np.float32)
+        if n_out and n_in:
+            nt = get_num_threads()
+            scratch = np.empty((nt, n_in + 64), dtype=np.uint8)
+            _k.dense_dequantize_rows(*self._args(), 0, out, scratch, nt)
+        return out
+
+    def matmul(self, x, act_quant: str | None = None, out: np.ndarray | None = None
+               ) -> np.ndarray:
+        """y = x @ W_hat.T in float32.
+
+        Parameters
+        ----------
+        x : float array of shape (n_in,) or (batch, n_in), any float dtype and strides
+            (converted to C-contiguous float32). NaN and inf propagate.
+        act_quant : None (float32 activations) or "int8" (per-block int8 activations and
+            integer dot products; error bound in docs/KERNELS.md and int8_error_bound).
+        out : optional float32 C-contiguous array of shape (n_out,) or (batch, n_out).
+
+        Returns
+        -------
+        float32 array of shape (n_out,) or (batch, n_out).
+
+        Raises
+        ------
+        ValueError: x not floating, not 1-D/2-D or of the wrong inner size; bad act_quant
+            or out.
+        """
+        int8 = _check_act_quant(act_quant)
+        n_out, n_in = self.shape
+        x2, lead = _prepare_x(x, n_in)
+        y = _prepare_out(out, lead + (n_out,))
+        batch = x2.shape[0]
+        if batch == 0 or n_out == 0:
+            return y
+        y2 = y.reshape(batch, n_out)
+        if n_in == 0:
+            y2[...] = 0
+            return y
+        nt = get_num_threads()
+        scratch = np.empty((nt, n_in + 64), dtype=np.uint8)
+        if int8:
+            fast = self._fast_int8
+            permute = self.bits if fast and self.bits in (2, 4) else 0
+            xq, xs, xsum = _quantize_x(x2, self._block, permute, nt)
+            _k.dense_matmul_int8(*self._args(), xq, xs, xsum, self._block, y2, fast, scratch, nt)
+        else:
+            fast = self._fast_float
+            if fast and self.bits in (2, 4):
+                xp = np.empty_like(x2)
+                _k.permute_activations(x2, xp, self.bits, nt)
+            else:
+                xp = x2
+            fscratch = _DUMMY_F if fast else np.empty((nt, n_in), dtype=np.float32)
+            _k.dense_matmul_float(*self._args(), xp, y2, fast, scratch, fscratch, nt)
+        return y
+
+    def int8_error_bound(self, x) -> np.ndarray:
+        """Upper bound on |matmul(x, "int8") - x @ W_hat.T| per output (float64).
+
+        sum_c |W_hat[r, c]| * scale_x(c) / 2, plus for codebooks sum_c |x_hat_c| *
+        scale_cb(r) / 2 (the codebook's own int8 rounding), plus float32 rounding slack of
+        1e-5 * sum_c |W_hat[r, c]| * |x_c|. Materializes W_hat: for tests and analysis.
+        """
+        n_out, n_in = self.shape
+        x2, lead = _prepare_x(x, n_in)
+        w = np.abs(self.dequantize().astype(np.float64))
+        xs_full = self._x_scale_per_column(x2)
+        bound = (xs_full / 2) @ w.T * (1 + 1e-6)
+        bound += 1e-5 * (np.abs(x2.astype(np.float64)) @ w.T)
+        if self._kind == CODEBOOK:
+            xhat = np.abs(dequantized_activations(x2, self._block).astype(np.float64))
+            cbs = self._cb_scale.astype(np.float64)
+            cbs = np.broadcast_to(cbs if cbs.size == n_out else cbs[:1], (n_out,))
+            bound += xhat.sum(axis=1, keepdims=True) * (cbs[None, :] / 2) * (1 + 1e-6)
+            bound += 1e-5 * (xhat @ w.T)
+        return bound.reshape(lead + (n_out,))
+
+    def _x_scale_per_column(self, x2):
+        nt = get_num_threads()
+        _, xs, _ = _quantize_x(x2, self._block, 0, nt)
+        return np.repeat(xs.astype(np.float64), self._block, axis=1)[:, :x2.shape[1]]
+
+
+class LinearWeights(_DenseWeights):
+    """Linearly quantized packed weights: W_hat = (code - zero) * scale.
+
+    Build with ``LinearWeights.from_packed``.
+    """
+
+    _kind = LINEAR
+
+    @classmethod
+    def from_packed(cls, packed, bits: int, scales, zeros, group_size: int | None,
+                    shape: tuple[int, int]) -> LinearWeights:
+        """Wrap packed linear codes (used in place, never written).
+
+        Parameters
+        ----------
+        packed : uint8 (n_out, ceil(n_in*bits/8)), rows as written by qpack.pack.
+        bits : 1..8.
+        scales : float16/float32 of shape (1, 1) when group_size is None (per tensor),
+            (n_out, 1) when -1 (per channel), (n_out, ceil(n_in/G)) when G > 0.
+        zeros : uint8 of the same shape as scales.
+        group_size : None, -1 or G > 0 (group g covers columns [g*G, min((g+1)*G, n_in))).
+        shape : (n_out, n_in).
+
+        Raises ValueError naming the argument that does not fit.
+        """
+        bits = check_bits(bits)
+        n_out, n_in = _check_shape(shape)
+        s32, z32, prow, group = _check_linear_params(scales, zeros, group_size, n_out, n_in)
+        arr = _check_packed(packed, bits, n_out, n_in)
+        self = cls.__new__(cls)
+        cols = None if group_size is None or group_size == -1 else int(group_size)
+        self.group_size = group_size
+        self._init(arr, bits, n_out, n_in, scales=s32, zeros=z32, prow=prow, group=group,
+                   group_columns=cols)
+        return self
+
+    def __repr__(self) -> str:
+        return (f"LinearWeights(shape={self.shape}, bits={self.bits}, "
+                f"group_size={self.group_size!r})")
+
+
+class CodebookWeights(_DenseWeights):
+    """K-means (weight-shared) packed weights: W_hat[r, c] = codebook[code] (or [r, code]).
+
+    Build with ``CodebookWeights.from_packed``.
+    """
+
+    _kind = CODEBOOK
+
+    @classmethod
+    def from_packed(cls, packed, bits: int, codebook, shape: tuple[int, int]
+                    ) -> CodebookWeights:
+        """Wrap packed codebook codes (used in place, never written).
+
+        Parameters
+        ----------
+        packed : uint8 (n_out, ceil(n_in*bits/8)), rows as written by qpack.pack.
+        bits : 1..8.
+        codebook : float32 (k,) shared or (n_out, k) per row, k <= 2**bits (normally
+            k == 2**bits; with fewer entries every code is checked to be < k).
+        shape : (n_out, n_in).
+
+        Raises ValueError naming the argument that does not fit (including a code >= k).
+        """
+        bits = check_bits(bits)
+        n_out, n_in = _check_shape(shape)
+        cb = _check_codebook(codebook, n_out)
+        k = cb.shape[1]
+        if k > 1 << bits:
+            raise ValueError(f"codebook has {k} entries, more than 2**bits = {1 << bits}")
+        arr = _check_packed(packed, bits, n_out, n_in)
+        if k < 1 << bits:
+            _check_codes_below(arr, bits, n_in, k)
+        padded = _pad_codebook(cb, max(16, 1 << bits))
+        cb_u8, cb_scale = _codebook_int8(padded)
+        self = cls.__new__(cls)
+        self._shared = cb.shape[0] == 1 and np.ndim(codebook) == 1
+        self._init(arr, bits, n_out, n_in, codebook=padded,
+                   cbrow=0 if self._shared else padded.shape[1], cb_u8=cb_u8,
+                   cb_scale=cb_scale, group_columns=None)
+        return self
+
+    def __repr__(self) -> str:
+        return (f"CodebookWeights(shape={self.shape}, bits={self.bits}, "
+                f"{'shared' if self._shared else 'per-row'} codebook)")
+
+
+def _check_codes_below(packed: np.ndarray, bits: int, n_in: int, k: int) -> None:
+    for r0 in range(0, packed.shape[0], _CHECK_ROWS):
+        codes = unpack(packed[r0:r0 + _CHECK_ROWS], bits, n_in)
+        if codes.size and int(codes.max()) >= k:
+            raise ValueError(f"packed holds code {int(codes.max())}, but the codebook has "
+                             f"only {k} entries")
+
+
+class SparseWeights:
+    """Pruned weights in CSR form with one uint8 code per kept weight.
+
+    Build with ``SparseWeights.from_csr``. In memory: row pointers (int64), column
+    indices (int32) and codes (uint8), plus the codebook or scales/zeros.
+    """
+
+    @classmethod
+    def from_csr(cls, shape: tuple[int, int], row_ptr, cols, codes, *, codebook=None,
+                 scales=None, zeros=None, group_size: int | None = None) -> SparseWeights:
+        """Wrap a CSR matrix of codes.
+
+        Parameters
+        ----------
+        shape : (n_out, n_in).
+        row_ptr : integers (n_out + 1,), row_ptr[0] == 0, non-decreasing, last == nnz.
+        cols : integers (nnz,), each in [0, n_in), strictly increasing within a row.
+        codes : uint8 (nnz,), the code of each kept weight.
+        codebook : float32 (k,) or (n_out, k): W_hat[r, c] = codebook[(r,) code]; codes < k.
+        scales, zeros, group_size : instead of a codebook, linear parameters exactly as in
+            LinearWeights.from_packed; a kept weight at (r, c) uses the group of column c.
+
+        Raises ValueError naming the argument that does not fit.
+        """
+        n_out, n_in = _check_shape(shape)
+        rp = np.asarray(row_ptr)
+        if rp.dtype.kind not in "iu" or rp.shape != (n_out + 1,):
+            raise ValueError(f"row_ptr must be integers of shape ({n_out + 1},), got "
+                             f"{rp.dtype} {rp.shape}")
+        rp = np.ascontiguousarray(rp, dtype=np.int64)
+        c = np.asarray(cols)
+        if c.ndim != 1 or (c.dtype.kind not in "iu" and c.size):  # [] arrives as float64
+            raise ValueError(f"cols must be a 1-D integer array, got {c.dtype} {c.shape}")
+        q = np.asarray(codes)
+        if q.dtype != np.uint8 or q.ndim != 1:
+            raise ValueError(f"codes must be a 1-D uint8 array, got {q.dtype} {q.shape}")
+        nnz = c.shape[0]
+        if q.shape[0] != nnz:
+            raise ValueError(f"codes has {q.shape[0]} entries but cols has {nnz}")
+        if rp[0] != 0 or rp[-1] != nnz:
+            raise ValueError(f"row_ptr must start at 0 and end at nnz = {nnz}, got "
+                             f"{int(rp[0])} .. {int(rp[-1])}")
+        if n_out and (np.diff(rp) < 0).any():
+            raise ValueError("row_ptr must be non-decreasing")
+        if nnz:
+            if int(c.min()) < 0 or int(c.max()) >= n_in:
+                raise ValueError(f"cols must lie in [0, {n_in}), found {int(c.min())} .. "
+                                 f"{int(c.max())}")
+            steps = np.diff(c.astype(np.int64))
+            inner = np.ones(max(nnz - 1, 0), dtype=bool)
+            starts = rp[1:-1]
+            starts = starts[(starts > 0) & (starts < nnz)]
+            inner[starts - 1] = False
+            if (steps[inner] <= 0).any():
+                raise ValueError("cols must be strictly increasing within each row")
+        self = cls.__new__(cls)
+        self.shape = (n_out, n_in)
+        self.nnz = nnz
+        if (codebook is None) == (scales is None):
+            raise ValueError("pass either codebook or scales/zeros (exactly one encoding)")
+        self._scales, self._zeros, self._prow, self._group = _DUMMY_F, _DUMMY_F, 0, 1
+        self._codebook, self._cbrow = _DUMMY_F, 0
+        if codebook is not None:
+            if zeros is not None or group_size is not None:
+                raise ValueError("zeros and group_size apply only to linear (scales) encoding")
+            cb = _check_codebook(codebook, n_out)
+            k = cb.shape[1]
+            if nnz and int(q.max()) >= k:
+                raise ValueError(f"codes must be < {k} (codebook entries), found {int(q.max())}")
+            self._kind = CODEBOOK
+            self._codebook = _pad_codebook(cb, 16 if k <= 16 else 256)
+            self._cbrow = 0 if np.ndim(codebook) == 1 else self._codebook.shape[1]
+            self._block = INT8_BLOCK
+        else:
+            if zeros is None:
+                raise ValueError("zeros is required with scales")
+            self._kind = LINEAR
+            self._scales, self._zeros, self._prow, self._group = _check_linear_params(
+                scales, zeros, group_size, n_out, n_in)
+            g = None if group_size is None or group_size == -1 else int(group_size)
+            self._block = int8_block_size(g, n_in)
+        # Empty matrices still hand the kernel one valid element to point at.
+        self._row_ptr = rp
+        self._cols = np.ascontiguousarray(c, dtype=np.int32) if nnz else np.zeros(1, np.int32)
+        self._codes = np.ascontiguousarray(q) if nnz else np.zeros(1, np.uint8)
+        return self
+
+    def __repr__(self) -> str:
+        return f"SparseWeights(shape={self.shape}, nnz={self.nnz})"
+
+    def _args(self):
+        return (self._row_ptr, self._cols, self._codes, self.shape[1], self._kind,
+                self._scales, self._zeros, self._prow, self._group, self._codebook, self._cbrow)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of memory held by the CSR arrays and the decoding parameters."""
+        arrays = [self._row_ptr, self._cols, self._codes, self._scales, self._zeros,
+                  self._codebook]
+        return int(sum(a.nbytes for a in arrays if a is not _DUMMY_F))
+
+    @property
+    def int8_block(self) -> int:
+        """Columns per activation block in the int8 mode."""
+        return self._block
+
+    def dequantize(self) -> np.ndarray:
+        """The full float32 matrix W_hat (n_out, n_in), zeros at pruned positions."""
+        out = np.zeros(self.shape, dtype=np.float32)
+        if out.size:
+            _k.sparse_dequantize(*self._args(), out, get_num_threads())
+        return out
+
+    def matmul(self, x, act_quant: str | None = None, out: np.ndarray | None = None
+               ) -> np.ndarray:
+        """y = x @ W_hat.T in float32; arguments, shapes and errors as LinearWeights.matmul.
+
+        In the int8 mode x is quantized per block exactly as for dense weights (same error
+        bound), then the sparse kernel runs on the rounded activations in float32: a
+        sparse product is bound by gathering x, not by multiply width, so integer
+        arithmetic would not make it faster.
+        """
+        int8 = _check_act_quant(act_quant)
+        n_out, n_in = self.shape
+        x2, lead = _prepare_x(x, n_in)
+        y = _prepare_out(out, lead + (n_out,))
+        batch = x2.shape[0]
+        if batch == 0 or n_out == 0:
+            return y
+        y2 = y.reshape(batch, n_out)
+        if n_in == 0:
+            y2[...] = 0
+            return y
+        if int8:
+            x2 = dequantized_activations(x2, self._block)
+        _k.sparse_matmul(*self._args(), x2, y2, get_num_threads())
+        return y
+
+    def int8_error_bound(self, x) -> np.ndarray:
+        """Upper bound on |matmul(x, "int8") - x @ W_hat.T| per output (float64):
+        sum_c |W_hat[r, c]| * scale_x(c) / 2 plus 1e-5 * sum_c |W_hat[r, c]| |x_c|."""
+        n_out, n_in = self.shape
+        x2, lead = _prepare_x(x, n_in)
+        w = np.abs(self.dequantize().astype(np.float64))
+        _, xs, _ = _quantize_x(x2, self._block, 0, 1)
+        xs_full = np.repeat(xs.astype(np.float64), self._block, axis=1)[:, :n_in]
+        bound = (xs_full / 2) @ w.T * (1 + 1e-6) + 1e-5 * (np.abs(x2.astype(np.float64)) @ w.T)
+        return bound.reshape(lead + (n_out,))

@@ -1,0 +1,387 @@
+"""Tests of qpack.matmul against plain-numpy references of the encodings.
+
+Weights are built here directly from random codes, scales, zero-points and codebooks
+(the project's encoding contract), never through the quantizers.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import qpack
+from qpack.matmul import (
+    CodebookWeights,
+    LinearWeights,
+    SparseWeights,
+    dequantized_activations,
+    int8_block_size,
+)
+
+RTOL = 1e-5
+
+
+# ---- references ----------------------------------------------------------------------
+
+def ref_linear(codes, scales, zeros, group_size):
+    """W_hat[r, c] = (f32(code) - f32(zero[r', g])) * f32(scale[r', g]) in float32."""
+    n_out, n_in = codes.shape
+    s = scales.astype(np.float32)
+    z = zeros.astype(np.float32)
+    if group_size is None or group_size == -1:
+        g = np.zeros(n_in, dtype=np.int64)
+    else:
+        g = np.arange(n_in) // group_size
+    s = np.broadcast_to(s, (n_out, s.shape[1]))[:, g]
+    z = np.broadcast_to(z, (n_out, z.shape[1]))[:, g]
+    return (codes.astype(np.float32) - z) * s
+
+
+def ref_codebook(codes, codebook):
+    if codebook.ndim == 1:
+        return codebook[codes]
+    return np.take_along_axis(codebook, codes.astype(np.int64), axis=1)
+
+
+def ref_matmul(x, w_hat):
+    return np.asarray(x, dtype=np.float64) @ w_hat.astype(np.float64).T
+
+
+def assert_close(y, x, w_hat):
+    """Relative error <= 1e-5 against the float64 product, measured per output against
+    sum_c |x_c| |w_c| (the natural scale of a dot product's rounding error)."""
+    ref = ref_matmul(x, w_hat)
+    scale = np.abs(np.asarray(x, dtype=np.float64)) @ np.abs(w_hat.astype(np.float64)).T
+    assert y.dtype == np.float32 and y.shape == ref.shape
+    assert (np.abs(y - ref) <= RTOL * scale + 1e-30).all(), np.abs(y - ref).max()
+
+
+def make_linear(rng, n_out, n_in, bits, group_size, scale_dtype=np.float16):
+    codes = rng.integers(0, 1 << bits, size=(n_out, n_in), dtype=np.uint8)
+    if group_size is None:
+        shape = (1, 1)
+    elif group_size == -1:
+        shape = (n_out, 1)
+    else:
+        shape = (n_out, -(-n_in // group_size))
+    scales = (rng.random(shape) * 0.05 + 0.001).astype(scale_dtype)
+    zeros = rng.integers(0, 1 << bits, size=shape, dtype=np.uint8)
+    w = LinearWeights.from_packed(qpack.pack(codes, bits), bits, scales, zeros, group_size,
+                                  (n_out, n_in))
+    return w, ref_linear(codes, scales, zeros, group_size)
+
+
+def make_codebook(rng, n_out, n_in, bits, per_row=False):
+    codes = rng.integers(0, 1 << bits, size=(n_out, n_in), dtype=np.uint8)
+    shape = (n_out, 1 << bits) if per_row else (1 << bits,)
+    cb = rng.standard_normal(shape).astype(np.float32)
+    w = CodebookWeights.from_packed(qpack.pack(codes, bits), bits, cb, (n_out, n_in))
+    return w, ref_codebook(codes, cb)
+
+
+def make_sparse(rng, n_out, n_in, bits, density=0.1, linear=False, group_size=None):
+    mask = rng.random((n_out, n_in)) < density
+    codes = rng.integers(0, 1 << bits, size=(n_out, n_in), dtype=np.uint8)
+    row_ptr = np.concatenate([[0], np.cumsum(mask.sum(axis=1))])
+    cols = np.nonzero(mask)[1]
+    if linear:
+        shape = (1, 1) if group_size is None else (
+            (n_out, 1) if group_size == -1 else (n_out, -(-n_in // group_size)))
+        scales = (rng.random(shape) * 0.05 + 0.001).astype(np.float16)
+        zeros = rng.integers(0, 1 << bits, size=shape, dtype=np.uint8)
+        w = SparseWeights.from_csr((n_out, n_in), row_ptr, cols, codes[mask], scales=scales,
+                                   zeros=zeros, group_size=group_size)
+        dense = ref_linear(codes, scales, zeros, group_size)
+    else:
+        cb = rng.standard_normal(1 << bits).astype(np.float32)
+        w = SparseWeights.from_csr((n_out, n_in), row_ptr, cols, codes[mask], codebook=cb)
+        dense = ref_codebook(codes, cb)
+    return w, np.where(mask, dense, np.float32(0))
+
+
+ENCODINGS = ["linear_tensor", "linear_channel", "linear_g128", "linear_g32", "codebook",
+             "codebook_rows", "sparse_codebook", "sparse_linear"]
+
+
+def build(rng, enc, n_out, n_in, bits):
+    if enc == "linear_tensor":
+        return make_linear(rng, n_out, n_in, bits, None)
+    if enc == "linear_channel":
+        return make_linear(rng, n_out, n_in, bits, -1)
+    if enc == "linear_g128":
+        return make_linear(rng, n_out, n_in, bits, 128)
+    if enc == "linear_g32":
+        return make_linear(rng, n_out, n_in, bits, 32, np.float32)
+    if enc == "codebook":
+        return make_codebook(rng, n_out, n_in, bits)
+    if enc == "codebook_rows":
+        return make_codebook(rng, n_out, n_in, bits, per_row=True)
+    if enc == "sparse_codebook":
+        return make_sparse(rng, n_out, n_in, bits)
+    return make_sparse(rng, n_out, n_in, bits, linear=True, group_size=64)
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    qpack.set_num_threads(request.param)
+    yield request.param
+    qpack.set_num_threads(None)
+
+
+# ---- the main grid ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("enc", ENCODINGS)
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_float_and_int8_against_reference(enc, bits, threads):
+    rng = np.random.default_rng(bits * 100 + ENCODINGS.index(enc))
+    # 300 columns: two full 128-column blocks plus a tail, several groups of 32/128
+    w, w_hat = build(rng, enc, 45, 300, bits)
+    np.testing.assert_array_equal(w.dequantize(), w_hat)
+    for batch in (1, 3, 64):
+        x = rng.standard_normal((batch, 300)).astype(np.float32)
+        assert_close(w.matmul(x), x, w_hat)
+        y8 = w.matmul(x, act_quant="int8")
+        err = np.abs(y8 - ref_matmul(x, w_hat))
+        assert (err <= w.int8_error_bound(x)).all()
+
+
+@pytest.mark.parametrize("bits", [1, 5, 6, 7])
+@pytest.mark.parametrize("enc", ["linear_g128", "linear_channel", "codebook", "sparse_codebook"])
+def test_other_widths(bits, enc):
+    rng = np.random.default_rng(bits)
+    w, w_hat = build(rng, enc, 17, 259, bits)
+    np.testing.assert_array_equal(w.dequantize(), w_hat)
+    for batch in (1, 5):
+        x = rng.standard_normal((batch, 259)).astype(np.float32)
+        assert_close(w.matmul(x), x, w_hat)
+        err = np.abs(w.matmul(x, act_quant="int8") - ref_matmul(x, w_hat))
+        assert (err <= w.int8_error_bound(x)).all()
+
+
+def test_large_fast_path():
+    """A 4096-wide row exercises the vector kernels over many blocks and groups."""
+    rng = np.random.default_rng(7)
+    for bits in (2, 4, 8):
+        w, w_hat = make_linear(rng, 64, 4096, bits, 128)
+        x = rng.standard_normal((2, 4096)).astype(np.float32)
+        assert_close(w.matmul(x), x, w_hat)
+        assert (np.abs(w.matmul(x, "int8") - ref_matmul(x, w_hat)) <= w.int8_error_bound(x)).all()
+
+
+# ---- odd shapes and inputs --------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 300), (7, 1), (3, 129), (2, 127), (5, 1000)])
+@pytest.mark.parametrize("enc", ["linear_g32", "linear_g128", "linear_channel", "codebook",
+                                 "sparse_linear"])
+def test_odd_shapes(shape, enc):
+    rng = np.random.default_rng(sum(shape))
+    for bits in (2, 4, 8):
+        w, w_hat = build(rng, enc, *shape, bits)
+        x = rng.standard_normal(shape[1]).astype(np.float32)
+        y = w.matmul(x)
+        assert y.shape == (shape[0],)
+        assert_close(y[None], x[None], w_hat)
+
+
+def test_group_not_dividing_row():
+    rng = np.random.default_rng(3)
+    for g in (1, 5, 100, 200, 256, 1000):
+        w, w_hat = make_linear(rng, 9, 300, 4, g)
+        x = rng.standard_normal((3, 300)).astype(np.float32)
+        assert_close(w.matmul(x), x, w_hat)
+        assert (np.abs(w.matmul(x, "int8") - ref_matmul(x, w_hat)) <= w.int8_error_bound(x)).all()
+
+
+def test_empty_shapes():
+    rng = np.random.default_rng(0)
+    for n_out, n_in in [(0, 16), (4, 0), (0, 0)]:
+        w, w_hat = make_linear(rng, n_out, n_in, 4, -1)
+        y = w.matmul(np.ones((2, n_in), np.float32))
+        assert y.shape == (2, n_out) and not y.any()
+        assert w.dequantize().shape == (n_out, n_in)
+        c, _ = make_codebook(rng, n_out, n_in, 3)
+        assert c.matmul(np.ones(n_in)).shape == (n_out,)
+        s, _ = make_sparse(rng, n_out, n_in, 4)
+        assert not s.matmul(np.ones((1, n_in))).any()
+    w, _ = make_linear(rng, 5, 8, 4, None)
+    assert w.matmul(np.ones((0, 8))).shape == (0, 5)
+    empty = SparseWeights.from_csr((3, 10), [0, 0, 0, 0], [], np.zeros(0, np.uint8),
+                                   codebook=np.ones(4, np.float32))
+    assert not empty.matmul(np.ones(10)).any()
+    assert not empty.matmul(np.ones(10), "int8").any()
+
+
+def test_non_contiguous_and_dtypes():
+    rng = np.random.default_rng(1)
+    w, w_hat = make_linear(rng, 20, 256, 4, 128)
+    big = rng.standard_normal((6, 512))
+    x = big[::2, ::2]  # float64, strided both ways
+    assert_close(w.matmul(x), x.astype(np.float32), w_hat)
+    xf = np.asfortranarray(big[:, :256].astype(np.float16))
+    assert_close(w.matmul(xf), xf.astype(np.float32), w_hat)
+
+
+def test_out_argument():
+    rng = np.random.default_rng(2)
+    w, w_hat = make_codebook(rng, 10, 64, 4)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    out = np.full((3, 10), np.nan, np.float32)
+    assert w.matmul(x, out=out) is out
+    assert_close(out, x, w_hat)
+    with pytest.raises(ValueError, match="out"):
+        w.matmul(x, out=np.empty((3, 10), np.float64))
+    with pytest.raises(ValueError, match="out"):
+        w.matmul(x, out=np.empty((10, 3), np.float32))
+    with pytest.raises(ValueError, match="out"):
+        w.matmul(x, out=np.empty((3, 20), np.float32)[:, ::2])
+
+
+def test_nan_propagates():
+    rng = np.random.default_rng(4)
+    for enc in ("linear_g128", "codebook", "sparse_codebook"):
+        w, _ = build(rng, enc, 8, 256, 4)
+        x = rng.standard_normal((2, 256)).astype(np.float32)
+        x[1, 5] = np.nan
+        for mode in (None, "int8"):
+            y = w.matmul(x, act_quant=mode)
+            assert np.isfinite(y[0]).all()
+            if enc != "sparse_codebook":  # a pruned column 5 may drop the NaN in sparse rows
+                assert np.isnan(y[1]).all()
+
+
+def test_read_only_memmap_input(tmp_path):
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 16, size=(12, 200), dtype=np.uint8)
+    packed = qpack.pack(codes, 4)
+    path = tmp_path / "w.bin"
+    packed.tofile(path)
+    mapped = np.memmap(path, dtype=np.uint8, mode="r", shape=packed.shape)
+    cb = rng.standard_normal(16).astype(np.float32)
+    w = CodebookWeights.from_packed(mapped, 4, cb, (12, 200))
+    x = rng.standard_normal(200).astype(np.float32)
+    assert_close(w.matmul(x)[None], x[None], ref_codebook(codes, cb))
+    assert np.array_equal(np.asarray(mapped), packed)
+
+
+def test_int8_block_rule():
+    assert int8_block_size(None, 4096) == 128
+    assert int8_block_size(256, 4096) == 128
+    assert int8_block_size(32, 4096) == 32
+    assert int8_block_size(100, 4096) == 100
+    assert int8_block_size(5000, 4096) == 128
+    x = np.linspace(-1, 1, 300, dtype=np.float32)
+    xh = dequantized_activations(x, 128)
+    scale = np.abs(x[:128]).max() / 127
+    assert np.abs(xh[:128] - x[:128]).max() <= scale / 2 * (1 + 1e-6)
+
+
+def test_int8_actually_quantizes():
+    """The int8 result differs from the float one (it is not the float path renamed) yet
+    stays within the bound, and the bound is not vacuous (well below sum |w||x|)."""
+    rng = np.random.default_rng(6)
+    w, w_hat = make_linear(rng, 64, 1024, 4, 128)
+    x = rng.standard_normal((4, 1024)).astype(np.float32)
+    y, y8 = w.matmul(x), w.matmul(x, "int8")
+    assert not np.array_equal(y, y8)
+    bound = w.int8_error_bound(x)
+    assert (np.abs(y8 - ref_matmul(x, w_hat)) <= bound).all()
+    assert (bound < 0.05 * (np.abs(x) @ np.abs(w_hat).T)).all()
+
+
+def test_nbytes():
+    rng = np.random.default_rng(8)
+    w, _ = make_linear(rng, 64, 256, 4, 128)
+    assert w.nbytes == 64 * 128 + 2 * 64 * 2 * 4
+    s, _ = make_sparse(rng, 64, 256, 4)
+    assert s.nbytes >= s.nnz * 5 + 65 * 8
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 20), st.integers(1, 400), st.integers(1, 8), st.integers(1, 4),
+       st.sampled_from([None, -1, 7, 32, 128, 384]), st.integers(0, 2**31 - 1))
+def test_hypothesis_linear(n_out, n_in, bits, batch, group, seed):
+    rng = np.random.default_rng(seed)
+    w, w_hat = make_linear(rng, n_out, n_in, bits, group)
+    x = rng.standard_normal((batch, n_in)).astype(np.float32)
+    assert_close(w.matmul(x), x, w_hat)
+    assert (np.abs(w.matmul(x, "int8") - ref_matmul(x, w_hat)) <= w.int8_error_bound(x)).all()
+
+
+# ---- bad inputs ----------------------------------------------------------------------
+
+def test_bad_linear_arguments():
+    codes = np.zeros((4, 10), np.uint8)
+    packed = qpack.pack(codes, 4)
+    s, z = np.ones((4, 1), np.float16), np.zeros((4, 1), np.uint8)
+    ok = dict(packed=packed, bits=4, scales=s, zeros=z, group_size=-1, shape=(4, 10))
+    LinearWeights.from_packed(**ok)
+    bad = [
+        ("bits", dict(bits=9)), ("bits", dict(bits=0)), ("packed", dict(bits=3)),
+        ("packed", dict(packed=packed.astype(np.int16))), ("packed", dict(shape=(4, 11))),
+        ("scales", dict(scales=np.ones((1, 1), np.float16))),
+        ("scales", dict(scales=np.ones((4, 1), np.int32))),
+        ("scales", dict(scales=np.full((4, 1), np.inf, np.float32))),
+        ("zeros", dict(zeros=np.zeros((4, 2), np.uint8))),
+        ("zeros", dict(zeros=np.full((4, 1), 300, np.int32))),
+        ("group_size", dict(group_size=0)), ("group_size", dict(group_size=2.5)),
+        ("shape", dict(shape=(4,))), ("n_in", dict(shape=(4, -1))),
+    ]
+    for name, change in bad:
+        with pytest.raises(ValueError, match=name):
+            LinearWeights.from_packed(**{**ok, **change})
+    w = LinearWeights.from_packed(**ok)
+    with pytest.raises(ValueError, match="columns"):
+        w.matmul(np.ones(11))
+    with pytest.raises(ValueError, match="floating"):
+        w.matmul(np.ones(10, dtype=np.int64))
+    with pytest.raises(ValueError, match="shape"):
+        w.matmul(np.ones((2, 2, 10)))
+    with pytest.raises(ValueError, match="act_quant"):
+        w.matmul(np.ones(10), act_quant="int4")
+
+
+def test_bad_codebook_arguments():
+    codes = np.full((3, 8), 7, np.uint8)
+    packed = qpack.pack(codes, 3)
+    with pytest.raises(ValueError, match="codebook"):
+        CodebookWeights.from_packed(packed, 3, np.ones(16, np.float32), (3, 8))
+    with pytest.raises(ValueError, match="code 7"):
+        CodebookWeights.from_packed(packed, 3, np.ones(4, np.float32), (3, 8))
+    with pytest.raises(ValueError, match="codebook"):
+        CodebookWeights.from_packed(packed, 3, np.ones((2, 8), np.float32), (3, 8))
+    with pytest.raises(ValueError, match="codebook"):
+        CodebookWeights.from_packed(packed, 3, np.array([np.nan] * 8, np.float32), (3, 8))
+    with pytest.raises(ValueError, match="codebook"):
+        CodebookWeights.from_packed(packed, 3, np.arange(8), (3, 8))
+    # a short codebook is fine when every code fits
+    CodebookWeights.from_packed(packed, 3, np.ones(8, np.float32), (3, 8))
+
+
+def test_bad_sparse_arguments():
+    cb = np.ones(16, np.float32)
+    ok = dict(shape=(3, 10), row_ptr=np.array([0, 2, 2, 4]), cols=np.array([1, 5, 0, 9]),
+              codes=np.array([1, 2, 3, 4], np.uint8))
+    SparseWeights.from_csr(**ok, codebook=cb)
+    bad = [
+        ("row_ptr", dict(row_ptr=np.array([0, 2, 4]))),
+        ("row_ptr", dict(row_ptr=np.array([0, 3, 2, 4]))),
+        ("row_ptr", dict(row_ptr=np.array([1, 2, 2, 4]))),
+        ("row_ptr", dict(row_ptr=np.array([0, 2, 2, 5]))),
+        ("cols", dict(cols=np.array([1, 5, 0, 10]))),
+        ("cols", dict(cols=np.array([1, 5, -1, 9]))),
+        ("cols", dict(cols=np.array([5, 1, 0, 9]))),
+        ("cols", dict(cols=np.array([1, 1, 0, 9]))),
+        ("codes", dict(codes=np.array([1, 2, 3], np.uint8))),
+        ("codes", dict(codes=np.array([1, 2, 3, 4], np.int64))),
+    ]
+    for name, change in bad:
+        with pytest.raises(ValueError, match=name):
+            SparseWeights.from_csr(**{**ok, **change}, codebook=cb)
+    with pytest.raises(ValueError, match="codes must be < 4"):
+        SparseWeights.from_csr(**ok, codebook=np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="either"):
+        SparseWeights.from_csr(**ok)
+    with pytest.raises(ValueError, match="either"):
+        SparseWeights.from_csr(**ok, codebook=cb, scales=np.ones((1, 1), np.float16))
+    with pytest.raises(ValueError, match="zeros"):
+        SparseWeights.from_csr(**ok, scales=np.ones((1, 1), np.float16))
