@@ -157,6 +157,22 @@ def test_every_integer_dtype(dtype, bits):
     assert (qpack.pack(codes[0].astype(dtype), bits) == expect[0]).all()
 
 
+@pytest.mark.parametrize("dtype", [">u2", ">i4", ">u8"])
+def test_big_endian_dtypes(dtype):
+    codes = random_codes((3, 21), 5, seed=9)
+    assert (qpack.pack(codes.astype(dtype), 5) == ref_pack(codes, 5)).all()
+
+
+def test_read_only_inputs():
+    codes = random_codes(1000, 3, seed=4)
+    frozen = codes.copy()
+    frozen.flags.writeable = False
+    packed = qpack.pack(frozen, 3)
+    assert (packed == ref_pack(codes, 3)).all()
+    packed.flags.writeable = False
+    assert (qpack.unpack(packed, 3, 1000) == codes).all()
+
+
 def test_bool_and_list_inputs():
     flags = np.random.default_rng(0).random(77) < 0.5
     assert (qpack.pack(flags, 1) == np.packbits(flags, bitorder="little")).all()
