@@ -1,0 +1,197 @@
+"""The examples run (reduced mode) and their numpy BERT encoder is right."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import qpack
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "examples")
+
+
+def run_example(name: str, *args: str) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, os.path.join(EXAMPLES, name), *args],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    return r
+
+
+def import_example(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_digits_mlp_quick():
+    out = run_example("digits_mlp.py", "--quick").stdout
+    packed, floating = map(float, re.search(
+        r"packed test accuracy ([\d.]+)% \(float32: ([\d.]+)%\)", out).groups())
+    assert floating > 85 and packed > floating - 5
+    assert re.search(r"digits_mlp\.qpk: [\d,]+ bytes \(([\d.]+)x smaller\)", out)
+    assert "kmeans 4-bit, prune 0.5" in out and "float32 (numpy)" in out
+
+
+def test_torch_state_dict_quick():
+    out = run_example("torch_state_dict.py", "--quick").stdout
+    if importlib.util.find_spec("torch") is None:
+        assert out.startswith("[skip]")
+        return
+    before, after = map(float, re.search(
+        r"float32 test accuracy ([\d.]+)%, after .* ([\d.]+)%", out).groups())
+    assert after > before - 10
+    assert "fc2.weight" in out  # the report
+
+
+def test_minilm_quick():
+    out = run_example("minilm_embeddings.py", "--quick").stdout
+    minilm = import_example("minilm_embeddings")
+    if minilm.find_minilm() is None:
+        assert out.startswith("[skip]")
+        return
+    rows = {m.group(1).strip(): (float(m.group(2)), float(m.group(3)), float(m.group(4)))
+            for m in re.finditer(r"^(\S.*?)\s+[\d.]+ MB\s+[\d.]+x\s+([\d.]+)\s+([\d.]+)"
+                                 r"\s+([+-][\d.]+)$", out, re.M)}
+    cos_mean, cos_min, margin = rows["linear 8-bit g128"]
+    assert cos_min > 0.995 and margin > 0
+    cos_mean, cos_min, margin = rows["kmeans 4-bit, encoder layers only"]
+    assert cos_min > 0.8
+
+
+def test_minilm_skips_cleanly_without_the_package(monkeypatch, capsys):
+    minilm = import_example("minilm_embeddings")
+    monkeypatch.setattr(minilm, "PACKAGE", "no_such_package_for_qpack_tests")
+    assert minilm.main([]) == 0
+    assert capsys.readouterr().out.startswith("[skip]")
+
+
+# -- the numpy BERT encoder, on a tiny random BERT (no package needed) ---------------------
+
+def tiny_bert(layers: int = 2, hidden: int = 32, heads: int = 4, vocab: int = 50,
+              seed: int = 0) -> tuple[dict[str, np.ndarray], dict]:
+    rng = np.random.default_rng(seed)
+    config = {"num_hidden_layers": layers, "num_attention_heads": heads,
+              "layer_norm_eps": 1e-12}
+
+    def w(*shape, scale=0.2):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    weights = {"embeddings.word_embeddings.weight": w(vocab, hidden, scale=1.0),
+               "embeddings.position_embeddings.weight": w(16, hidden),
+               "embeddings.token_type_embeddings.weight": w(2, hidden),
+               "embeddings.LayerNorm.weight": 1 + w(hidden, scale=0.05),
+               "embeddings.LayerNorm.bias": w(hidden, scale=0.05)}
+    for i in range(layers):
+        p = f"encoder.layer.{i}."
+        for name, (o, n) in {"attention.self.query": (hidden, hidden),
+                             "attention.self.key": (hidden, hidden),
+                             "attention.self.value": (hidden, hidden),
+                             "attention.output.dense": (hidden, hidden),
+                             "intermediate.dense": (4 * hidden, hidden),
+                             "output.dense": (hidden, 4 * hidden)}.items():
+            weights[p + name + ".weight"] = w(o, n)
+            weights[p + name + ".bias"] = w(o, scale=0.05)
+        for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
+            weights[p + ln + ".weight"] = 1 + w(hidden, scale=0.05)
+            weights[p + ln + ".bias"] = w(hidden, scale=0.05)
+    return weights, config
+
+
+def reference_bert(weights, config, ids, mask):
+    """A deliberately plain per-sentence, per-head loop version of the same encoder."""
+    from scipy.special import erf
+
+    heads, eps = config["num_attention_heads"], config["layer_norm_eps"]
+
+    def ln(x, g, b):
+        mu = x.mean(-1, keepdims=True)
+        return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps) * g + b
+
+    out = []
+    for sent, m in zip(ids, mask, strict=True):
+        n = int(m.sum())  # padding sits at the end; a sentence sees only its own tokens
+        tok = sent[:n]
+        x = (weights["embeddings.word_embeddings.weight"][tok]
+             + weights["embeddings.position_embeddings.weight"][:n]
+             + weights["embeddings.token_type_embeddings.weight"][0]).astype(np.float64)
+        x = ln(x, weights["embeddings.LayerNorm.weight"], weights["embeddings.LayerNorm.bias"])
+        for i in range(config["num_hidden_layers"]):
+            p = f"encoder.layer.{i}."
+
+            def lin(name, h, p=p):
+                return h @ weights[p + name + ".weight"].T + weights[p + name + ".bias"]
+
+            q, k, v = (lin(f"attention.self.{t}", x) for t in ("query", "key", "value"))
+            d = x.shape[1] // heads
+            ctx = np.zeros_like(x)
+            for h in range(heads):
+                s = q[:, h * d:(h + 1) * d] @ k[:, h * d:(h + 1) * d].T / np.sqrt(d)
+                a = np.exp(s - s.max(1, keepdims=True))
+                a /= a.sum(1, keepdims=True)
+                ctx[:, h * d:(h + 1) * d] = a @ v[:, h * d:(h + 1) * d]
+            x = ln(x + lin("attention.output.dense", ctx),
+                   weights[p + "attention.output.LayerNorm.weight"],
+                   weights[p + "attention.output.LayerNorm.bias"])
+            f = lin("intermediate.dense", x)
+            f = 0.5 * f * (1 + erf(f / np.sqrt(2)))
+            x = ln(x + lin("output.dense", f), weights[p + "output.LayerNorm.weight"],
+                   weights[p + "output.LayerNorm.bias"])
+        e = x.mean(0)
+        out.append(e / np.linalg.norm(e))
+    return np.array(out)
+
+
+def test_bert_encoder_matches_a_plain_reference_with_padding():
+    minilm = import_example("minilm_embeddings")
+    weights, config = tiny_bert()
+    ids = np.array([[1, 5, 9, 2, 0, 0], [1, 7, 3, 8, 4, 2], [1, 2, 0, 0, 0, 0]])
+    mask = (ids != 0).astype(np.int64)
+    ids[0, 4:] = 0
+    enc = minilm.BertEncoder.from_arrays(weights, config)
+    got = enc(ids, mask)
+    want = reference_bert(weights, config, ids, mask)
+    assert got.dtype == np.float32 and got.shape == (3, 32)
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    # more padding does not change a sentence's embedding
+    padded = np.pad(ids, ((0, 0), (0, 3)))
+    np.testing.assert_allclose(enc(padded, (padded != 0).astype(np.int64)), got, atol=2e-5)
+
+
+@pytest.mark.parametrize("kwargs, min_cos", [
+    ({"method": "linear", "bits": 8, "group_size": 32}, 0.999),
+    ({"method": "kmeans", "bits": 4}, 0.85),
+])
+def test_bert_encoder_from_compressed_file(tmp_path, kwargs, min_cos):
+    minilm = import_example("minilm_embeddings")
+    weights, config = tiny_bert()
+    ids = np.array([[1, 5, 9, 2, 0], [1, 7, 3, 8, 2]])
+    mask = (ids != 0).astype(np.int64)
+    reference = minilm.BertEncoder.from_arrays(weights, config)(ids, mask)
+    qpack.compress(weights, min_numel=256, **kwargs).save(tmp_path / "bert.qpk")
+    model = qpack.load(tmp_path / "bert.qpk")
+    encoder = minilm.BertEncoder.from_compressed(model, config)
+    assert all(type(layer).__name__ == "PackedLinear" for layer in encoder.linears.values())
+    packed = encoder(ids, mask)
+    cos = minilm.cosine_rows(packed, reference)
+    assert cos.min() > min_cos
+    assert cos.max() < 1.0 - 1e-9  # it really ran on quantized weights
+    # the packed kernels compute what the decompressed weights compute, to float rounding
+    dense = minilm.BertEncoder.from_arrays(model.decompress(), config)(ids, mask)
+    np.testing.assert_allclose(packed, dense, atol=1e-4)
+
+
+def test_paraphrase_margin():
+    minilm = import_example("minilm_embeddings")
+    pairs = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    pairs /= np.linalg.norm(pairs, axis=1, keepdims=True)
+    assert minilm.paraphrase_margin(pairs) > 0.5
+    assert minilm.paraphrase_margin(pairs[[0, 2, 1, 3]]) < 0
