@@ -274,19 +274,24 @@ def paraphrase_margin(emb: np.ndarray) -> float:
 
 def evaluate(weights: Mapping[str, np.ndarray], config: Mapping, ids: np.ndarray,
              mask: np.ndarray, settings: Sequence[tuple[str, dict]], workdir: str,
-             time_repeat: int = 0, log: Callable[[str], None] = print) -> dict:
+             time_repeat: int = 0, threads: int = 1,
+             log: Callable[[str], None] = print) -> dict:
     """Compress ``weights`` at each setting, load the file, encode, compare to float32.
 
     Returns {"reference": float32 embeddings, "float_seconds": median encoder time (0 when
     ``time_repeat`` is 0), "margin": paraphrase margin of the float32 model, "rows": [{
     setting, file_bytes, ratio, cos_mean, cos_min, margin, time_ratio, compress_seconds}]}.
+    Timings run numpy's BLAS and qpack's kernels on ``threads`` threads each.
     """
-    from qpack.demo import median_seconds
+    from qpack.demo import median_seconds, same_threads
+
+    def timed(encoder) -> float:
+        with same_threads(threads):
+            return median_seconds(lambda: encoder(ids, mask), repeat=time_repeat, warmup=1)
 
     reference_encoder = BertEncoder.from_arrays(weights, config)
     reference = reference_encoder(ids, mask)
-    float_seconds = (median_seconds(lambda: reference_encoder(ids, mask), repeat=time_repeat,
-                                    warmup=1) if time_repeat else 0.0)
+    float_seconds = timed(reference_encoder) if time_repeat else 0.0
     rows = []
     for label, kwargs in settings:
         t0 = time.perf_counter()
@@ -301,9 +306,8 @@ def evaluate(weights: Mapping[str, np.ndarray], config: Mapping, ids: np.ndarray
         row = {"setting": label, "file_bytes": model.nbytes, "ratio": model.ratio,
                "cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
                "margin": paraphrase_margin(emb), "compress_seconds": compress_seconds,
-               "time_ratio": (median_seconds(lambda enc=encoder: enc(ids, mask),
-                                             repeat=time_repeat, warmup=1) / float_seconds
-                              if time_repeat else float("nan"))}
+               "time_ratio": (timed(encoder) / float_seconds if time_repeat
+                              else float("nan"))}
         rows.append(row)
         log(f"  {label:<42} {row['file_bytes'] / 1e6:6.2f} MB  {row['ratio']:5.1f}x  "
             f"cosine mean {row['cos_mean']:.4f} min {row['cos_min']:.4f}")
@@ -317,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two settings, two sentences")
     parser.add_argument("--time", type=int, default=0, metavar="N",
-                        help="also time the encoder (median of N runs) against float32")
+                        help="also time the encoder (median of N runs, one thread) against "
+                             "float32 numpy")
     args = parser.parse_args(argv)
     found = find_minilm()
     if found is None:
