@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from qpack._kernels import quantize as _kq
 from qpack.bitpack import check_bits
+from qpack.threads import get_num_threads
 
 CLIP_METHODS = ("minmax", "percentile", "mse")
 # Clipping ratios tried by clip="mse": the kept range is ratio * (min, max) of the group.
@@ -182,37 +184,35 @@ def round_scale_up(scale: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return s
 
 
-def _group_params(blk: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int,
-                  symmetric: bool, sdt: np.dtype):
+def _group_params(gmin: np.ndarray, gmax: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                  bits: int, symmetric: bool, sdt: np.dtype, work):
     """Scales (rounded up to ``sdt``) and zero-points for groups with ranges [lo, hi].
 
-    lo <= 0 <= hi per group. A group whose range is one value c (constant) gets scale |c|
-    and a code one step from the zero-point, so it decodes exactly when |c| is representable
-    in ``sdt``; an all-zero group gets scale 0.
+    gmin/gmax: each group's true min and max; lo <= 0 <= hi, with any extra trailing axes
+    (one entry per clipping candidate). A group whose values are all one constant c != 0
+    gets scale |c| and a code one step from the zero-point, so it decodes exactly when |c|
+    is representable in ``sdt``; an all-zero group gets scale 0.
+    Returns (stored scales in sdt, the same as ``work``, int32 zero-points).
     """
-    work = blk.dtype
+    extra = lo.ndim - gmin.ndim
+    gmin = gmin.reshape(gmin.shape + (1,) * extra)
+    gmax = gmax.reshape(gmax.shape + (1,) * extra)
     if symmetric:
-        half = (1 << (bits - 1)) - 1
-        amax = np.maximum(-lo, hi)
-        scale = amax / half
-        zero = np.full(lo.shape, 1 << (bits - 1), dtype=np.int32)
+        scale = np.maximum(-lo, hi) / ((1 << (bits - 1)) - 1)
     else:
-        qmax = (1 << bits) - 1
-        scale = (hi - lo) / qmax
-        zero = None
-    # Constant groups: every element equals the one nonzero end of [lo, hi].
-    gmin = blk.min(axis=-1)
-    gmax = blk.max(axis=-1)
+        scale = (hi - lo) / ((1 << bits) - 1)
     const = (gmin == gmax) & (gmin != 0)
     scale = np.where(const, np.abs(gmin), scale).astype(work)
     s_store = np.zeros(scale.shape, dtype=sdt)
     pos = scale > 0
     s_store[pos] = round_scale_up(scale[pos], sdt)
     s = s_store.astype(work)
-    if not symmetric:
+    if symmetric:
+        zero = np.full(scale.shape, 1 << (bits - 1), dtype=np.int32)
+    else:
         safe = np.where(s > 0, s, 1).astype(work)
         zero = np.clip(np.rint(-lo / safe), 0, (1 << bits) - 1).astype(np.int32)
-        # A negative constant decodes as (zero - 1 - zero) * |c|: put the zero-point at 1.
+        # A negative constant decodes as (0 - 1) * |c|: put its zero-point at 1.
         zero = np.where(const & (gmin < 0), 1, np.where(const, 0, zero)).astype(np.int32)
     return s_store, s, zero
 
@@ -236,6 +236,9 @@ def _codes_for(blk: np.ndarray, s: np.ndarray, zero: np.ndarray, bits: int,
 def _quantize_block(blk: np.ndarray, bits: int, symmetric: bool, clip: str,
                     percentile: float, sdt: np.dtype):
     """Quantize a block (rows, ngroups, G) group by group: returns codes, scales, zeros."""
+    work = blk.dtype
+    gmin = blk.min(axis=-1)
+    gmax = blk.max(axis=-1)
     if clip == "percentile":
         if symmetric:
             amax = np.percentile(np.abs(blk), percentile, axis=-1)
@@ -243,33 +246,32 @@ def _quantize_block(blk: np.ndarray, bits: int, symmetric: bool, clip: str,
         else:
             lo = np.percentile(blk, 100.0 - percentile, axis=-1)
             hi = np.percentile(blk, percentile, axis=-1)
-        lo = np.minimum(lo, 0).astype(blk.dtype)
-        hi = np.maximum(hi, 0).astype(blk.dtype)
+        lo = np.minimum(lo, 0).astype(work)
+        hi = np.maximum(hi, 0).astype(work)
     else:
-        lo = np.minimum(blk.min(axis=-1), 0)
-        hi = np.maximum(blk.max(axis=-1), 0)
-    if clip != "mse":
-        s_store, s, zero = _group_params(blk, lo, hi, bits, symmetric, sdt)
-        return _codes_for(blk, s, zero, bits, symmetric), s_store, zero
-    # mse: try each clipping ratio of the min/max range, keep per group the one whose
-    # decoded error (against the rounded scale actually stored) is smallest.
-    best_err = None
-    for ratio in MSE_RATIOS:
-        s_store, s, zero = _group_params(blk, lo * ratio, hi * ratio, bits, symmetric, sdt)
-        codes = _codes_for(blk, s, zero, bits, symmetric)
-        deq = (codes.astype(np.float32) - zero[..., None].astype(np.float32)) \
-            * s_store.astype(np.float32)[..., None]
-        err = np.square(deq - blk, dtype=np.float64).sum(axis=-1)
-        if best_err is None:
-            best_err, best = err, (codes, s_store, zero)
-            continue
-        better = err < best_err
-        if better.any():
-            best_err = np.where(better, err, best_err)
-            codes_b, s_b, z_b = best
-            codes_b = np.where(better[..., None], codes, codes_b)
-            best = (codes_b, np.where(better, s_store, s_b), np.where(better, zero, z_b))
-    return best
+        lo = np.minimum(gmin, 0)
+        hi = np.maximum(gmax, 0)
+    if clip == "mse":
+        # Every clipping ratio of the min/max range is a candidate (scale, zero-point),
+        # rounded exactly as it would be stored; the kernel measures each candidate's
+        # decoded squared error and each group keeps its best (ratio 1.0 wins ties).
+        ratios = MSE_RATIOS.astype(work)
+        cand_s, _, cand_z = _group_params(gmin, gmax, lo[..., None] * ratios,
+                                          hi[..., None] * ratios, bits, symmetric, sdt, work)
+        nc = ratios.size
+        err = np.empty((gmin.size, nc))
+        groups = np.ascontiguousarray(blk).reshape(gmin.size, -1)
+        cmin = 1 if symmetric else 0
+        _kq.candidate_errors(groups, cand_s.astype(np.float32).reshape(-1, nc),
+                             cand_z.astype(np.float32).reshape(-1, nc), err, cmin,
+                             (1 << bits) - 1, get_num_threads() if blk.size >= 1 << 16 else 1)
+        best = np.argmin(err, axis=1).reshape(gmin.shape)[..., None]
+        s_store = np.take_along_axis(cand_s, best, axis=-1)[..., 0]
+        zero = np.take_along_axis(cand_z, best, axis=-1)[..., 0]
+        s = s_store.astype(work)
+    else:
+        s_store, s, zero = _group_params(gmin, gmax, lo, hi, bits, symmetric, sdt, work)
+    return _codes_for(blk, s, zero, bits, symmetric), s_store, zero
 
 
 def quantize_linear(w, bits: int, *, group_size: int | None = None, symmetric: bool = False,
