@@ -30,19 +30,24 @@ cdef double _group_error(const value_t* x, Py_ssize_t n, float scale, float zero
     cdef value_t inv = (<value_t>1) / scale if scale > 0 else 0
     cdef value_t q
     cdef float code, d
-    # Four partial sums: shorter dependency chains, same result as any fixed order.
-    cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0
+    # Eight partial sums in a fixed order: GCC turns the unrolled body into vector code
+    # (checked with objdump: vrndscaleps / vcvtps2pd / vfmadd231pd on packed registers).
+    cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0
     i = 0
-    while i + 4 <= n:
+    while i + 8 <= n:
         a0 += _sq(x[i], inv, scale, zero, cmin, cmax)
         a1 += _sq(x[i + 1], inv, scale, zero, cmin, cmax)
         a2 += _sq(x[i + 2], inv, scale, zero, cmin, cmax)
         a3 += _sq(x[i + 3], inv, scale, zero, cmin, cmax)
-        i += 4
+        a4 += _sq(x[i + 4], inv, scale, zero, cmin, cmax)
+        a5 += _sq(x[i + 5], inv, scale, zero, cmin, cmax)
+        a6 += _sq(x[i + 6], inv, scale, zero, cmin, cmax)
+        a7 += _sq(x[i + 7], inv, scale, zero, cmin, cmax)
+        i += 8
     while i < n:
         a0 += _sq(x[i], inv, scale, zero, cmin, cmax)
         i += 1
-    return (a0 + a1) + (a2 + a3)
+    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
 
 
 cdef inline double _sq(value_t x, value_t inv, float scale, float zero, float cmin,
