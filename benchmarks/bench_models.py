@@ -32,14 +32,15 @@ def _minilm_module():
     return module
 
 
-def digits_table(quick: bool) -> tuple[list[str], list[list], list[str]]:
-    """Columns, rows and notes of the digits-MLP table."""
+def digits_table(quick: bool) -> tuple[list[str], list[list], list[str], list[dict]]:
+    """Columns, rows and notes of the digits-MLP table, plus the unformatted rows."""
     result = demo.run_demo(quick=quick)
     columns = ["setting", "file bytes", "ratio", "test accuracy %", "vs float32 (pt)",
                "inference time vs float32 numpy"]
-    rows = [[r["setting"], r["file_bytes"], round(r["ratio"], 2),
-             round(100 * r["accuracy"], 2), round(100 * r["accuracy_delta"], 2),
-             round(r["time_ratio"], 2)] for r in result.rows]
+    # preformatted strings: the markdown writer would round 97.78 to 97.8
+    rows = [[r["setting"], f"{r['file_bytes']:,}", f"{r['ratio']:.1f}",
+             f"{100 * r['accuracy']:.2f}", f"{100 * r['accuracy_delta']:+.2f}",
+             f"{r['time_ratio']:.2f}"] for r in result.rows]
     notes = [f"MLPClassifier(300, 100) on sklearn digits, stratified 75/25 split (seed 0), "
              f"{result.n_test} test digits; trained in {result.train_seconds:.1f} s.",
              "Each setting: qpack.compress(min_numel=0, Huffman on) -> save -> load -> "
@@ -48,7 +49,7 @@ def digits_table(quick: bool) -> tuple[list[str], list[list], list[str]]:
              "zero (Deep Compression's retraining), then compresses.",
              "Inference time: median over the 450-digit test set, float32 numpy "
              "(x @ W.T + b) and qpack both on one thread; > 1 means slower than numpy."]
-    return columns, rows, notes
+    return columns, rows, notes, result.rows
 
 
 def minilm_table(time_repeat: int = 3) -> dict | None:
@@ -70,14 +71,16 @@ def minilm_table(time_repeat: int = 3) -> dict | None:
                                  time_repeat=time_repeat,
                                  log=lambda line: print(line, flush=True))
     original = sum(a.nbytes for a in weights.values())
-    rows = [["float32 (numpy)", original, 1.0, 1.0, 1.0, round(result["margin"], 3), 1.0]]
-    rows += [[r["setting"], r["file_bytes"], round(r["ratio"], 2), round(r["cos_mean"], 4),
-              round(r["cos_min"], 4), round(r["margin"], 3), round(r["time_ratio"], 2)]
+    # preformatted strings: the markdown writer would round a cosine of 0.9996 to 1
+    rows = [["float32 (numpy)", f"{original:,}", "1.0", "1", "1", f"{result['margin']:+.3f}",
+             "1.00"]]
+    rows += [[r["setting"], f"{r['file_bytes']:,}", f"{r['ratio']:.1f}", f"{r['cos_mean']:.4f}",
+              f"{r['cos_min']:.4f}", f"{r['margin']:+.3f}", f"{r['time_ratio']:.2f}"]
              for r in result["rows"]]
     return {"title": "all-MiniLM-L6-v2 sentence embeddings from the .qpk",
             "columns": ["setting", "file bytes", "ratio", "mean cosine", "min cosine",
                         "paraphrase margin", "encoder time vs float32 numpy"],
-            "rows": rows,
+            "rows": rows, "raw": result["rows"],
             "notes": [f"{len(minilm.SENTENCES)} sentences ({ids.shape[1]} tokens padded); "
                       "cosine: each sentence embedding vs the float32 model's.",
                       "paraphrase margin: lowest paraphrase-pair similarity minus highest "
@@ -88,9 +91,10 @@ def minilm_table(time_repeat: int = 3) -> dict | None:
 
 def run(quick: bool) -> dict:
     """The digits table; in full mode also the MiniLM table (as ``tables``)."""
-    columns, rows, notes = digits_table(quick)
+    columns, rows, notes, raw = digits_table(quick)
     result = {"title": "Real models: digits MLP (qpack demo) compressed and run from .qpk",
-              "columns": columns, "rows": rows, "notes": notes, "tables": []}
+              "columns": columns, "rows": rows, "notes": notes, "tables": [],
+              "digits_raw": raw}
     if quick:
         print("  [skip] MiniLM table in quick mode (run without --quick)")
         result["notes"].append("Quick mode: the MiniLM table is skipped.")
