@@ -195,3 +195,19 @@ def test_paraphrase_margin():
     pairs /= np.linalg.norm(pairs, axis=1, keepdims=True)
     assert minilm.paraphrase_margin(pairs) > 0.5
     assert minilm.paraphrase_margin(pairs[[0, 2, 1, 3]]) < 0
+
+
+def test_readme_quickstart_runs(tmp_path, monkeypatch):
+    """The README's Python quickstart block runs as written (in a scratch folder)."""
+    readme = os.path.join(os.path.dirname(EXAMPLES), "README.md")
+    with open(readme, encoding="utf-8") as fh:
+        text = fh.read()
+    block = re.search(r"## Quickstart\s+```python\n(.*?)```", text, re.S).group(1)
+    assert "qpack.compress(model_dict, bits=4, prune=0.5)" in block
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    assert scope["y"].shape == (8, 300) and scope["y"].dtype == np.float32
+    assert scope["weights"]["fc1.weight"].shape == (300, 784)
+    assert (tmp_path / "model.qpk").stat().st_size == scope["cm"].nbytes
+    assert scope["cm"]["fc1.weight"].sparsity == pytest.approx(0.5, abs=0.01)
