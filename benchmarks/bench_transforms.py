@@ -74,6 +74,8 @@ def kmeans_table(quick: bool, notes: list) -> dict:
                 t_sk_n = t_sk * n / n_sk
                 basis = f"subsample {n_sk:,}, {km.n_iter_} iter, time x{n / n_sk:.0f}"
             rows.append([n, k, t_q, t_sk_n, t_sk_n / t_q, basis, ratio_inertia])
+            print(f"  kmeans n={n:,} k={k}: qpack {t_q:.3f} s, sklearn {t_sk_n:.1f} s "
+                  f"({basis}), inertia ratio {ratio_inertia:.6f}", flush=True)
     notes.append("kmeans_1d: exact Lloyd on sorted data (radix sort once, then k-1 binary "
                  "searches and prefix-sum means per iteration in a nogil kernel). Both sides "
                  f"start from the same linear init, max_iter={MAX_ITER}, tol=0; data "

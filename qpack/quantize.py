@@ -15,7 +15,7 @@ by every transform (pruning, linear and K-means quantization).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -107,7 +107,7 @@ class LinearQuantized:
     bits: int
     group_size: int | None
     symmetric: bool
-    shape: tuple = field(default=())
+    shape: tuple
 
     @property
     def group_width(self) -> int:
@@ -142,15 +142,12 @@ class LinearQuantized:
 
     @property
     def nbytes_params(self) -> int:
-        """Bytes of the parameters: scales, plus zero-points when asymmetric.
+        """Bytes of the parameters: scales plus zero-points.
 
-        Symmetric zero-points are the constant 2**(bits-1), implied by ``bits`` and not
-        counted (a container need not store them).
+        Symmetric zero-points are the constant 2**(bits-1); they are counted anyway because
+        the .qpk container stores them (docs/FORMAT.md), so this is what a file pays.
         """
-        n = self.scales.nbytes
-        if not self.symmetric:
-            n += self.zeros.nbytes
-        return int(n)
+        return int(self.scales.nbytes + self.zeros.nbytes)
 
     @property
     def bits_per_weight(self) -> float:

@@ -225,7 +225,8 @@ def test_bits_per_weight_counts_every_parameter():
     assert q.nbytes_params == 16 * 8 * 2 + 16 * 8
     assert q.bits_per_weight == pytest.approx(4 + 8 * q.nbytes_params / w.size)
     s = qpack.quantize_linear(w, 4, group_size=32, symmetric=True)
-    assert s.bits_per_weight == pytest.approx(4.5)  # like gguf Q4_0: one f16 per 32
+    # Zero-points are counted even when symmetric (the container stores them).
+    assert s.bits_per_weight == pytest.approx(4.75)
 
 
 def test_result_is_frozen():
