@@ -165,6 +165,16 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preamble(path: str) -> tuple[int, int]:
+    """(format version, header bytes) from the file's preamble (already validated by load)."""
+    from qpack import format as qformat
+
+    with open(path, "rb") as fh:
+        _magic, version, header_len, _crc, _reserved = qformat.PREAMBLE.unpack(
+            fh.read(qformat.PREAMBLE.size))
+    return version, header_len
+
+
 def _info_dict(path: str, model) -> dict:
     tensors = {}
     for name, t in model.items():
@@ -173,7 +183,9 @@ def _info_dict(path: str, model) -> dict:
                          "sparsity": t.sparsity, "stored_bytes": t.nbytes,
                          "original_bytes": t.original_nbytes, "stats": t.stats,
                          "spec": t.spec}
-    return {"file": path, "file_bytes": model.nbytes, "original_bytes": model.original_nbytes,
+    version, header_len = _preamble(path)
+    return {"file": path, "format_version": version, "header_bytes": header_len,
+            "file_bytes": model.nbytes, "original_bytes": model.original_nbytes,
             "ratio": model.ratio, "metadata": model.metadata, "tensors": tensors}
 
 
@@ -186,7 +198,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_info_dict(args.file, model), indent=1, default=str))
         return 0
-    print(f"file: {args.file}")
+    version, header_len = _preamble(args.file)
+    print(f"file: {args.file} (.qpk format version {version}, header {header_len:,} bytes)")
     print(f"size: {model.nbytes:,} bytes ({len(model)} tensors, "
           f"{model.original_nbytes:,} bytes uncompressed, ratio {model.ratio:.2f}x)")
     for key, value in model.metadata.items():

@@ -72,7 +72,8 @@ def test_compress_info_verify_decompress_round_trip(tmp_path, model_file):
     r = run_cli("info", str(out), "--json")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
-    assert info["file_bytes"] == size
+    assert info["file_bytes"] == size and info["format_version"] == qformat.FORMAT_VERSION
+    assert 0 < info["header_bytes"] < size
     assert set(info["tensors"]) == set(small_model())
     assert info["tensors"]["encoder.weight"]["shape"] == [96, 64]
     assert info["tensors"]["head.weight"]["bits"] == 8
