@@ -52,7 +52,7 @@ def digits_table(quick: bool) -> tuple[list[str], list[list], list[str], list[di
     return columns, rows, notes, result.rows
 
 
-def minilm_table(time_repeat: int = 3) -> dict | None:
+def minilm_table(time_repeat: int = 7) -> dict | None:
     """The MiniLM table as an extra result table, or None (with a printed line) if the
     model package or tokenizers is missing."""
     minilm = _minilm_module()
