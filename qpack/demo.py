@@ -206,6 +206,28 @@ def prune_and_retrain(mlp, data: DigitsSplit, sparsity: float, epochs: int = 15,
     return mlp_state_dict(net)
 
 
+def paired_median_seconds(fn: Callable[[], object], reference: Callable[[], object],
+                          repeat: int = 7, warmup: int = 2) -> tuple[float, float]:
+    """Median wall times (seconds) of ``fn()`` and ``reference()``, run alternately.
+
+    Alternating the two keeps their ratio fair when the machine's load drifts during the
+    measurement (the usual case on a shared machine).
+    """
+    for _ in range(warmup):
+        fn()
+        reference()
+    a, b = [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        t1 = time.perf_counter()
+        reference()
+        t2 = time.perf_counter()
+        a.append(t1 - t0)
+        b.append(t2 - t1)
+    return statistics.median(a), statistics.median(b)
+
+
 def median_seconds(fn: Callable[[], object], repeat: int = 7, warmup: int = 2) -> float:
     """Median wall time of ``fn()`` over ``repeat`` runs after ``warmup`` runs (seconds)."""
     for _ in range(warmup):
@@ -220,20 +242,23 @@ def median_seconds(fn: Callable[[], object], repeat: int = 7, warmup: int = 2) -
 
 def measure_setting(label: str, kwargs: dict, state: dict[str, np.ndarray],
                     data: DigitsSplit, workdir: str, float_accuracy: float,
-                    float_seconds: float, repeat: int = 7) -> dict:
+                    float_layers: Sequence[Callable], repeat: int = 7) -> dict:
     """Compress ``state`` with ``kwargs``, save and load the ``.qpk``, classify the test set.
 
+    ``float_layers``: the float32 reference layers, timed alternately with the packed ones.
     Returns a row: setting, file_bytes, ratio, accuracy, accuracy_delta (vs float32),
     time_ratio (packed inference time / float32 numpy time), path.
     """
     path = os.path.join(workdir, label.replace(" ", "_").replace(",", "").replace("/", "-")
                         .replace("+", "") + ".qpk")
-    model = compress(state, min_numel=0, **kwargs)
+    model = compress(state, **{"min_numel": 0, **kwargs})
     model.save(path, metadata={"setting": label})
     loaded = load(path)
     layers = packed_layers(loaded)
     acc = accuracy(layers, data.x_test, data.y_test)
-    seconds = median_seconds(lambda: mlp_forward(layers, data.x_test), repeat=repeat)
+    seconds, float_seconds = paired_median_seconds(
+        lambda: mlp_forward(layers, data.x_test), lambda: mlp_forward(float_layers, data.x_test),
+        repeat=repeat)
     return {"setting": label, "file_bytes": loaded.nbytes, "ratio": loaded.ratio,
             "accuracy": acc, "accuracy_delta": acc - float_accuracy,
             "time_ratio": seconds / float_seconds, "path": path}
@@ -276,9 +301,6 @@ def run_demo(quick: bool = False, workdir: str | None = None, seed: int = 0,
     state = mlp_state_dict(mlp)
     float_layers = dense_layers(state)
     result.float_accuracy = accuracy(float_layers, data.x_test, data.y_test)
-    with same_threads(threads):
-        float_seconds = median_seconds(lambda: mlp_forward(float_layers, data.x_test),
-                                       repeat=repeat)
 
     own_dir = workdir is None
     tmp = tempfile.TemporaryDirectory(prefix="qpack-demo-") if own_dir else None
@@ -301,7 +323,7 @@ def run_demo(quick: bool = False, workdir: str | None = None, seed: int = 0,
                 source = prune_and_retrain(mlp, data, kwargs["prune"], seed=seed)
             with same_threads(threads):
                 result.rows.append(measure_setting(label, kwargs, source, data, folder,
-                                                   result.float_accuracy, float_seconds,
+                                                   result.float_accuracy, float_layers,
                                                    repeat))
     finally:
         if tmp is not None:
