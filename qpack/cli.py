@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -175,6 +176,17 @@ def _preamble(path: str) -> tuple[int, int]:
     return version, header_len
 
 
+def _finite(value):
+    """``value`` with non-finite floats replaced by None, so the JSON output is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _info_dict(path: str, model) -> dict:
     tensors = {}
     for name, t in model.items():
@@ -196,7 +208,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     _check_exists(args.file)
     model = load(args.file)  # validates the header; decodes no section
     if args.json:
-        print(json.dumps(_info_dict(args.file, model), indent=1, default=str))
+        print(json.dumps(_finite(_info_dict(args.file, model)), indent=1, allow_nan=False,
+                         default=str))
         return 0
     version, header_len = _preamble(args.file)
     print(f"file: {args.file} (.qpk format version {version}, header {header_len:,} bytes)")

@@ -295,3 +295,20 @@ def test_bench_locates_the_suite_or_explains(monkeypatch, capsys):
     monkeypatch.setattr(cli, "find_benchmarks", lambda: None)
     assert cli.main(["bench", "--quick"]) == 1
     assert "not installed with the package" in capsys.readouterr().err
+
+
+def test_info_json_is_strict_json(tmp_path, capsys):
+    """Exact (zero-error) tensors have an infinite SQNR: the JSON must still be strict."""
+    qpk = tmp_path / "exact.qpk"
+    qpack.compress({"zeros": np.zeros((4, 8), np.float32),
+                    "ones": np.ones((4, 8), np.float32)}, min_numel=0).save(qpk)
+    capsys.readouterr()
+    assert cli.main(["info", "--json", str(qpk)]) == 0
+
+    def refuse(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    info = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert set(info["tensors"]) == {"zeros", "ones"}
+    assert cli._finite({"a": float("inf"), "b": [1.0, float("nan")], "c": "x"}) == {
+        "a": None, "b": [1.0, None], "c": "x"}
