@@ -226,6 +226,12 @@ def test_verify_names_the_damaged_section(tmp_path, model_file, role, capsys):
     assert "'encoder.weight'" in err and f"'{role}'" in err and "checksum" in err
     # info reads only the header, so it still works on a file with a damaged section
     assert cli.main(["info", str(qpk)]) == 0
+    # decompress refuses it and writes nothing
+    before = files_in(tmp_path)
+    capsys.readouterr()
+    assert cli.main(["decompress", str(qpk), "-o", str(tmp_path / "out.npz")]) == 1
+    assert "checksum" in capsys.readouterr().err
+    assert files_in(tmp_path) == before
 
 
 def test_verify_damaged_header(tmp_path, model_file, capsys):
