@@ -176,13 +176,17 @@ class HuffmanCode:
         return int(used[-1]) + 1 if used.size else 0
 
     def encoded_nbits(self, freqs) -> int:
-        """Payload bits for a histogram: sum(freq * length). Symbols without a code count
-        as ValueError."""
+        """Payload bits for a histogram: sum(freq * length).
+
+        ValueError if a symbol with a nonzero count has no code.
+        """
         f = _check_freqs(freqs)
-        if f.shape[0] > self.lengths.shape[0] or np.any(f[: self.lengths.shape[0]]
-                                                         [self.lengths[: f.shape[0]] == 0]):
+        lens = np.zeros(max(f.shape[0], self.lengths.shape[0]), dtype=np.int64)
+        lens[: self.lengths.shape[0]] = self.lengths
+        lens = lens[: f.shape[0]]
+        if np.any(f[lens == 0]):
             raise ValueError("freqs has symbols that have no code")
-        return int(np.dot(f, self.lengths[: f.shape[0]].astype(np.int64)))
+        return int(np.dot(f, lens))
 
     def kernel_table(self) -> np.ndarray:
         """uint32 per symbol: bit-reversed code | length << 16 (the encoder's lookup)."""

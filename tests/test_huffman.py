@@ -445,5 +445,7 @@ def test_huffman_code_object():
     code = HuffmanCode.from_frequencies(freqs)
     assert code.table_len == 5
     assert code.encoded_nbits(freqs) == cost(freqs, code.lengths)
-    with pytest.raises(ValueError, match="no code"):
-        code.encoded_nbits([1, 1, 0, 0, 0])
+    assert code.encoded_nbits([1, 0, 0]) == int(code.lengths[0])
+    for bad in ([1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 2]):
+        with pytest.raises(ValueError, match="no code"):
+            code.encoded_nbits(bad)
