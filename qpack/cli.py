@@ -306,11 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="qpack",
         description="Compress neural-network weights (pruning, K-means weight sharing, "
-                    "1-8-bit quantization, Huffman coding) into .qpk files, and inspect them.")
+                    "1-8-bit quantization, Huffman coding) into .qpk files, and inspect them.",
+        epilog="Exit codes: 0 success, 1 bad input (one line on stderr), 2 usage error. "
+               "'qpack COMMAND --help' describes each command.")
     parser.add_argument("--version", action="version", version=f"qpack {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback when a command fails")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # --debug is accepted after the subcommand too; SUPPRESS keeps the top-level value
+    # when the subcommand does not repeat it
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback when the command fails")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                parser_class=lambda **kw: _Parser(parents=[common], **kw))
 
     p = sub.add_parser("compress", help="compress a .safetensors or .npz model to .qpk",
                        description="Compress every floating tensor of >= 2 dims and at least "

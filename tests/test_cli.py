@@ -188,9 +188,11 @@ def test_bad_input_in_a_subprocess_has_no_traceback(tmp_path, model_file):
     assert not (tmp_path / "a.qpk").exists()
 
 
-def test_debug_shows_the_traceback(tmp_path):
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback(tmp_path, where):
+    args = ["verify", str(tmp_path / "nope.qpk")]
     with pytest.raises(ValueError, match="no such file"):
-        cli.main(["--debug", "verify", str(tmp_path / "nope.qpk")])
+        cli.main(["--debug", *args] if where == "before" else [*args, "--debug"])
 
 
 def test_decompress_into_missing_folder_writes_nothing(tmp_path, model_file):
