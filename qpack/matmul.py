@@ -32,6 +32,10 @@ __all__ = ["CodebookWeights", "LinearWeights", "SparseWeights", "int8_block_size
 LINEAR, CODEBOOK = 0, 1
 # Columns per int8 activation block when the weight grouping allows it.
 INT8_BLOCK = 128
+# Products smaller than this many multiply-adds per thread run on fewer threads: waking a
+# second OpenMP thread costs more than it saves on small layers (and on a busy machine a
+# sleeping worker can wait milliseconds for a core).
+MIN_MACS_PER_THREAD = 1 << 21
 # Rows unpacked at a time when checking codes against a short codebook.
 _CHECK_ROWS = 256
 
@@ -176,6 +180,12 @@ def _prepare_out(out, shape: tuple) -> np.ndarray:
     return out
 
 
+def _threads_for(macs: int) -> int:
+    """Threads for a product of ``macs`` multiply-adds: qpack.get_num_threads(), fewer for
+    small products (at least MIN_MACS_PER_THREAD each)."""
+    return max(1, min(get_num_threads(), macs // MIN_MACS_PER_THREAD))
+
+
 def _check_act_quant(act_quant) -> bool:
     if act_quant is None:
         return False
@@ -284,7 +294,7 @@ class _DenseWeights:
         if n_in == 0:
             y2[...] = 0
             return y
-        nt = get_num_threads()
+        nt = _threads_for(batch * n_out * n_in)
         scratch = np.empty((nt, n_in + 64), dtype=np.uint8)
         if int8:
             fast = self._fast_int8
@@ -559,7 +569,7 @@ class SparseWeights:
             return y
         if int8:
             x2 = dequantized_activations(x2, self._block)
-        _k.sparse_matmul(*self._args(), x2, y2, get_num_threads())
+        _k.sparse_matmul(*self._args(), x2, y2, _threads_for(batch * max(self.nnz, n_out)))
         return y
 
     def int8_error_bound(self, x) -> np.ndarray:

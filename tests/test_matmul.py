@@ -122,7 +122,9 @@ def build(rng, enc, n_out, n_in, bits):
 
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
+def threads(request, monkeypatch):
+    # small test matrices would otherwise run on one thread (MIN_MACS_PER_THREAD)
+    monkeypatch.setattr(qpack.matmul, "MIN_MACS_PER_THREAD", 1)
     qpack.set_num_threads(request.param)
     yield request.param
     qpack.set_num_threads(None)
@@ -158,7 +160,7 @@ def test_other_widths(bits, enc):
         assert (err <= w.int8_error_bound(x)).all()
 
 
-def test_large_fast_path():
+def test_large_fast_path(threads):
     """A 4096-wide row exercises the vector kernels over many blocks and groups."""
     rng = np.random.default_rng(7)
     for bits in (2, 4, 8):
