@@ -44,7 +44,8 @@ def digits_table(quick: bool) -> tuple[list[str], list[list], list[str], list[di
     notes = [f"MLPClassifier(300, 100) on sklearn digits, stratified 75/25 split (seed 0), "
              f"{result.n_test} test digits; trained in {result.train_seconds:.1f} s.",
              "Each setting: qpack.compress(min_numel=0, Huffman on) -> save -> load -> "
-             "PackedLinear layers; 'linear .../row' is one scale per output row.",
+             "PackedLinear layers; 'g32': one scale and zero-point per 32 inputs of a row, "
+             "'/row': one per output row.",
              "'+ retrain' prunes 90%, fine-tunes 15 epochs with pruned weights held at "
              "zero (Deep Compression's retraining), then compresses.",
              "Inference time: median over the 450-digit test set, float32 numpy "

@@ -27,21 +27,23 @@ from qpack.model import CompressedModel, compress, load
 from qpack.nn import PackedLinear
 
 # Each setting: a label and the keyword arguments for qpack.compress (min_numel=0 is added
-# so the 100x10 output layer is quantized too). Linear settings use one scale per output
-# row (group_size=-1); Huffman coding is on everywhere (the compress default).
+# so the 100x10 output layer is quantized too). "g32" is one scale and zero-point per 32
+# inputs of a row (llama.cpp's block size), "/row" one per output row. Huffman coding is
+# on everywhere (the compress default).
 DEMO_SETTINGS: list[tuple[str, dict]] = [
     ("kmeans 8-bit", {"method": "kmeans", "bits": 8}),
     ("kmeans 4-bit", {"method": "kmeans", "bits": 4}),
     ("kmeans 2-bit", {"method": "kmeans", "bits": 2}),
-    ("linear 8-bit/row", {"method": "linear", "bits": 8, "group_size": -1}),
+    ("linear 8-bit g32", {"method": "linear", "bits": 8, "group_size": 32}),
+    ("linear 4-bit g32", {"method": "linear", "bits": 4, "group_size": 32}),
+    ("linear 2-bit g32", {"method": "linear", "bits": 2, "group_size": 32}),
     ("linear 4-bit/row", {"method": "linear", "bits": 4, "group_size": -1}),
-    ("linear 2-bit/row", {"method": "linear", "bits": 2, "group_size": -1}),
     ("kmeans 4-bit, prune 0.5", {"method": "kmeans", "bits": 4, "prune": 0.5}),
-    ("linear 4-bit/row, prune 0.5", {"method": "linear", "bits": 4, "group_size": -1,
+    ("linear 4-bit g32, prune 0.5", {"method": "linear", "bits": 4, "group_size": 32,
                                      "prune": 0.5}),
     ("kmeans 4-bit, prune 0.9", {"method": "kmeans", "bits": 4, "prune": 0.9}),
 ]
-QUICK_SETTINGS = ["kmeans 4-bit", "linear 8-bit/row", "kmeans 4-bit, prune 0.5"]
+QUICK_SETTINGS = ["kmeans 4-bit", "linear 8-bit g32", "kmeans 4-bit, prune 0.5"]
 # Deep Compression retrains after pruning; this row prunes 90%, fine-tunes the survivors
 # with the pruned weights held at zero, then compresses like "kmeans 4-bit, prune 0.9".
 RETRAINED = ("kmeans 4-bit, prune 0.9 + retrain",
