@@ -118,17 +118,16 @@ def _choose_layout(codes, bits, mask, entropy, spec, sections, blobs) -> None:
         index = encode_sparse_index(mask)
         kept = codes[mask].reshape(1, -1)
         gaps = index.gaps.reshape(1, -1)
-        _, gaps_size = coded_nbytes(gaps, index.p, entropy)
-        _, kept_size = coded_nbytes(kept, bits, entropy)
+        gaps_codec, gaps_size = coded_nbytes(gaps, index.p, entropy)
+        kept_codec, kept_size = coded_nbytes(kept, bits, entropy)
         sparse_size = gaps_size + kept_size + 4 * index.row_nsym.size
-        numel = codes.size
-        fits = numel <= MAX_ELEMENTS_PER_BYTE * sparse_size + ELEMENT_ALLOWANCE
+        fits = codes.size <= MAX_ELEMENTS_PER_BYTE * sparse_size + ELEMENT_ALLOWANCE
         if sparse_size < dense_size and fits:
             spec.update(layout="sparse", gap_bits=int(index.p), nnz=int(kept.size))
-            sections["gaps"], blobs["gaps"] = encode_codes(gaps, index.p, entropy)
+            sections["gaps"], blobs["gaps"] = encode_codes(gaps, index.p, entropy, gaps_codec)
             sections["row_nsym"], blobs["row_nsym"] = encode_raw(
                 np.asarray(index.row_nsym, dtype=np.uint32))
-            sections["codes"], blobs["codes"] = encode_codes(kept, bits, entropy)
+            sections["codes"], blobs["codes"] = encode_codes(kept, bits, entropy, kept_codec)
             return
     spec["layout"] = "dense"
-    sections["codes"], blobs["codes"] = encode_codes(codes, bits, entropy)
+    sections["codes"], blobs["codes"] = encode_codes(codes, bits, entropy, dense_codec)

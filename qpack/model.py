@@ -9,6 +9,7 @@ import math
 import os
 import sys
 from collections.abc import Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from qpack.errors import FormatError
 from qpack.inputs import as_array_dict
 from qpack.report import Report
 from qpack.tensor import CompressedTensor, validate_spec
+from qpack.threads import get_num_threads
 
 DEFAULT_MIN_NUMEL = 1024
 _METHODS = ("kmeans", "linear")
@@ -198,6 +200,55 @@ def _memory_tensor(name: str, spec: dict, blobs: dict[str, np.ndarray]) -> Compr
                             section_nbytes=lambda role: int(blobs[role].nbytes))
 
 
+def _encode_all(arrays: dict[str, np.ndarray], plan: dict, masks: dict,
+                progress: bool) -> dict[str, tuple[dict, dict]]:
+    """Encode every tensor, several at once on a thread pool (the heavy steps release the
+    GIL). Memory stays bounded: tensors run concurrently only while the elements in flight
+    total at most the largest quantized tensor, so peak memory is about that of encoding
+    the largest tensor alone."""
+    quantized = [arrays[n].size for n, s in plan.items() if s is not None]
+    budget = max(quantized, default=0)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(arrays), desc="compress", unit="tensor", file=sys.stderr)
+    results: dict[str, tuple[dict, dict]] = {}
+    pending: dict = {}
+    in_flight = 0
+
+    def collect(block: bool) -> None:
+        nonlocal in_flight
+        done, _ = wait(pending, return_when=FIRST_COMPLETED) if block else (
+            [f for f in pending if f.done()], None)
+        for fut in done:
+            name, size = pending.pop(fut)
+            results[name] = fut.result()
+            in_flight -= size
+            if bar is not None:
+                bar.update()
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(get_num_threads(), 4))) as pool:
+            for name, arr in arrays.items():
+                if plan[name] is None:
+                    results[name] = encode_raw_tensor(arr)
+                    if bar is not None:
+                        bar.update()
+                    continue
+                while pending and in_flight + arr.size > budget:
+                    collect(block=True)
+                pending[pool.submit(encode_tensor, arr, plan[name], masks.get(name))] = (
+                    name, arr.size)
+                in_flight += arr.size
+            while pending:
+                collect(block=True)
+    finally:
+        if bar is not None:
+            bar.close()
+    return results
+
+
 def _patterns(value, what: str) -> list[str]:
     if value is None:
         return []
@@ -321,19 +372,8 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
         if pool:
             masks = prune_global(pool, base_settings.prune)
 
-    tensors = {}
-    items = list(arrays.items())
-    if progress:
-        from tqdm import tqdm
-
-        items = tqdm(items, desc="compress", unit="tensor", file=sys.stderr)
-    for name, arr in items:
-        settings = plan[name]
-        if settings is None:
-            spec, blobs = encode_raw_tensor(arr)
-        else:
-            spec, blobs = encode_tensor(arr, settings, masks.get(name))
-        tensors[name] = _memory_tensor(name, spec, blobs)
+    encoded = _encode_all(arrays, plan, masks, progress)
+    tensors = {name: _memory_tensor(name, *encoded[name]) for name in arrays}
 
     meta = {"qpack_version": __version__,
             "compress_args": json.dumps({**base_settings.as_json(), "min_numel": min_numel,
