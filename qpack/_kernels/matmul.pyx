@@ -307,8 +307,8 @@ cdef extern from *:
         const float *cb = w->codebook + r * w->cbrow;
         const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         const __m512 iota2 = _mm512_setr_ps(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3);
-        __m512 acc[NB][2];
-        const float *xb[NB];
+        __m512 acc[8][2];   /* fixed sizes, not VLAs: GCC keeps fixed arrays in registers */
+        const float *xb[8];
         for (int t = 0; t < NB; t++) {
             acc[t][0] = _mm512_setzero_ps(); acc[t][1] = _mm512_setzero_ps();
             xb[t] = xp + (b0 + t) * n;
@@ -377,10 +377,114 @@ cdef extern from *:
         if (b0 + 2 <= batch) { qk_float_fast_tile(w, r, xp, b0, y, codes, 2); b0 += 2; }
         if (b0 < batch) qk_float_fast_tile(w, r, xp, b0, y, codes, 1);
     }
+
+    /* Batched float kernel: a register tile of R rows x NB batch rows. Each decoded weight
+       vector is used NB times and each activation load R times, which cuts the traffic
+       from L2 (where a batch of activations lives) by R compared with row-at-a-time.
+       A 128-column block is 8 vectors of 16 columns; sub-vector j of the block takes its
+       codes from bytes (j >> 1) * 16 (4 bits, stream j & 1), (j >> 2) * 16 (2 bits,
+       stream j & 3) or j * 16 (8 bits) and pairs with activations at qk_xoff(bits, j). */
+    static inline __attribute__((always_inline)) int qk_xoff(int bits, int j) {
+        return bits == 4 ? 64 * (j & 1) + 16 * (j >> 1)
+             : bits == 2 ? 32 * (j & 3) + 16 * (j >> 2) : 16 * j;
+    }
+
+    static inline __attribute__((always_inline)) __m512
+    qk_w16(const uint8_t *blockp, int bits, int j, int kind, __m512 lut, __m512 zv, __m512 sv,
+           const float *cb) {
+        if (bits == 4) {
+            __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blockp + 16 * (j >> 1))));
+            return _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4 * (j & 1)), lut);
+        } else if (bits == 2) {
+            __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blockp + 16 * (j >> 2))));
+            return _mm512_permutexvar_ps(_mm512_srli_epi32(v, 2 * (j & 3)), lut);
+        } else {
+            __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blockp + 16 * j)));
+            if (kind == 0) return _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(v), zv), sv);
+            return _mm512_i32gather_ps(v, cb, 4);
+        }
+    }
+
+    static inline __attribute__((always_inline)) void
+    qk_float_rb_tile(const qk_dense *w, int64_t r0, const float *xp, int64_t b0, float *y,
+                     uint8_t *codes, const int R, const int NB, const int bits, const int kind) {
+        const int64_t n = w->n_in, nblk = n / 128;
+        const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        const __m512 iota2 = _mm512_setr_ps(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3);
+        const int64_t bpb = 16 * bits;  /* bytes per 128-column block */
+        __m512 acc[4][4], lut[4], zv[4], sv[4];  /* fixed sizes: see qk_float_fast_tile */
+        const float *xb[4], *cb[4];
+        for (int t = 0; t < NB; t++) xb[t] = xp + (b0 + t) * n;
+        for (int i = 0; i < R; i++) {
+            for (int t = 0; t < NB; t++) acc[i][t] = _mm512_setzero_ps();
+            cb[i] = w->codebook + (r0 + i) * w->cbrow;
+            lut[i] = zv[i] = sv[i] = _mm512_setzero_ps();
+            if (kind == 1) {
+                if (bits == 4) lut[i] = _mm512_loadu_ps(cb[i]);
+                else if (bits == 2) lut[i] = _mm512_permutexvar_ps(_mm512_cvtps_epi32(iota2),
+                                                                   _mm512_loadu_ps(cb[i]));
+            }
+        }
+        int64_t cur_g = -1;
+        for (int64_t blk = 0; blk < nblk; blk++) {
+            const int64_t c0 = blk * 128;
+            if (kind == 0 && c0 / w->group != cur_g) {
+                cur_g = c0 / w->group;
+                for (int i = 0; i < R; i++) {
+                    zv[i] = _mm512_set1_ps(w->zeros[(r0 + i) * w->prow + cur_g]);
+                    sv[i] = _mm512_set1_ps(w->scales[(r0 + i) * w->prow + cur_g]);
+                    if (bits == 4) lut[i] = _mm512_mul_ps(_mm512_sub_ps(iota, zv[i]), sv[i]);
+                    else if (bits == 2) lut[i] = _mm512_mul_ps(_mm512_sub_ps(iota2, zv[i]), sv[i]);
+                }
+            }
+            #pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) {
+                __m512 wv[4];
+                for (int i = 0; i < R; i++)
+                    wv[i] = qk_w16(w->packed + (r0 + i) * w->row_bytes + blk * bpb, bits, j, kind,
+                                   lut[i], zv[i], sv[i], cb[i]);
+                const int off = qk_xoff(bits, j);
+                for (int t = 0; t < NB; t++) {
+                    __m512 xv = _mm512_loadu_ps(xb[t] + c0 + off);
+                    for (int i = 0; i < R; i++) acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
+                }
+            }
+        }
+        for (int i = 0; i < R; i++)
+            for (int t = 0; t < NB; t++)
+                y[(b0 + t) * w->n_out + r0 + i] = _mm512_reduce_add_ps(acc[i][t])
+                                                  + qk_tail_float(w, r0 + i, xb[t], nblk * 128, codes);
+    }
+
+    /* Rows r0 .. r0+nrows (nrows <= 4) for a batch of >= 4: 4x4 register tiles. */
+    static void qk_rows_float_fast(const qk_dense *w, int64_t r0, int64_t nrows, const float *xp,
+                                   int64_t batch, float *y, uint8_t *codes) {
+        if (nrows < 4) {
+            for (int64_t i = 0; i < nrows; i++) qk_row_float_fast(w, r0 + i, xp, batch, y, codes);
+            return;
+        }
+        /* bits and kind become compile-time constants in each instantiation, so the
+           8 sub-vectors of a block unroll and the 16 accumulators stay in registers (with
+           run-time bits GCC kept acc[][] and wv[] in memory: objdump showed vmovaps to
+           and from the stack around every FMA, and it ran slower than row-at-a-time). */
+        #define QK_FLOAT_RB(B, K) { int64_t b0 = 0; \
+            for (; b0 + 4 <= batch; b0 += 4) qk_float_rb_tile(w, r0, xp, b0, y, codes, 4, 4, B, K); \
+            for (; b0 < batch; b0++) qk_float_rb_tile(w, r0, xp, b0, y, codes, 4, 1, B, K); }
+        if (w->kind == 0) {
+            if (w->bits == 4) QK_FLOAT_RB(4, 0) else if (w->bits == 2) QK_FLOAT_RB(2, 0) else QK_FLOAT_RB(8, 0)
+        } else {
+            if (w->bits == 4) QK_FLOAT_RB(4, 1) else if (w->bits == 2) QK_FLOAT_RB(2, 1) else QK_FLOAT_RB(8, 1)
+        }
+        #undef QK_FLOAT_RB
+    }
     #else
     static void qk_row_float_fast(const qk_dense *w, int64_t r, const float *xp, int64_t batch,
                                   float *y, uint8_t *codes) {
         (void)w; (void)r; (void)xp; (void)batch; (void)y; (void)codes;  /* never selected */
+    }
+    static void qk_rows_float_fast(const qk_dense *w, int64_t r0, int64_t nrows, const float *xp,
+                                   int64_t batch, float *y, uint8_t *codes) {
+        (void)w; (void)r0; (void)nrows; (void)xp; (void)batch; (void)y; (void)codes;
     }
     #endif
 
@@ -431,9 +535,9 @@ cdef extern from *:
         }
         const __m512i m4 = _mm512_set1_epi8(0x0F);
         const __m256i m2 = _mm256_set1_epi8(0x03);
-        __m512 acc[NB];
-        float zacc[NB];
-        const int8_t *xb[NB];
+        __m512 acc[8];
+        float zacc[8];
+        const int8_t *xb[8];
         for (int t = 0; t < NB; t++) {
             acc[t] = _mm512_setzero_ps(); zacc[t] = 0.0f; xb[t] = q->xq + (b0 + t) * n;
         }
@@ -442,7 +546,7 @@ cdef extern from *:
             float s, z;
             if (cbk) { s = cbs; z = 128.0f; }
             else { int64_t g = c0 / w->group; s = sc[g]; z = zz[g]; }
-            __m512i ia[NB];
+            __m512i ia[8];
             if (bits == 4) {
                 __m512i p = _mm512_loadu_si512((const void *)(row + blk * 64));
                 __m512i lo = _mm512_and_si512(p, m4);
@@ -495,10 +599,136 @@ cdef extern from *:
         if (b0 + 2 <= batch) { qk_int8_fast_tile(w, r, q, b0, y, codes, 2); b0 += 2; }
         if (b0 < batch) qk_int8_fast_tile(w, r, q, b0, y, codes, 1);
     }
+
+    /* Batched int8 kernel: R rows x NB batch rows per register tile (R = 4 for 4 and 8
+       bits, 2 for 2 bits whose four code streams take more registers). Same arithmetic as
+       qk_int8_fast_tile; each activation load now serves R rows. */
+    static inline __attribute__((always_inline)) void
+    qk_int8_rb_tile(const qk_dense *w, int64_t r0, const qk_xq *q, int64_t b0, float *y,
+                    uint8_t *codes, const int R, const int NB, const int bits, const int cbk) {
+        const int64_t n = w->n_in, nblk = n / 128, NBK = q->nblocks;
+        const __m512i m4 = _mm512_set1_epi8(0x0F);
+        const __m256i m2 = _mm256_set1_epi8(0x03);
+        __m512i tbl[4];
+        float cbs[4];
+        __m512 acc[4][4];
+        float zacc[4][4];
+        const int8_t *xb[4];
+        for (int t = 0; t < NB; t++) xb[t] = q->xq + (b0 + t) * n;
+        for (int i = 0; i < R; i++) {
+            tbl[i] = _mm512_setzero_si512();
+            cbs[i] = 0.0f;
+            if (cbk) {
+                const uint8_t *lut = w->cb_u8 + (r0 + i) * w->cbrow;
+                uint8_t t16[16];
+                for (int k = 0; k < 16; k++) t16[k] = lut[k & ((1 << bits) - 1)];
+                tbl[i] = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)t16));
+                cbs[i] = w->cb_scale[w->cbrow ? r0 + i : 0];
+            }
+            for (int t = 0; t < NB; t++) { acc[i][t] = _mm512_setzero_ps(); zacc[i][t] = 0.0f; }
+        }
+        for (int64_t blk = 0; blk < nblk; blk++) {
+            const int64_t c0 = blk * 128, g = c0 / w->group;
+            float s[4], z[4];
+            for (int i = 0; i < R; i++) {
+                if (cbk) { s[i] = cbs[i]; z[i] = 128.0f; }
+                else { s[i] = w->scales[(r0 + i) * w->prow + g]; z[i] = w->zeros[(r0 + i) * w->prow + g]; }
+            }
+            __m512i ia[4][4];
+            if (bits == 4 || bits == 8) {
+                __m512i a0[4], a1[4];
+                for (int i = 0; i < R; i++) {
+                    const uint8_t *row = w->packed + (r0 + i) * w->row_bytes;
+                    if (bits == 4) {
+                        __m512i p = _mm512_loadu_si512((const void *)(row + blk * 64));
+                        a0[i] = _mm512_and_si512(p, m4);
+                        a1[i] = _mm512_and_si512(_mm512_srli_epi16(p, 4), m4);
+                        if (cbk) { a0[i] = _mm512_shuffle_epi8(tbl[i], a0[i]); a1[i] = _mm512_shuffle_epi8(tbl[i], a1[i]); }
+                    } else {
+                        a0[i] = _mm512_loadu_si512((const void *)(row + blk * 128));
+                        a1[i] = _mm512_loadu_si512((const void *)(row + blk * 128 + 64));
+                    }
+                }
+                for (int t = 0; t < NB; t++) {
+                    __m512i x0 = _mm512_loadu_si512((const void *)(xb[t] + c0));
+                    __m512i x1 = _mm512_loadu_si512((const void *)(xb[t] + c0 + 64));
+                    for (int i = 0; i < R; i++)
+                        ia[i][t] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), a0[i], x0), a1[i], x1);
+                }
+            } else { /* 2 bits */
+                __m256i v[4][4];
+                for (int i = 0; i < R; i++) {
+                    __m256i p = _mm256_loadu_si256((const __m256i *)(w->packed + (r0 + i) * w->row_bytes + blk * 32));
+                    for (int k = 0; k < 4; k++) {
+                        v[i][k] = _mm256_and_si256(_mm256_srli_epi16(p, 2 * k), m2);
+                        if (cbk) v[i][k] = _mm256_shuffle_epi8(_mm512_castsi512_si256(tbl[i]), v[i][k]);
+                    }
+                }
+                for (int t = 0; t < NB; t++) {
+                    __m512i xx0 = _mm512_loadu_si512((const void *)(xb[t] + c0));
+                    __m512i xx1 = _mm512_loadu_si512((const void *)(xb[t] + c0 + 64));
+                    __m256i xk[4] = {_mm512_castsi512_si256(xx0), _mm512_extracti64x4_epi64(xx0, 1),
+                                     _mm512_castsi512_si256(xx1), _mm512_extracti64x4_epi64(xx1, 1)};
+                    for (int i = 0; i < R; i++) {
+                        __m256i a = _mm256_setzero_si256();
+                        for (int k = 0; k < 4; k++) a = _mm256_dpbusd_epi32(a, v[i][k], xk[k]);
+                        ia[i][t] = _mm512_inserti64x4(_mm512_setzero_si512(), a, 0);
+                    }
+                }
+            }
+            for (int t = 0; t < NB; t++) {
+                const float xs = q->xs[(b0 + t) * NBK + blk];
+                const float zx = xs * (float)q->xsum[(b0 + t) * NBK + blk];
+                for (int i = 0; i < R; i++) {
+                    const float d = s[i] * xs;
+                    acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[i][t]), _mm512_set1_ps(d), acc[i][t]);
+                    zacc[i][t] += s[i] * z[i] * zx;
+                }
+            }
+        }
+        for (int i = 0; i < R; i++)
+            for (int t = 0; t < NB; t++)
+                y[(b0 + t) * w->n_out + r0 + i] = (_mm512_reduce_add_ps(acc[i][t]) - zacc[i][t])
+                                                  + qk_tail_int8(w, r0 + i, q, b0 + t, codes);
+    }
+
+    static void qk_rows_int8_fast(const qk_dense *w, int64_t r0, int64_t nrows, const qk_xq *q,
+                                  int64_t batch, float *y, uint8_t *codes) {
+        if (nrows < 4) {
+            for (int64_t i = 0; i < nrows; i++) qk_row_int8_fast(w, r0 + i, q, batch, y, codes);
+            return;
+        }
+        int64_t b0 = 0;
+        const int cbk = w->kind == 1;
+        if (w->bits == 2) {
+            for (; b0 + 4 <= batch; b0 += 4) {
+                if (cbk) {
+                    qk_int8_rb_tile(w, r0, q, b0, y, codes, 2, 4, 2, 1);
+                    qk_int8_rb_tile(w, r0 + 2, q, b0, y, codes, 2, 4, 2, 1);
+                } else {
+                    qk_int8_rb_tile(w, r0, q, b0, y, codes, 2, 4, 2, 0);
+                    qk_int8_rb_tile(w, r0 + 2, q, b0, y, codes, 2, 4, 2, 0);
+                }
+            }
+        } else if (w->bits == 4) {
+            for (; b0 + 4 <= batch; b0 += 4) {
+                if (cbk) qk_int8_rb_tile(w, r0, q, b0, y, codes, 4, 4, 4, 1);
+                else qk_int8_rb_tile(w, r0, q, b0, y, codes, 4, 4, 4, 0);
+            }
+        } else {  /* 8-bit codebooks never reach the fast path */
+            for (; b0 + 4 <= batch; b0 += 4) qk_int8_rb_tile(w, r0, q, b0, y, codes, 4, 4, 8, 0);
+        }
+        for (; b0 < batch; b0++)
+            for (int64_t i = 0; i < 4; i++) qk_int8_fast_tile(w, r0 + i, q, b0, y, codes, 1);
+    }
     #else
     static void qk_row_int8_fast(const qk_dense *w, int64_t r, const qk_xq *q, int64_t batch,
                                  float *y, uint8_t *codes) {
         (void)w; (void)r; (void)q; (void)batch; (void)y; (void)codes;  /* never selected */
+    }
+    static void qk_rows_int8_fast(const qk_dense *w, int64_t r0, int64_t nrows, const qk_xq *q,
+                                  int64_t batch, float *y, uint8_t *codes) {
+        (void)w; (void)r0; (void)nrows; (void)q; (void)batch; (void)y; (void)codes;
     }
     #endif
 
@@ -601,6 +831,10 @@ cdef extern from *:
                               float *y, uint8_t *codes, float *wrow) nogil
     void qk_row_float_fast(const qk_dense *w, int64_t r, const float *xp, int64_t batch,
                            float *y, uint8_t *codes) nogil
+    void qk_rows_float_fast(const qk_dense *w, int64_t r0, int64_t nrows, const float *xp,
+                            int64_t batch, float *y, uint8_t *codes) nogil
+    void qk_rows_int8_fast(const qk_dense *w, int64_t r0, int64_t nrows, const qk_xq *q,
+                           int64_t batch, float *y, uint8_t *codes) nogil
     void qk_row_int8_generic(const qk_dense *w, int64_t r, const qk_xq *q, int64_t batch,
                              float *y, uint8_t *codes) nogil
     void qk_row_int8_fast(const qk_dense *w, int64_t r, const qk_xq *q, int64_t batch,
@@ -669,6 +903,14 @@ def dense_matmul_float(const uint8_t[:, ::1] packed, int bits, int kind, int64_t
                              cbrow, cb_u8, cb_scale)
     cdef int64_t r, batch = x.shape[0]
     cdef int tid
+    if fast and batch >= 4:
+        # batched: 4-row register tiles, one quad of rows per iteration
+        with nogil, parallel(num_threads=num_threads):
+            tid = threadid()
+            for r in prange((w.n_out + 3) // 4, schedule="static", chunksize=ROW_CHUNK // 4):
+                qk_rows_float_fast(&w, 4 * r, min(4, w.n_out - 4 * r), &x[0, 0], batch,
+                                   &y[0, 0], &code_scratch[tid, 0])
+        return
     with nogil, parallel(num_threads=num_threads):
         tid = threadid()
         for r in prange(w.n_out, schedule="static", chunksize=ROW_CHUNK):
@@ -701,6 +943,13 @@ def dense_matmul_int8(const uint8_t[:, ::1] packed, int bits, int kind, int64_t 
     q.nblocks = xs.shape[1]
     cdef int64_t r, batch = xq.shape[0]
     cdef int tid
+    if fast and batch >= 4:
+        with nogil, parallel(num_threads=num_threads):
+            tid = threadid()
+            for r in prange((w.n_out + 3) // 4, schedule="static", chunksize=ROW_CHUNK // 4):
+                qk_rows_int8_fast(&w, 4 * r, min(4, w.n_out - 4 * r), &q, batch, &y[0, 0],
+                                  &code_scratch[tid, 0])
+        return
     with nogil, parallel(num_threads=num_threads):
         tid = threadid()
         for r in prange(w.n_out, schedule="static", chunksize=ROW_CHUNK):
