@@ -5,9 +5,10 @@ self-describing byte string (docs/FORMAT.md section 2); ``huffman_decode`` inver
 treats its input as hostile: every field is checked before anything is allocated, and
 every failure is a ``qpack.FormatError``.
 
-Code lengths come from package-merge (Larmore & Hirschberg 1990), which gives the optimal
-prefix code under a maximum code length; without a binding limit that is exactly an
-ordinary Huffman code. Its output always satisfies Kraft's sum == 1 (checked).
+Code lengths: an ordinary Huffman code (Moffat & Katajainen's in-place O(n) method, in
+the kernel) when its longest code fits the limit, which makes it optimal; otherwise
+package-merge (Larmore & Hirschberg 1990), the optimal prefix code under a maximum code
+length. Both always satisfy Kraft's sum == 1 (checked).
 
 This module validates and allocates; the loops run in ``qpack._kernels.huffman``.
 """
@@ -52,7 +53,7 @@ def _check_freqs(freqs) -> np.ndarray:
 
 
 def huffman_code_lengths(freqs, max_len: int = MAX_CODE_LEN) -> np.ndarray:
-    """Optimal prefix-code lengths under a length limit (package-merge).
+    """Optimal prefix-code lengths under a length limit (Huffman, or package-merge if it binds).
 
     Parameters
     ----------
@@ -84,6 +85,22 @@ def huffman_code_lengths(freqs, max_len: int = MAX_CODE_LEN) -> np.ndarray:
         raise ValueError(f"{n} used symbols cannot have codes of at most {max_len} bits")
     order = used[np.argsort(f[used], kind="stable")]
     leaves = f[order]
+    # An ordinary Huffman code is optimal whenever it already fits the limit (usual for
+    # quantization codes); only when it does not is package-merge needed.
+    depth = np.ascontiguousarray(leaves, dtype=np.int64).copy()
+    _k.huffman_lengths_sorted(depth)
+    if int(depth.max()) > max_len:
+        depth = _package_merge(leaves, max_len)
+    lengths[order] = depth
+    kraft = int(np.sum(np.left_shift(1, MAX_CODE_LEN - depth.astype(np.int64))))
+    if kraft != 1 << MAX_CODE_LEN or int(depth.max()) > max_len:  # cannot happen; guard
+        raise AssertionError("code-length construction produced an invalid code")
+    return lengths
+
+
+def _package_merge(leaves: np.ndarray, max_len: int) -> np.ndarray:
+    """Optimal code lengths <= max_len for ascending weights ``leaves`` (len >= 2)."""
+    n = leaves.shape[0]
     # Package-merge: the list of the deepest level holds the leaves; each shallower level
     # merges the leaves with the pairs ("packages") of the level below. Taking the 2n-2
     # cheapest items of the top level, a leaf of rank r is taken once per level in which it
@@ -107,11 +124,7 @@ def huffman_code_lengths(freqs, max_len: int = MAX_CODE_LEN) -> np.ndarray:
         nleaves = take if cum is None else int(cum[take - 1]) if take else 0
         depth[:nleaves] += 1
         take = 2 * (take - nleaves)
-    lengths[order] = depth
-    kraft = int(np.sum(np.left_shift(1, MAX_CODE_LEN - depth.astype(np.int64))))
-    if kraft != 1 << MAX_CODE_LEN or int(depth.max()) > max_len:  # cannot happen; guard
-        raise AssertionError("package-merge produced an invalid code")
-    return lengths
+    return depth
 
 
 def canonical_codes(lengths) -> np.ndarray:
@@ -130,27 +143,16 @@ def canonical_codes(lengths) -> np.ndarray:
     used = lens > 0
     if int(np.sum(np.left_shift(1, MAX_CODE_LEN - lens[used]))) > 1 << MAX_CODE_LEN:
         raise ValueError("lengths violate Kraft's inequality")
-    counts = np.bincount(lens[used], minlength=MAX_CODE_LEN + 1)
-    first = np.zeros(MAX_CODE_LEN + 1, dtype=np.int64)
-    code = 0
-    for l in range(1, MAX_CODE_LEN + 1):  # DEFLATE's next_code (counts[0] is 0)
-        code = (code + int(counts[l - 1])) << 1
-        first[l] = code
-    codes = np.zeros(lens.shape[0], dtype=np.uint32)
-    order = np.lexsort((np.arange(lens.shape[0]), lens))
-    order = order[used[order]]
-    sl = lens[order]
-    rank = np.arange(order.shape[0]) - np.searchsorted(sl, sl, side="left")
-    codes[order] = (first[sl] + rank).astype(np.uint32)
-    return codes
+    return _canonical(lens.astype(np.uint8))[0]
 
 
-def _reverse_bits(values: np.ndarray, nbits: np.ndarray) -> np.ndarray:
-    v = values.astype(np.uint32)
-    out = np.zeros_like(v)
-    for b in range(MAX_CODE_LEN):
-        out |= ((v >> b) & 1) << (MAX_CODE_LEN - 1 - b)
-    return out >> (MAX_CODE_LEN - nbits.astype(np.uint32))
+def _canonical(lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, encoder table) for validated uint8 lengths; see canonical_codes."""
+    lens = np.ascontiguousarray(lens, dtype=np.uint8)
+    codes = np.empty(lens.shape[0], dtype=np.uint32)
+    table = np.empty(lens.shape[0], dtype=np.uint32)
+    _k.canonical_table(lens, codes, table)
+    return codes, table
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,7 @@ class HuffmanCode:
     def from_frequencies(cls, freqs, max_len: int = MAX_CODE_LEN) -> HuffmanCode:
         """Optimal length-limited code for the histogram ``freqs`` (see huffman_code_lengths)."""
         lengths = huffman_code_lengths(freqs, max_len)
-        return cls(lengths, canonical_codes(lengths))
+        return cls(lengths, _canonical(lengths)[0])
 
     @property
     def table_len(self) -> int:
@@ -190,8 +192,7 @@ class HuffmanCode:
 
     def kernel_table(self) -> np.ndarray:
         """uint32 per symbol: bit-reversed code | length << 16 (the encoder's lookup)."""
-        rev = _reverse_bits(self.codes, self.lengths)
-        return (rev | (self.lengths.astype(np.uint32) << 16)).astype(np.uint32)
+        return _canonical(self.lengths)[1]
 
 
 # ----------------------------------------------------------------------------- layout

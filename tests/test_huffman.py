@@ -142,6 +142,20 @@ def test_lengths_optimal_when_limit_does_not_bind(freqs):
         assert np.sum(2.0 ** -used) == 1.0
 
 
+@given(st.lists(st.integers(1, 10**9), min_size=2, max_size=200), st.integers(8, 15))
+def test_package_merge_matches_huffman_when_limit_does_not_bind(freqs, max_len):
+    from qpack.entropy import _package_merge
+
+    leaves = np.sort(np.array(freqs, dtype=np.int64))
+    pm = _package_merge(leaves, max_len)
+    assert pm.max() <= max_len and np.sum(2.0 ** -pm) == 1.0
+    ref = ref_huffman_lengths(leaves)
+    if max(ref.values()) <= max_len:
+        assert cost(leaves, pm) == sum(leaves[s] * l for s, l in ref.items())
+    else:
+        assert cost(leaves, pm) >= sum(leaves[s] * l for s, l in ref.items())
+
+
 @pytest.mark.parametrize("max_len", [2, 3, 4, 5, 7, 9, 12, 15])
 def test_length_limit_respected_and_cost_monotone(max_len):
     freqs = np.bincount(fibonacci_symbols(30, 1))

@@ -120,6 +120,90 @@ def histogram(const symbol_t[::1] symbols, int64_t[::1] hist):
                 hist[symbols[i]] += 1
 
 
+# ------------------------------------------------------------------------- code lengths
+
+def huffman_lengths_sorted(int64_t[::1] a):
+    """Unlimited Huffman code lengths, in place, for weights sorted in ascending order.
+
+    On return a[i] is the code length of the i-th weight. The in-place O(n) method of
+    Moffat & Katajainen (1995): phase 1 merges leaves and internal nodes (two queues in
+    one array, parents stored as indices), phase 2 turns parent links into depths of the
+    internal nodes, phase 3 hands out leaf depths level by level.
+
+    Trusts the caller: len(a) >= 2, weights positive, ascending, and their sum < 2**62.
+    """
+    cdef Py_ssize_t n = a.shape[0], root = 0, leaf = 2, nxt, avbl, used, depth
+    with nogil:
+        a[0] += a[1]
+        for nxt in range(1, n - 1):
+            # first child: the lighter of the next internal node and the next leaf
+            if leaf >= n or a[root] < a[leaf]:
+                a[nxt] = a[root]
+                a[root] = nxt
+                root += 1
+            else:
+                a[nxt] = a[leaf]
+                leaf += 1
+            # second child
+            if leaf >= n or (root < nxt and a[root] < a[leaf]):
+                a[nxt] += a[root]
+                a[root] = nxt
+                root += 1
+            else:
+                a[nxt] += a[leaf]
+                leaf += 1
+        a[n - 2] = 0
+        for nxt in range(n - 3, -1, -1):
+            a[nxt] = a[a[nxt]] + 1
+        avbl = 1
+        used = 0
+        depth = 0
+        root = n - 2
+        nxt = n - 1
+        while avbl > 0:
+            while root >= 0 and a[root] == depth:
+                used += 1
+                root -= 1
+            while avbl > used:
+                a[nxt] = depth
+                nxt -= 1
+                avbl -= 1
+            avbl = 2 * used
+            depth += 1
+            used = 0
+
+
+def canonical_table(const uint8_t[::1] lens, uint32_t[::1] codes, uint32_t[::1] table):
+    """Canonical codes (DEFLATE order) and the encoder's lookup table.
+
+    codes[s] = MSB-first code value; table[s] = bitreverse(code, len) | len << 16.
+    Trusts the caller: every length <= 15, Kraft sum <= 1, len(codes) == len(table) ==
+    len(lens).
+    """
+    cdef Py_ssize_t s, n = lens.shape[0]
+    cdef int l
+    cdef uint32_t count[MAX_LEN + 1]
+    cdef uint32_t next_code[MAX_LEN + 1]
+    cdef uint32_t code = 0
+    with nogil:
+        memset(count, 0, sizeof(count))
+        for s in range(n):
+            count[lens[s]] += 1
+        count[0] = 0
+        for l in range(1, MAX_LEN + 1):
+            code = (code + count[l - 1]) << 1
+            next_code[l] = code
+        for s in range(n):
+            l = lens[s]
+            if l:
+                codes[s] = next_code[l]
+                table[s] = reverse_bits(next_code[l], l) | (<uint32_t>l << 16)
+                next_code[l] += 1
+            else:
+                codes[s] = 0
+                table[s] = 0
+
+
 # ------------------------------------------------------------------------------- encoder
 
 def encode(const symbol_t[::1] symbols, const uint32_t[::1] codes, uint8_t[::1] out,
