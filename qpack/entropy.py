@@ -147,8 +147,19 @@ def canonical_codes(lengths) -> np.ndarray:
 
 
 def _canonical(lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(codes, encoder table) for validated uint8 lengths; see canonical_codes."""
+    """(codes, encoder table) for uint8 lengths; see canonical_codes.
+
+    Re-checks 0..15 and Kraft <= 1 because the kernel indexes a 16-entry count by length.
+    """
     lens = np.ascontiguousarray(lens, dtype=np.uint8)
+    if lens.ndim != 1:
+        raise ValueError("lengths must be 1-D")
+    if lens.size:
+        top = int(lens.max())
+        used = lens[lens > 0].astype(np.int64)
+        if top > MAX_CODE_LEN or int(np.sum(np.left_shift(1, MAX_CODE_LEN - used))) > \
+                1 << MAX_CODE_LEN:
+            raise ValueError(f"lengths must be in 0..{MAX_CODE_LEN} and satisfy Kraft <= 1")
     codes = np.empty(lens.shape[0], dtype=np.uint32)
     table = np.empty(lens.shape[0], dtype=np.uint32)
     _k.canonical_table(lens, codes, table)

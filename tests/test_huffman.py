@@ -460,6 +460,10 @@ def test_huffman_code_object():
     assert code.table_len == 5
     assert code.encoded_nbits(freqs) == cost(freqs, code.lengths)
     assert code.encoded_nbits([1, 0, 0]) == int(code.lengths[0])
+    for bad_lengths in ([16, 1], [1, 1, 1], [200]):
+        with pytest.raises(ValueError, match="lengths"):
+            HuffmanCode(np.array(bad_lengths, np.uint8), np.zeros(len(bad_lengths),
+                                                                   np.uint32)).kernel_table()
     for bad in ([1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 2]):
         with pytest.raises(ValueError, match="no code"):
             code.encoded_nbits(bad)
