@@ -152,11 +152,24 @@ def _relocate_empty(xs, ws, edges, c, S, W, shift):
 _CONVERGED, _MAX_ITER, _EMPTY, _SKIP, _PENDING = 0, 1, 2, 3, 4
 
 
+def _boundaries(c: np.ndarray) -> np.ndarray:
+    """The k-1 decision boundaries of ascending centroids c: x <= b[j] means "left of j+1".
+
+    Midpoints, except that equal centroids are a tie for every point, which goes to the
+    lowest index (like an argmin): the boundary after a repeated centroid moves up to the
+    next one (+inf at the end), leaving the later copies empty so they get relocated.
+    """
+    b = _midpoints(c)
+    for j in np.flatnonzero(c[:-1] == c[1:])[::-1]:
+        b[j] = b[j + 1] if j + 1 < b.size else np.inf
+    return b
+
+
 def _edges_for(xs: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Run boundaries [0, e_1, ..., e_{k-1}, n] of the assignment to ascending centroids c."""
     edges = np.empty(c.size + 1, dtype=np.intp)
     edges[0], edges[-1] = 0, xs.size
-    edges[1:-1] = np.searchsorted(xs, _bounds_below(_midpoints(c), xs.dtype), side="right")
+    edges[1:-1] = np.searchsorted(xs, _bounds_below(_boundaries(c), xs.dtype), side="right")
     return edges
 
 
@@ -288,9 +301,8 @@ def assign_nearest(values: np.ndarray, centroids: np.ndarray, dtype=np.intp) -> 
     width = max(1, (1 << levels) - 1)
     bounds = np.full((centroids.shape[0], width), np.inf)
     for r in range(centroids.shape[0]):
-        bounds[r, :nb] = _midpoints(centroids[r])
         # Compare like the fit did: a float32 value is <= b iff it is <= the float32 below b.
-        bounds[r, :nb] = _bounds_below(bounds[r, :nb], values.dtype)
+        bounds[r, :nb] = _bounds_below(_boundaries(centroids[r]), values.dtype)
     step = (1 << (levels - 1)) if levels else 0
     out = np.empty((rows, cols), dtype=dtype)
     _k.assign_by_boundaries(np.ascontiguousarray(values), bounds, out, step,

@@ -146,6 +146,13 @@ cdef int _lloyd_row(const value_t* xs, Py_ssize_t n, const double* P, double shi
         for j in range(k - 1):
             b = c[j] * 0.5 + c[j + 1] * 0.5
             edges[j + 1] = _count_le(xs, n, _key_below(b, tag))
+        # Equal centroids tie for every point; the lowest index wins (as in an argmin), so
+        # the later copies get no run (qpack/cluster.py: _boundaries does the same).
+        j = k - 2
+        while j >= 0:
+            if c[j] == c[j + 1]:
+                edges[j + 1] = edges[j + 2]
+            j -= 1
         if prev[0] == 0:
             same = True
             for j in range(k + 1):
