@@ -202,7 +202,7 @@ def _quantize_x(x2: np.ndarray, block: int, permute_bits: int, nt: int):
     xs = np.empty((batch, nb), dtype=np.float32)
     xsum = np.empty((batch, nb), dtype=np.int32)
     tmp = np.empty((batch, n_in), dtype=np.int8) if permute_bits else xq
-    _k.quantize_activations(x2, block, xq, xs, xsum, permute_bits, tmp, nt)
+    _k.quantize_activations(x2, block, xq, xs, xsum, permute_bits, tmp, min(nt, batch))
     return xq, xs, xsum
 
 
@@ -305,7 +305,7 @@ class _DenseWeights:
             fast = self._fast_float
             if fast and self.bits in (2, 4):
                 xp = np.empty_like(x2)
-                _k.permute_activations(x2, xp, self.bits, nt)
+                _k.permute_activations(x2, xp, self.bits, min(nt, batch))
             else:
                 xp = x2
             fscratch = _DUMMY_F if fast else np.empty((nt, n_in), dtype=np.float32)

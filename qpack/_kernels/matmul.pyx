@@ -926,13 +926,13 @@ def dense_matmul_float(const uint8_t[:, ::1] packed, int bits, int kind, int64_t
         # batched: 4-row register tiles, one quad of rows per iteration
         with nogil, parallel(num_threads=num_threads):
             tid = threadid()
-            for r in prange((w.n_out + 3) // 4, schedule="static", chunksize=ROW_CHUNK // 4):
+            for r in prange((w.n_out + 3) // 4, schedule="dynamic", chunksize=ROW_CHUNK // 4):
                 qk_rows_float_fast(&w, 4 * r, min(4, w.n_out - 4 * r), &x[0, 0], batch,
                                    &y[0, 0], &code_scratch[tid, 0])
         return
     with nogil, parallel(num_threads=num_threads):
         tid = threadid()
-        for r in prange(w.n_out, schedule="static", chunksize=ROW_CHUNK):
+        for r in prange(w.n_out, schedule="dynamic", chunksize=ROW_CHUNK):
             if fast:
                 qk_row_float_fast(&w, r, &x[0, 0], batch, &y[0, 0], &code_scratch[tid, 0])
             else:
@@ -965,13 +965,13 @@ def dense_matmul_int8(const uint8_t[:, ::1] packed, int bits, int kind, int64_t 
     if fast and batch >= 4:
         with nogil, parallel(num_threads=num_threads):
             tid = threadid()
-            for r in prange((w.n_out + 3) // 4, schedule="static", chunksize=ROW_CHUNK // 4):
+            for r in prange((w.n_out + 3) // 4, schedule="dynamic", chunksize=ROW_CHUNK // 4):
                 qk_rows_int8_fast(&w, 4 * r, min(4, w.n_out - 4 * r), &q, batch, &y[0, 0],
                                   &code_scratch[tid, 0])
         return
     with nogil, parallel(num_threads=num_threads):
         tid = threadid()
-        for r in prange(w.n_out, schedule="static", chunksize=ROW_CHUNK):
+        for r in prange(w.n_out, schedule="dynamic", chunksize=ROW_CHUNK):
             if fast:
                 qk_row_int8_fast(&w, r, &q, batch, &y[0, 0], &code_scratch[tid, 0])
             else:
@@ -994,7 +994,7 @@ def dense_dequantize_rows(const uint8_t[:, ::1] packed, int bits, int kind, int6
     cdef int tid
     with nogil, parallel(num_threads=num_threads):
         tid = threadid()
-        for i in prange(nrows, schedule="static", chunksize=ROW_CHUNK):
+        for i in prange(nrows, schedule="dynamic", chunksize=ROW_CHUNK):
             qk_dequant_row(&w, row0 + i, &code_scratch[tid, 0], &out[i, 0])
 
 
