@@ -22,7 +22,7 @@ def _default_threads() -> int:
 
 
 def set_num_threads(n: int | None) -> None:
-    """Set how many threads the kernels use; ``None`` restores the default.
+    """Set how many threads the kernels use; ``None`` re-reads the default.
 
     Raises ValueError if ``n`` is not a positive integer or None.
     """
@@ -36,5 +36,12 @@ def set_num_threads(n: int | None) -> None:
 
 
 def get_num_threads() -> int:
-    """Return the thread count the kernels will use (at least 1)."""
-    return _num_threads if _num_threads is not None else _default_threads()
+    """Return the thread count the kernels will use (at least 1).
+
+    The default is read once (from OMP_NUM_THREADS or the CPU affinity) and cached: the
+    kernels ask on every call, and the affinity query costs microseconds.
+    """
+    global _num_threads
+    if _num_threads is None:
+        _num_threads = _default_threads()
+    return _num_threads
