@@ -36,6 +36,8 @@ INT8_BLOCK = 128
 # second OpenMP thread costs more than it saves on small layers (and on a busy machine a
 # sleeping worker can wait milliseconds for a core).
 MIN_MACS_PER_THREAD = 1 << 21
+# From this batch size on, sparse products use the transposed-activation kernel.
+SPARSE_BATCHED_MIN = 16
 # Rows unpacked at a time when checking codes against a short codebook.
 _CHECK_ROWS = 256
 
@@ -569,7 +571,14 @@ class SparseWeights:
             return y
         if int8:
             x2 = dequantized_activations(x2, self._block)
-        _k.sparse_matmul(*self._args(), x2, y2, _threads_for(batch * max(self.nnz, n_out)))
+        nt = _threads_for(batch * max(self.nnz, n_out))
+        if batch >= SPARSE_BATCHED_MIN:
+            # columns of x contiguous over the batch: one AXPY per kept weight
+            xt = np.ascontiguousarray(x2.T)
+            acc = np.empty((nt, batch), dtype=np.float32)
+            _k.sparse_matmul_batched(*self._args(), xt, y2, acc, nt)
+        else:
+            _k.sparse_matmul(*self._args(), x2, y2, nt)
         return y
 
     def int8_error_bound(self, x) -> np.ndarray:
