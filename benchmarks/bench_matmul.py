@@ -32,6 +32,8 @@ import qpack  # noqa: E402
 from qpack.matmul import CodebookWeights, LinearWeights, SparseWeights  # noqa: E402
 
 GROUP = 128
+# Seconds of idle time before each method, so other libraries' spinning threads go to sleep.
+IDLE_BETWEEN_METHODS = 0.25
 
 
 def l3_bytes() -> int:
@@ -131,6 +133,9 @@ def measure_all(methods, x, xt, n_in, repeat, torch, evict) -> dict:
     """Cold-weight median ms of every method on activations x: {(method, activations): ms}."""
     times = {}
     for name, (obj, _) in methods.items():
+        # OpenBLAS workers busy-wait ~0.1 s after a call; on 2 cores they would steal a
+        # core from whatever is measured next (seen: 4x slower qpack right after numpy).
+        time.sleep(IDLE_BETWEEN_METHODS)
         if name == "numpy float32":
             times[(name, "float32")] = cold_median_ms(lambda o=obj: x @ o.T, evict, repeat)
         elif name.startswith("numpy unpack"):
@@ -171,6 +176,8 @@ def run(quick: bool) -> dict:
              "for the peers) / time",
              "numpy and torch are limited to the same thread count (threadpoolctl, "
              "torch.set_num_threads)",
+             f"{IDLE_BETWEEN_METHODS} s idle before each method: thread pools of the previous "
+             "one (OpenBLAS spins ~0.1 s after a call) must not compete with the next",
              "ratios and GB/s use the medians; 'best' is the fastest cold call, shown because "
              "on a shared 2-core machine a second thread is often descheduled for 5-40 ms, "
              "which hits every 2-thread figure (all methods) at random"]
