@@ -19,7 +19,12 @@ import numpy as np
 from qpack import dtypes
 from qpack._kernels import huffman as _huffman_kernels
 from qpack.bitpack import pack, packed_nbytes, unpack
-from qpack.entropy import huffman_decode, huffman_encode, huffman_encoded_nbytes
+from qpack.entropy import (
+    huffman_decode,
+    huffman_encode,
+    huffman_encoded_nbytes,
+    huffman_stream_info,
+)
 from qpack.errors import FormatError
 
 
@@ -125,6 +130,8 @@ def decode_codes(desc: dict, blob: np.ndarray, where: str) -> np.ndarray:
     codec, bits, rows, count = check_codes_desc(desc, blob.nbytes, where)
     if codec == "packed":
         return unpack(blob.reshape(rows, packed_nbytes(count, bits)), bits, count)
+    if huffman_stream_info(blob, max_count=rows * count).alphabet_size > 1 << bits:
+        raise FormatError(f"{where}: Huffman alphabet is larger than 2**{bits}")
     symbols = huffman_decode(blob, max_count=rows * count)
     if symbols.size != rows * count:
         raise FormatError(f"{where}: Huffman stream holds {symbols.size} symbols, "
