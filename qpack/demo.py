@@ -230,18 +230,6 @@ def paired_median_seconds(fn: Callable[[], object], reference: Callable[[], obje
     return statistics.median(a), statistics.median(b)
 
 
-def median_seconds(fn: Callable[[], object], repeat: int = 7, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` over ``repeat`` runs after ``warmup`` runs (seconds)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def measure_setting(label: str, kwargs: dict, state: dict[str, np.ndarray],
                     data: DigitsSplit, workdir: str, float_accuracy: float,
                     float_layers: Sequence[Callable], repeat: int = 7) -> dict:
