@@ -27,7 +27,8 @@ from qpack._kernels import matmul as _k
 from qpack.bitpack import check_bits, packed_nbytes, unpack
 from qpack.threads import get_num_threads
 
-__all__ = ["CodebookWeights", "LinearWeights", "SparseWeights", "int8_block_size"]
+__all__ = ["CodebookWeights", "LinearWeights", "SparseWeights", "dequantized_activations",
+           "int8_block_size"]
 
 LINEAR, CODEBOOK = 0, 1
 # Columns per int8 activation block when the weight grouping allows it.
