@@ -376,7 +376,7 @@ cdef extern from *:
         }
         for (int t = 0; t < NB; t++)
             y[(b0 + t) * w->n_out + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]))
-                                         + qk_tail_float(w, r, xb[t], nblk * 128, codes);
+                                         + (nblk * 128 < n ? qk_tail_float(w, r, xb[t], nblk * 128, codes) : 0.0f);
     }
 
     static void qk_row_float_fast(const qk_dense *w, int64_t r, const float *xp, int64_t batch,
@@ -464,7 +464,7 @@ cdef extern from *:
         for (int i = 0; i < R; i++)
             for (int t = 0; t < NB; t++)
                 y[(b0 + t) * w->n_out + r0 + i] = _mm512_reduce_add_ps(acc[i][t])
-                                                  + qk_tail_float(w, r0 + i, xb[t], nblk * 128, codes);
+                                                  + (nblk * 128 < n ? qk_tail_float(w, r0 + i, xb[t], nblk * 128, codes) : 0.0f);
     }
 
     /* Rows r0 .. r0+nrows (nrows <= 4) for a batch of >= 4: 4x4 register tiles. */
@@ -603,7 +603,7 @@ cdef extern from *:
         }
         for (int t = 0; t < NB; t++)
             y[(b0 + t) * w->n_out + r] = (_mm512_reduce_add_ps(acc[t]) - zacc[t])
-                                         + qk_tail_int8(w, r, q, b0 + t, codes);
+                                         + (nblk * 128 < n ? qk_tail_int8(w, r, q, b0 + t, codes) : 0.0f);
     }
 
     static void qk_row_int8_fast(const qk_dense *w, int64_t r, const qk_xq *q, int64_t batch,
@@ -708,7 +708,7 @@ cdef extern from *:
         for (int i = 0; i < R; i++)
             for (int t = 0; t < NB; t++)
                 y[(b0 + t) * w->n_out + r0 + i] = (_mm512_reduce_add_ps(acc[i][t]) - zacc[i][t])
-                                                  + qk_tail_int8(w, r0 + i, q, b0 + t, codes);
+                                                  + (nblk * 128 < n ? qk_tail_int8(w, r0 + i, q, b0 + t, codes) : 0.0f);
     }
 
     static void qk_rows_int8_fast(const qk_dense *w, int64_t r0, int64_t nrows, const qk_xq *q,
