@@ -274,7 +274,7 @@ cdef extern from *:
     }
 
     /* Scalar tail shared by the fast paths: columns [c0, n) in natural order. */
-    static float qk_tail_float(const qk_dense *w, int64_t r, const float *x, int64_t c0,
+    static inline float qk_tail_float(const qk_dense *w, int64_t r, const float *x, int64_t c0,
                                uint8_t *codes) {
         int64_t n = w->n_in;
         if (c0 >= n) return 0.0f;
@@ -501,7 +501,7 @@ cdef extern from *:
 
     /* Scalar tail of the int8 fast path: the columns after the last full 128-block lie in
        one x block (block = 128) and one weight group. */
-    static float qk_tail_int8(const qk_dense *w, int64_t r, const qk_xq *q, int64_t bi,
+    static inline float qk_tail_int8(const qk_dense *w, int64_t r, const qk_xq *q, int64_t bi,
                               uint8_t *codes) {
         int64_t n = w->n_in, c0 = (n / 128) * 128;
         if (c0 >= n) return 0.0f;
