@@ -39,6 +39,12 @@ INT8_BLOCK = 128
 MIN_MACS_PER_THREAD = 1 << 21
 # From this batch size on, sparse products use the transposed-activation kernel.
 SPARSE_BATCHED_MIN = 16
+# Dense batches of at least TILED_MIN_BATCH rows on short/unaligned rows, or of at least
+# TILED_LARGE_BATCH rows on any shape, run as BLAS on dequantized tiles of ~TILE_BYTES
+# (L2-sized) instead of the packed kernels; see _DenseWeights._use_tiles.
+TILED_MIN_BATCH = 4
+TILED_LARGE_BATCH = 256
+TILE_BYTES = 1 << 20
 # Rows unpacked at a time when checking codes against a short codebook.
 _CHECK_ROWS = 256
 
@@ -297,6 +303,9 @@ class _DenseWeights:
         if n_in == 0:
             y2[...] = 0
             return y
+        if self._use_tiles(batch):
+            self._matmul_tiled(x2, y2)
+            return y
         nt = _threads_for(batch * n_out * n_in)
         scratch = np.empty((nt, n_in + 64), dtype=np.uint8)
         if int8:
@@ -314,6 +323,35 @@ class _DenseWeights:
             fscratch = _DUMMY_F if fast else np.empty((nt, n_in), dtype=np.float32)
             _k.dense_matmul_float(*self._args(), xp, y2, fast, scratch, fscratch, nt)
         return y
+
+    def _use_tiles(self, batch: int) -> bool:
+        """Whether a batch runs as dequantized row tiles times BLAS instead of the kernels.
+
+        Measured (docs/KERNELS.md): the packed kernels win for small batches on rows that
+        fill whole 128-column blocks; layers with short or unaligned rows (the kernels'
+        scalar tail path) lose to tiles from batch 4 on, and every shape is compute-bound
+        from about batch 256, where BLAS's register blocking wins.
+        """
+        if batch < TILED_MIN_BATCH:
+            return False
+        n_in = self.shape[1]
+        blocks_fill_rows = self._fast_float and n_in % 128 == 0
+        return not blocks_fill_rows or batch >= TILED_LARGE_BATCH
+
+    def _matmul_tiled(self, x2: np.ndarray, y2: np.ndarray) -> None:
+        """y2 = x2 @ W_hat.T by dequantizing TILE_BYTES of rows at a time and calling BLAS
+        (numpy matmul) on each tile: W_hat is never materialized whole. Both accuracy modes
+        take this path; it is exact in float32, so the int8 bound holds a fortiori."""
+        n_out, n_in = self.shape
+        rows = max(8, min(n_out, TILE_BYTES // (4 * n_in)))
+        tile_buf = np.empty((rows, n_in), dtype=np.float32)
+        scratch = np.empty((1, n_in + 64), dtype=np.uint8)
+        # one dequantizing thread: BLAS brings its own pool, and two pools fight on 2 cores
+        for r0 in range(0, n_out, rows):
+            r1 = min(n_out, r0 + rows)
+            tile = tile_buf[: r1 - r0]
+            _k.dense_dequantize_rows(*self._args(), r0, tile, scratch, 1)
+            y2[:, r0:r1] = x2 @ tile.T
 
     def int8_error_bound(self, x) -> np.ndarray:
         """Upper bound on |matmul(x, "int8") - x @ W_hat.T| per output (float64).

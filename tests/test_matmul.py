@@ -132,9 +132,21 @@ def threads(request, monkeypatch):
 
 # ---- the main grid ---------------------------------------------------------------------
 
+@pytest.fixture(params=["kernels", "tiles"])
+def dense_path(request, monkeypatch):
+    """Run dense products on the packed kernels only, or on dequantized tiles + BLAS only."""
+    if request.param == "kernels":
+        monkeypatch.setattr(qpack.matmul, "TILED_MIN_BATCH", 1 << 62)
+    else:
+        monkeypatch.setattr(qpack.matmul, "TILED_MIN_BATCH", 1)
+        monkeypatch.setattr(qpack.matmul, "TILED_LARGE_BATCH", 1)
+        monkeypatch.setattr(qpack.matmul, "TILE_BYTES", 4 * 300 * 7)  # several tiles
+    return request.param
+
+
 @pytest.mark.parametrize("enc", ENCODINGS)
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
-def test_float_and_int8_against_reference(enc, bits, threads):
+def test_float_and_int8_against_reference(enc, bits, threads, dense_path):
     rng = np.random.default_rng(bits * 100 + ENCODINGS.index(enc))
     # 300 columns: two full 128-column blocks plus a tail, several groups of 32/128
     w, w_hat = build(rng, enc, 45, 300, bits)
@@ -161,11 +173,12 @@ def test_other_widths(bits, enc):
 
 
 def test_large_fast_path(threads):
-    """A 4096-wide row exercises the vector kernels over many blocks and groups."""
+    """A 4096-wide row exercises the vector kernels over many blocks and groups; a batch
+    of 300 takes the tiled BLAS path on the same weights."""
     rng = np.random.default_rng(7)
-    for bits in (2, 4, 8):
+    for bits, batch in ((2, 2), (4, 2), (8, 2), (4, 300)):
         w, w_hat = make_linear(rng, 64, 4096, bits, 128)
-        x = rng.standard_normal((2, 4096)).astype(np.float32)
+        x = rng.standard_normal((batch, 4096)).astype(np.float32)
         assert_close(w.matmul(x), x, w_hat)
         assert (np.abs(w.matmul(x, "int8") - ref_matmul(x, w_hat)) <= w.int8_error_bound(x)).all()
 
