@@ -195,6 +195,25 @@ def _threads_for(macs: int) -> int:
     return max(1, min(get_num_threads(), macs // MIN_MACS_PER_THREAD))
 
 
+def _begin_product(x, out, shape: tuple[int, int]):
+    """Validate x and out for y = x @ W.T with W of ``shape``; return (x2, y, y2).
+
+    x2 is x as C-contiguous float32 (batch, n_in), y the result array in the caller's
+    shape, y2 its (batch, n_out) view. y2 is None when the product is empty and y is
+    already final (no rows, no outputs, or n_in == 0 where y is all zeros).
+    """
+    n_out, n_in = shape
+    x2, lead = _prepare_x(x, n_in)
+    y = _prepare_out(out, lead + (n_out,))
+    if x2.shape[0] == 0 or n_out == 0:
+        return x2, y, None
+    y2 = y.reshape(x2.shape[0], n_out)
+    if n_in == 0:
+        y2[...] = 0
+        return x2, y, None
+    return x2, y, y2
+
+
 def _check_act_quant(act_quant) -> bool:
     if act_quant is None:
         return False
@@ -294,15 +313,10 @@ class _DenseWeights:
         """
         int8 = _check_act_quant(act_quant)
         n_out, n_in = self.shape
-        x2, lead = _prepare_x(x, n_in)
-        y = _prepare_out(out, lead + (n_out,))
+        x2, y, y2 = _begin_product(x, out, self.shape)
+        if y2 is None:
+            return y
         batch = x2.shape[0]
-        if batch == 0 or n_out == 0:
-            return y
-        y2 = y.reshape(batch, n_out)
-        if n_in == 0:
-            y2[...] = 0
-            return y
         if self._use_tiles(batch):
             self._matmul_tiled(x2, y2)
             return y
@@ -599,15 +613,10 @@ class SparseWeights:
         """
         int8 = _check_act_quant(act_quant)
         n_out, n_in = self.shape
-        x2, lead = _prepare_x(x, n_in)
-        y = _prepare_out(out, lead + (n_out,))
+        x2, y, y2 = _begin_product(x, out, self.shape)
+        if y2 is None:
+            return y
         batch = x2.shape[0]
-        if batch == 0 or n_out == 0:
-            return y
-        y2 = y.reshape(batch, n_out)
-        if n_in == 0:
-            y2[...] = 0
-            return y
         if int8:
             x2 = dequantized_activations(x2, self._block)
         # a kept weight costs about as much as 8 dense multiply-adds (a gather and a table
