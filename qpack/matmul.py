@@ -45,6 +45,15 @@ SPARSE_BATCHED_MIN = 16
 TILED_MIN_BATCH = 4
 TILED_LARGE_BATCH = 256
 TILE_BYTES = 1 << 20
+# Cost model choosing tiles + BLAS over the sparse kernel (ns, measured on 4096x4096 at
+# batch 450, one thread): the sparse kernel spends SPARSE_NS_PER_KEPT_MAC per kept weight
+# and input row, BLAS BLAS_NS_PER_MAC per weight and input row, and filling a dense tile
+# TILE_FILL_NS_PER_WEIGHT per weight. Tiles pay once
+#   batch * (density * SPARSE_NS_PER_KEPT_MAC - BLAS_NS_PER_MAC) > TILE_FILL_NS_PER_WEIGHT,
+# i.e. from batch ~60 at half the weights kept, and never at 10% kept.
+SPARSE_NS_PER_KEPT_MAC = 0.106
+BLAS_NS_PER_MAC = 0.0108
+TILE_FILL_NS_PER_WEIGHT = 2.5
 # Rows unpacked at a time when checking codes against a short codebook.
 _CHECK_ROWS = 256
 
@@ -193,6 +202,24 @@ def _threads_for(macs: int) -> int:
     """Threads for a product of ``macs`` multiply-adds: qpack.get_num_threads(), fewer for
     small products (at least MIN_MACS_PER_THREAD each)."""
     return max(1, min(get_num_threads(), macs // MIN_MACS_PER_THREAD))
+
+
+def _tiled_product(x2: np.ndarray, y2: np.ndarray, shape: tuple[int, int],
+                   fill_rows) -> None:
+    """y2 = x2 @ W_hat.T by dequantizing about TILE_BYTES of rows at a time into one reused
+    float32 buffer (``fill_rows(row0, tile)`` writes W_hat[row0 : row0 + len(tile)]) and
+    calling BLAS (numpy matmul) on each tile: W_hat is never materialized whole. Both
+    accuracy modes may take this path; it is exact in float32, so the int8 bound holds
+    a fortiori. The tiles are filled on one thread: BLAS brings its own pool, and two
+    pools fight on a 2-core machine."""
+    n_out, n_in = shape
+    rows = max(8, min(n_out, TILE_BYTES // (4 * n_in)))
+    tile_buf = np.empty((rows, n_in), dtype=np.float32)
+    for r0 in range(0, n_out, rows):
+        r1 = min(n_out, r0 + rows)
+        tile = tile_buf[: r1 - r0]
+        fill_rows(r0, tile)
+        y2[:, r0:r1] = x2 @ tile.T
 
 
 def _begin_product(x, out, shape: tuple[int, int]):
@@ -353,19 +380,10 @@ class _DenseWeights:
         return not blocks_fill_rows or batch >= TILED_LARGE_BATCH
 
     def _matmul_tiled(self, x2: np.ndarray, y2: np.ndarray) -> None:
-        """y2 = x2 @ W_hat.T by dequantizing TILE_BYTES of rows at a time and calling BLAS
-        (numpy matmul) on each tile: W_hat is never materialized whole. Both accuracy modes
-        take this path; it is exact in float32, so the int8 bound holds a fortiori."""
-        n_out, n_in = self.shape
-        rows = max(8, min(n_out, TILE_BYTES // (4 * n_in)))
-        tile_buf = np.empty((rows, n_in), dtype=np.float32)
-        scratch = np.empty((1, n_in + 64), dtype=np.uint8)
-        # one dequantizing thread: BLAS brings its own pool, and two pools fight on 2 cores
-        for r0 in range(0, n_out, rows):
-            r1 = min(n_out, r0 + rows)
-            tile = tile_buf[: r1 - r0]
-            _k.dense_dequantize_rows(*self._args(), r0, tile, scratch, 1)
-            y2[:, r0:r1] = x2 @ tile.T
+        scratch = np.empty((1, self.shape[1] + 64), dtype=np.uint8)
+        args = self._args()
+        _tiled_product(x2, y2, self.shape, lambda r0, tile: _k.dense_dequantize_rows(
+            *args, r0, tile, scratch, 1))
 
     def int8_error_bound(self, x) -> np.ndarray:
         """Upper bound on |matmul(x, "int8") - x @ W_hat.T| per output (float64).
@@ -547,6 +565,8 @@ class SparseWeights:
         self = cls.__new__(cls)
         self.shape = (n_out, n_in)
         self.nnz = nnz
+        # fraction of weights kept (1.0 for an empty matrix: nothing to skip)
+        self.density = nnz / (n_out * n_in) if n_out * n_in else 1.0
         if (codebook is None) == (scales is None):
             raise ValueError("pass either codebook or scales/zeros (exactly one encoding)")
         self._scales, self._zeros, self._prow, self._group = _DUMMY_F, _DUMMY_F, 0, 1
@@ -599,7 +619,7 @@ class SparseWeights:
         """The full float32 matrix W_hat (n_out, n_in), zeros at pruned positions."""
         out = np.zeros(self.shape, dtype=np.float32)
         if out.size:
-            _k.sparse_dequantize(*self._args(), out, get_num_threads())
+            _k.sparse_dequantize(*self._args(), 0, out, get_num_threads())
         return out
 
     def matmul(self, x, act_quant: str | None = None, out: np.ndarray | None = None
@@ -617,6 +637,16 @@ class SparseWeights:
         if y2 is None:
             return y
         batch = x2.shape[0]
+        gain_per_row = self.density * SPARSE_NS_PER_KEPT_MAC - BLAS_NS_PER_MAC
+        if gain_per_row > 0 and batch * gain_per_row > TILE_FILL_NS_PER_WEIGHT:
+            args = self._args()
+
+            def fill(r0, tile):
+                tile[...] = 0
+                _k.sparse_dequantize(*args, r0, tile, 1)
+
+            _tiled_product(x2, y2, self.shape, fill)
+            return y
         if int8:
             x2 = dequantized_activations(x2, self._block)
         # a kept weight costs about as much as 8 dense multiply-adds (a gather and a table

@@ -134,12 +134,15 @@ def threads(request, monkeypatch):
 
 @pytest.fixture(params=["kernels", "tiles"])
 def dense_path(request, monkeypatch):
-    """Run dense products on the packed kernels only, or on dequantized tiles + BLAS only."""
+    """Run products on the packed kernels only, or on dequantized tiles + BLAS only."""
     if request.param == "kernels":
         monkeypatch.setattr(qpack.matmul, "TILED_MIN_BATCH", 1 << 62)
+        monkeypatch.setattr(qpack.matmul, "TILE_FILL_NS_PER_WEIGHT", float("inf"))
     else:
         monkeypatch.setattr(qpack.matmul, "TILED_MIN_BATCH", 1)
         monkeypatch.setattr(qpack.matmul, "TILED_LARGE_BATCH", 1)
+        monkeypatch.setattr(qpack.matmul, "BLAS_NS_PER_MAC", 0.0)  # sparse: tiles always pay
+        monkeypatch.setattr(qpack.matmul, "TILE_FILL_NS_PER_WEIGHT", 0.0)
         monkeypatch.setattr(qpack.matmul, "TILE_BYTES", 4 * 300 * 7)  # several tiles
     return request.param
 

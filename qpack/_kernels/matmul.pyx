@@ -1105,11 +1105,14 @@ def sparse_dequantize(const int64_t[::1] row_ptr, const int32_t[::1] cols,
                       const uint8_t[::1] codes, int64_t n_in, int kind,
                       const float[:, ::1] scales, const float[:, ::1] zeros, int64_t prow,
                       int64_t group, const float[:, ::1] codebook, int64_t cbrow,
-                      float[:, ::1] out, int num_threads):
-    """out (n_out, n_in) = W_hat. Trusts the caller as sparse_matmul."""
+                      int64_t row0, float[:, ::1] out, int num_threads):
+    """out[i] = W_hat[row0 + i] for i < out.shape[0] (out has n_in columns).
+
+    Trusts the caller as sparse_matmul, and row0 + out.shape[0] <= n_out.
+    """
     cdef qk_sparse w = _sparse(row_ptr, cols, codes, n_in, kind, scales, zeros, prow, group,
                                codebook, cbrow)
     cdef int64_t r
     with nogil:
-        for r in prange(w.n_out, num_threads=num_threads, schedule="static"):
-            qk_sparse_dequant_row(&w, r, &out[r, 0])
+        for r in prange(out.shape[0], num_threads=num_threads, schedule="static"):
+            qk_sparse_dequant_row(&w, row0 + r, &out[r, 0])
