@@ -86,8 +86,10 @@ def minilm_table(time_repeat: int = 7) -> dict | None:
                       "cosine: each sentence embedding vs the float32 model's.",
                       "paraphrase margin: lowest paraphrase-pair similarity minus highest "
                       "unrelated-pair similarity (> 0: every paraphrase pair ranks first).",
-                      "Word embeddings and LayerNorms are decoded to float32 at load; every "
-                      "Linear is a PackedLinear. Encoder times: one thread each side."]}
+                      "Word embeddings are looked up row by row from the packed table "
+                      "(CompressedTensor.take_rows); LayerNorms and the small position/type "
+                      "tables are decoded at load; every Linear is a PackedLinear. Encoder "
+                      "times: one thread each side."]}
 
 
 def run(quick: bool) -> dict:

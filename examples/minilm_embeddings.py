@@ -169,8 +169,9 @@ class BertEncoder:
     """
 
     def __init__(self, params: Mapping[str, np.ndarray], linears: Mapping[str, Linear],
-                 config: Mapping):
+                 config: Mapping, word_embedding: Callable[[np.ndarray], np.ndarray]):
         self.params = {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}
+        self.word_embedding = word_embedding  # ids (batch, tokens) -> (batch, tokens, hidden)
         self.linears = dict(linears)
         self.heads = int(config["num_attention_heads"])
         self.eps = float(config["layer_norm_eps"])
@@ -179,7 +180,7 @@ class BertEncoder:
     @staticmethod
     def param_names(config: Mapping) -> list[str]:
         """Names of the non-Linear parameters the encoder reads."""
-        names = ["embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
+        names = ["embeddings.position_embeddings.weight",
                  "embeddings.token_type_embeddings.weight", "embeddings.LayerNorm.weight",
                  "embeddings.LayerNorm.bias"]
         for i in range(int(config["num_hidden_layers"])):
@@ -197,22 +198,25 @@ class BertEncoder:
 
         linears = {n: dense(weights[n + ".weight"], weights[n + ".bias"])
                    for n in linear_names(config)}
-        return cls({n: weights[n] for n in cls.param_names(config)}, linears, config)
+        table = np.asarray(weights[WORD_EMBEDDINGS], dtype=np.float32)
+        return cls({n: weights[n] for n in cls.param_names(config)}, linears, config,
+                   lambda ids: table[ids])
 
     @classmethod
     def from_compressed(cls, model: qpack.CompressedModel, config: Mapping,
                         act_quant: str | None = None) -> BertEncoder:
-        """Every Linear a PackedLinear over the (loaded) model's packed weight; embedding
-        tables and LayerNorms decoded to float32."""
+        """Every Linear a PackedLinear over the (loaded) model's packed weight; word
+        embeddings looked up row by row from the packed table (``take_rows``); the small
+        position/type tables and LayerNorms decoded to float32."""
         linears = {n: PackedLinear(model[n + ".weight"], bias=model[n + ".bias"].dequantize(),
                                    act_quant=act_quant) for n in linear_names(config)}
         params = {n: model[n].dequantize() for n in cls.param_names(config)}
-        return cls(params, linears, config)
+        return cls(params, linears, config, model[WORD_EMBEDDINGS].take_rows)
 
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         p = self.params
         batch, tokens = ids.shape
-        x = (p["embeddings.word_embeddings.weight"][ids]
+        x = (self.word_embedding(ids)
              + p["embeddings.position_embeddings.weight"][:tokens]
              + p["embeddings.token_type_embeddings.weight"][0])
         x = layer_norm(x, p["embeddings.LayerNorm.weight"], p["embeddings.LayerNorm.bias"],

@@ -222,6 +222,23 @@ def _tiled_product(x2: np.ndarray, y2: np.ndarray, shape: tuple[int, int],
         y2[:, r0:r1] = x2 @ tile.T
 
 
+def _row_indices(indices, n_out: int) -> tuple[np.ndarray, tuple]:
+    """Validate row indices (any integer array-like; negatives count from the end).
+
+    Returns (flat int64 indices in [0, n_out), the input's shape). ValueError otherwise.
+    """
+    idx = np.asarray(indices)
+    if idx.size == 0:  # np.asarray([]) is float64: an empty list is still a valid index
+        idx = idx.astype(np.int64)
+    if idx.dtype.kind not in "iu":
+        raise ValueError(f"row indices must be integers, got dtype {idx.dtype}")
+    flat = idx.reshape(-1).astype(np.int64)
+    if flat.size and (flat.min() < -n_out or flat.max() >= n_out):
+        raise ValueError(f"row indices must lie in [-{n_out}, {n_out}), got "
+                         f"{int(flat.min())}..{int(flat.max())}")
+    return np.ascontiguousarray(np.where(flat < 0, flat + n_out, flat)), idx.shape
+
+
 def _begin_product(x, out, shape: tuple[int, int]):
     """Validate x and out for y = x @ W.T with W of ``shape``; return (x2, y, y2).
 
@@ -364,6 +381,17 @@ class _DenseWeights:
             fscratch = _DUMMY_F if fast else np.empty((nt, n_in), dtype=np.float32)
             _k.dense_matmul_float(*self._args(), xp, y2, fast, scratch, fscratch, nt)
         return y
+
+    def take_rows(self, indices) -> np.ndarray:
+        """W_hat[indices] as float32 of shape indices.shape + (n_in,), decoded row by row
+        from the packed codes (an embedding lookup without materializing W_hat)."""
+        flat, lead = _row_indices(indices, self.shape[0])
+        out = np.empty((flat.size, self.shape[1]), dtype=np.float32)
+        if flat.size and self.shape[1]:
+            nt = _threads_for(flat.size * self.shape[1])
+            scratch = np.empty((nt, self.shape[1] + 64), dtype=np.uint8)
+            _k.dense_gather_rows(*self._args(), flat, out, scratch, nt)
+        return out.reshape(lead + (self.shape[1],))
 
     def _use_tiles(self, batch: int) -> bool:
         """Whether a batch runs as dequantized row tiles times BLAS instead of the kernels.
@@ -622,6 +650,15 @@ class SparseWeights:
             _k.sparse_dequantize(*self._args(), 0, out, get_num_threads())
         return out
 
+    def take_rows(self, indices) -> np.ndarray:
+        """W_hat[indices] as float32 of shape indices.shape + (n_in,) (zeros where pruned)."""
+        flat, lead = _row_indices(indices, self.shape[0])
+        out = np.empty((flat.size, self.shape[1]), dtype=np.float32)
+        if flat.size and self.shape[1]:
+            _k.sparse_gather_rows(*self._args(), flat, out,
+                                  _threads_for(flat.size * self.shape[1]))
+        return out.reshape(lead + (self.shape[1],))
+
     def matmul(self, x, act_quant: str | None = None, out: np.ndarray | None = None
                ) -> np.ndarray:
         """y = x @ W_hat.T in float32; arguments, shapes and errors as LinearWeights.matmul.
@@ -641,11 +678,9 @@ class SparseWeights:
         if gain_per_row > 0 and batch * gain_per_row > TILE_FILL_NS_PER_WEIGHT:
             args = self._args()
 
-            def fill(r0, tile):
-                tile[...] = 0
-                _k.sparse_dequantize(*args, r0, tile, 1)
-
-            _tiled_product(x2, y2, self.shape, fill)
+            # the kernel writes every element of each row, zeros included
+            _tiled_product(x2, y2, self.shape,
+                           lambda r0, tile: _k.sparse_dequantize(*args, r0, tile, 1))
             return y
         if int8:
             x2 = dequantized_activations(x2, self._block)

@@ -154,6 +154,13 @@ class FloatWeights:
                              f"{self.w.shape[1]}), got {x.shape}")
         return x @ self.w.T
 
+    def take_rows(self, indices) -> np.ndarray:
+        """W[indices] as float32 of shape indices.shape + (n_in,)."""
+        from qpack.matmul import _row_indices
+
+        flat, lead = _row_indices(indices, self.w.shape[0])
+        return self.w[flat].reshape(lead + (self.w.shape[1],))
+
 
 class CompressedTensor:
     """One stored tensor: its encoding description and lazily decoded contents.
@@ -332,6 +339,21 @@ class CompressedTensor:
             raise FormatError(f"tensor {self.name!r}: sparse index keeps {col_idx.size} "
                               f"weights but {kept.size} codes are stored")
         return mm.SparseWeights.from_csr((rows, cols), row_ptr, col_idx, kept, **params)
+
+    def take_rows(self, indices) -> np.ndarray:
+        """Rows ``self[indices]`` decoded to float32, without decoding the others.
+
+        For embedding lookups: ``indices`` is any integer array (negatives count from the
+        end); the result has shape indices.shape + shape[1:]. Rows of packed sections are
+        decoded straight from the (memory-mapped) codes; a Huffman-coded tensor is decoded
+        once into memory first. Raises ValueError for out-of-range or non-integer indices
+        and for a tensor that is not floating or has fewer than 2 dims.
+        """
+        if not dtypes.is_floating_name(self.spec["dtype"]) or len(self.shape) < 2:
+            raise ValueError(f"tensor {self.name!r} (dtype {self.spec['dtype']}, shape "
+                             f"{self.shape}) has no float rows to take")
+        rows = self.kernel_weights().take_rows(indices)
+        return rows.reshape(rows.shape[:-1] + self.shape[1:])
 
     def matmul(self, x, act_quant: str | None = None) -> np.ndarray:
         """y = x @ W.T straight from the packed form, W viewed as (rows, cols).

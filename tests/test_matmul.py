@@ -403,3 +403,17 @@ def test_bad_sparse_arguments():
         SparseWeights.from_csr(**ok, codebook=cb, scales=np.ones((1, 1), np.float16))
     with pytest.raises(ValueError, match="zeros"):
         SparseWeights.from_csr(**ok, scales=np.ones((1, 1), np.float16))
+
+
+@pytest.mark.parametrize("enc", ENCODINGS)
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_take_rows(enc, bits, threads):
+    """Row gathers (embedding lookups) equal the reference rows, in any index shape."""
+    rng = np.random.default_rng(bits + 31 * ENCODINGS.index(enc))
+    w, w_hat = build(rng, enc, 45, 300, bits)
+    idx = rng.integers(-45, 45, size=(4, 7))
+    np.testing.assert_array_equal(w.take_rows(idx), w_hat[idx])
+    assert w.take_rows([]).shape == (0, 300)
+    for bad in ([45], [-46]):
+        with pytest.raises(ValueError, match="row indices"):
+            w.take_rows(bad)

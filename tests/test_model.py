@@ -297,3 +297,26 @@ def test_exact_and_zero_tensors(tmp_path):
         for k, v in model.items():
             np.testing.assert_array_equal(out[k], v)
         assert "inf" in str(cm.report())
+
+
+@pytest.mark.parametrize("kwargs", [dict(bits=4), dict(bits=3, prune=0.9),
+                                    dict(bits=4, method="linear", group_size=32, entropy=None),
+                                    dict(bits=8, method="linear", group_size=-1, prune=0.5)])
+def test_take_rows_matches_dequantize(tmp_path, model, kwargs):
+    """Embedding lookups decode only the asked rows, equal to the full decompression."""
+    qpack.compress(model, min_numel=0, **kwargs).save(tmp_path / "t.qpk")
+    m = qpack.load(tmp_path / "t.qpk")
+    for name in ("embed.weight", "conv.weight", "fc2.weight"):
+        # float32 values before the cast to the tensor's dtype (fc2 is float16)
+        full = m[name].quantized().dequantize(np.float32).reshape(m[name].shape)
+        idx = np.array([[3, 0, -1], [5, 5, 2]])
+        got = m[name].take_rows(idx)
+        assert got.shape == idx.shape + full.shape[1:] and got.dtype == np.float32
+        np.testing.assert_array_equal(got, full[idx])
+        assert m[name].take_rows(np.zeros(0, np.int64)).shape == (0,) + full.shape[1:]
+    with pytest.raises(ValueError, match="row indices"):
+        m["embed.weight"].take_rows([100])
+    with pytest.raises(ValueError, match="integers"):
+        m["embed.weight"].take_rows([1.5])
+    with pytest.raises(ValueError, match="no float rows"):
+        m["fc1.bias"].take_rows([0])

@@ -1019,6 +1019,27 @@ def dense_dequantize_rows(const uint8_t[:, ::1] packed, int bits, int kind, int6
             qk_dequant_row(&w, row0 + i, &code_scratch[tid, 0], &out[i, 0])
 
 
+def dense_gather_rows(const uint8_t[:, ::1] packed, int bits, int kind, int64_t n_in,
+                      const float[:, ::1] scales, const float[:, ::1] zeros, int64_t prow,
+                      int64_t group, const float[:, ::1] codebook, int64_t cbrow,
+                      const uint8_t[:, ::1] cb_u8, const float[::1] cb_scale,
+                      const int64_t[::1] rows, float[:, ::1] out, uint8_t[:, ::1] code_scratch,
+                      int num_threads):
+    """out[i] = W_hat[rows[i]] (an embedding lookup straight from the packed rows).
+
+    Trusts the caller: every rows[i] in [0, n_out), out is (len(rows), n_in), scratch as
+    for dense_dequantize_rows.
+    """
+    cdef qk_dense w = _dense(packed, bits, kind, n_in, scales, zeros, prow, group, codebook,
+                             cbrow, cb_u8, cb_scale)
+    cdef int64_t i, n = rows.shape[0]
+    cdef int tid
+    with nogil, parallel(num_threads=num_threads):
+        tid = threadid()
+        for i in prange(n, schedule="static"):
+            qk_dequant_row(&w, rows[i], &code_scratch[tid, 0], &out[i, 0])
+
+
 def permute_activations(const float[:, ::1] x, float[:, ::1] xp, int bits, int num_threads):
     """Copy x into the fast-path column layout for ``bits`` (2, 4 or 8; 8 is a copy)."""
     cdef int64_t i
@@ -1116,3 +1137,18 @@ def sparse_dequantize(const int64_t[::1] row_ptr, const int32_t[::1] cols,
     with nogil:
         for r in prange(out.shape[0], num_threads=num_threads, schedule="static"):
             qk_sparse_dequant_row(&w, row0 + r, &out[r, 0])
+
+
+def sparse_gather_rows(const int64_t[::1] row_ptr, const int32_t[::1] cols,
+                       const uint8_t[::1] codes, int64_t n_in, int kind,
+                       const float[:, ::1] scales, const float[:, ::1] zeros, int64_t prow,
+                       int64_t group, const float[:, ::1] codebook, int64_t cbrow,
+                       const int64_t[::1] rows, float[:, ::1] out, int num_threads):
+    """out[i] = W_hat[rows[i]]. Trusts the caller as sparse_matmul, and every rows[i] in
+    [0, n_out) with out of shape (len(rows), n_in)."""
+    cdef qk_sparse w = _sparse(row_ptr, cols, codes, n_in, kind, scales, zeros, prow, group,
+                               codebook, cbrow)
+    cdef int64_t i
+    with nogil:
+        for i in prange(rows.shape[0], num_threads=num_threads, schedule="static"):
+            qk_sparse_dequant_row(&w, rows[i], &out[i, 0])
