@@ -39,11 +39,13 @@ INT8_BLOCK = 128
 MIN_MACS_PER_THREAD = 1 << 21
 # From this batch size on, sparse products use the transposed-activation kernel.
 SPARSE_BATCHED_MIN = 16
-# Dense batches of at least TILED_MIN_BATCH rows on short/unaligned rows, or of at least
-# TILED_LARGE_BATCH rows on any shape, run as BLAS on dequantized tiles of ~TILE_BYTES
-# (L2-sized) instead of the packed kernels; see _DenseWeights._use_tiles.
+# When dense products run as BLAS on dequantized tiles of ~TILE_BYTES (L2-sized) instead
+# of the packed kernels: see _DenseWeights._use_tiles for the measured rule.
 TILED_MIN_BATCH = 4
 TILED_LARGE_BATCH = 256
+TILED_MID_WEIGHTS = 1 << 22
+TILED_MID_BATCH = 64
+TILED_CODEBOOK8_BATCH = 16
 TILE_BYTES = 1 << 20
 # Cost model choosing tiles + BLAS over the sparse kernel (ns, measured on 4096x4096 at
 # batch 450, one thread): the sparse kernel spends SPARSE_NS_PER_KEPT_MAC per kept weight
@@ -361,7 +363,7 @@ class _DenseWeights:
         if y2 is None:
             return y
         batch = x2.shape[0]
-        if self._use_tiles(batch):
+        if self._use_tiles(batch, int8):
             self._matmul_tiled(x2, y2)
             return y
         nt = _threads_for(batch * n_out * n_in)
@@ -393,19 +395,25 @@ class _DenseWeights:
             _k.dense_gather_rows(*self._args(), flat, out, scratch, nt)
         return out.reshape(lead + (self.shape[1],))
 
-    def _use_tiles(self, batch: int) -> bool:
+    def _use_tiles(self, batch: int, int8: bool) -> bool:
         """Whether a batch runs as dequantized row tiles times BLAS instead of the kernels.
 
         Measured (docs/KERNELS.md): the packed kernels win for small batches on rows that
         fill whole 128-column blocks; layers with short or unaligned rows (the kernels'
-        scalar tail path) lose to tiles from batch 4 on, and every shape is compute-bound
-        from about batch 256, where BLAS's register blocking wins.
+        scalar tail path) lose to tiles from batch 4 on. In float mode, matrices of up to
+        TILED_MID_WEIGHTS weights (cache-resident tiles) go to tiles from batch
+        TILED_MID_BATCH (TILED_CODEBOOK8_BATCH for 8-bit codebooks, whose 256-entry lookup
+        vectorizes poorly); everything goes to tiles from TILED_LARGE_BATCH.
         """
         if batch < TILED_MIN_BATCH:
             return False
-        n_in = self.shape[1]
-        blocks_fill_rows = self._fast_float and n_in % 128 == 0
-        return not blocks_fill_rows or batch >= TILED_LARGE_BATCH
+        n_out, n_in = self.shape
+        if not (self._fast_float and n_in % 128 == 0) or batch >= TILED_LARGE_BATCH:
+            return True
+        if int8 or n_out * n_in > TILED_MID_WEIGHTS:
+            return False
+        codebook8 = self._kind == CODEBOOK and self.bits == 8
+        return batch >= (TILED_CODEBOOK8_BATCH if codebook8 else TILED_MID_BATCH)
 
     def _matmul_tiled(self, x2: np.ndarray, y2: np.ndarray) -> None:
         scratch = np.empty((1, self.shape[1] + 64), dtype=np.uint8)
