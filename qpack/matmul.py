@@ -44,8 +44,8 @@ SPARSE_BATCHED_MIN = 16
 TILED_MIN_BATCH = 4
 TILED_LARGE_BATCH = 256
 TILED_MID_WEIGHTS = 1 << 22
-TILED_MID_BATCH = 64
-TILED_CODEBOOK8_BATCH = 16
+TILED_MID_BATCH = 128
+TILED_CODEBOOK8_BATCH = 32
 TILE_BYTES = 1 << 20
 # Cost model choosing tiles + BLAS over the sparse kernel (ns, measured on 4096x4096 at
 # batch 450, one thread): the sparse kernel spends SPARSE_NS_PER_KEPT_MAC per kept weight
