@@ -285,6 +285,16 @@ def _symbols_for_kernel(symbols, alphabet_size) -> tuple[np.ndarray, np.ndarray,
     return arr, hist[:alphabet_size], alphabet_size
 
 
+def symbol_histogram(symbols, alphabet_size: int | None = None) -> np.ndarray:
+    """Counts of each symbol value, int64 of length ``alphabet_size`` (default max + 1).
+
+    ``symbols``: integer array_like of any shape. Validated as for ``huffman_encode``
+    (ValueError for non-integer, negative or out-of-alphabet symbols); counted by the
+    histogram kernel. The input of ``huffman_encoded_nbytes``.
+    """
+    return _symbols_for_kernel(symbols, alphabet_size)[1]
+
+
 def huffman_encode(symbols, *, alphabet_size: int | None = None,
                    max_len: int = MAX_CODE_LEN) -> bytes:
     """Entropy-code integer symbols with a canonical, length-limited Huffman code.

@@ -290,6 +290,40 @@ def dequantized_activations(x, block: int) -> np.ndarray:
     return (xq.astype(np.float32) * per_col).reshape(arr.shape)
 
 
+class FloatWeights:
+    """The matmul interface over a matrix stored unquantized: numpy BLAS on float32.
+
+    Used for raw (not quantized) floating tensors, so every CompressedTensor offers the
+    same matmul and take_rows.
+    """
+
+    def __init__(self, w: np.ndarray):
+        self.w = np.ascontiguousarray(w, dtype=np.float32)
+        if self.w.ndim != 2:
+            raise ValueError(f"w must be 2-D (n_out, n_in), got shape {self.w.shape}")
+        self.shape = self.w.shape
+        self.nbytes = self.w.nbytes
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 matrix (a copy)."""
+        return self.w.copy()
+
+    def matmul(self, x, act_quant: str | None = None, out: np.ndarray | None = None
+               ) -> np.ndarray:
+        """y = x @ W.T in float32; ``act_quant`` is checked and ignored (no codes to pair
+        int8 activations with). Shapes and errors as LinearWeights.matmul."""
+        _check_act_quant(act_quant)
+        x2, y, y2 = _begin_product(x, out, self.shape)
+        if y2 is not None:
+            np.matmul(x2, self.w.T, out=y2)
+        return y
+
+    def take_rows(self, indices) -> np.ndarray:
+        """W[indices] as float32 of shape indices.shape + (n_in,)."""
+        flat, lead = _row_indices(indices, self.shape[0])
+        return self.w[flat].reshape(lead + (self.shape[1],))
+
+
 class _DenseWeights:
     """Shared machinery of LinearWeights and CodebookWeights (dense packed rows)."""
 

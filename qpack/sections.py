@@ -17,13 +17,13 @@ from __future__ import annotations
 import numpy as np
 
 from qpack import dtypes
-from qpack._kernels import huffman as _huffman_kernels
 from qpack.bitpack import pack, packed_nbytes, unpack
 from qpack.entropy import (
     huffman_decode,
     huffman_encode,
     huffman_encoded_nbytes,
     huffman_stream_info,
+    symbol_histogram,
 )
 from qpack.errors import FormatError
 
@@ -35,23 +35,13 @@ def encode_raw(arr: np.ndarray) -> tuple[dict, np.ndarray]:
     return desc, stored.reshape(-1).view(np.uint8)
 
 
-def code_histogram(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Counts of each code value 0 .. 2**bits - 1 in a uint8 array (ValueError if one is
-    out of range)."""
-    hist = np.zeros(256, dtype=np.int64)  # the kernel indexes by any uint8 value
-    _huffman_kernels.histogram(np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1), hist)
-    if hist[1 << bits:].any():
-        raise ValueError(f"a code exceeds {bits} bits")
-    return hist[: 1 << bits]
-
-
 def coded_nbytes(codes: np.ndarray, bits: int, entropy: bool) -> tuple[str, int]:
     """The cheaper codec for ``codes`` (rows, count) and its size in bytes."""
     rows, count = codes.shape
     packed = rows * packed_nbytes(count, bits)
     if not entropy or codes.size == 0:
         return "packed", packed
-    coded = huffman_encoded_nbytes(code_histogram(codes, bits))
+    coded = huffman_encoded_nbytes(symbol_histogram(codes, 1 << bits))
     return ("huffman", coded) if coded < packed else ("packed", packed)
 
 

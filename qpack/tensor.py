@@ -137,31 +137,6 @@ def validate_spec(name: str, spec: dict, section_nbytes: Callable[[dict], int]) 
             raise FormatError(f"{where}: a sparse kmeans tensor needs a zero_code")
 
 
-class FloatWeights:
-    """The matmul interface over a tensor stored unquantized (plain BLAS through numpy)."""
-
-    def __init__(self, w: np.ndarray):
-        self.w = w
-        self.nbytes = w.nbytes
-
-    def matmul(self, x, act_quant: str | None = None) -> np.ndarray:
-        """y = x @ W.T in float32; ``act_quant`` is accepted and ignored (no packed codes)."""
-        if act_quant not in (None, "int8"):
-            raise ValueError(f"act_quant must be None or 'int8', got {act_quant!r}")
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim not in (1, 2) or x.shape[-1] != self.w.shape[1]:
-            raise ValueError(f"x must have shape ({self.w.shape[1]},) or (batch, "
-                             f"{self.w.shape[1]}), got {x.shape}")
-        return x @ self.w.T
-
-    def take_rows(self, indices) -> np.ndarray:
-        """W[indices] as float32 of shape indices.shape + (n_in,)."""
-        from qpack.matmul import _row_indices
-
-        flat, lead = _row_indices(indices, self.w.shape[0])
-        return self.w[flat].reshape(lead + (self.w.shape[1],))
-
-
 class CompressedTensor:
     """One stored tensor: its encoding description and lazily decoded contents.
 
@@ -316,8 +291,8 @@ class CompressedTensor:
 
         rows, cols = matrix_shape(self.shape)
         if self.method == "raw":
-            return FloatWeights(np.asarray(self._raw("data"), dtype=np.float32)
-                                .reshape(rows, cols))
+            return mm.FloatWeights(np.asarray(self._raw("data"), dtype=np.float32)
+                                   .reshape(rows, cols))
         bits = self.bits
         if self.method == "linear":
             params = {"scales": self._raw("scales"), "zeros": self._raw("zeros"),

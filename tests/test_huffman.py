@@ -467,3 +467,17 @@ def test_huffman_code_object():
     for bad in ([1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 2]):
         with pytest.raises(ValueError, match="no code"):
             code.encoded_nbits(bad)
+
+
+def test_symbol_histogram_matches_bincount():
+    from qpack.entropy import symbol_histogram
+
+    rng = np.random.default_rng(5)
+    for dtype, k in ((np.uint8, 16), (np.uint16, 3000), (np.int64, 7)):
+        x = rng.integers(0, k, size=(37, 11)).astype(dtype)
+        np.testing.assert_array_equal(symbol_histogram(x, k), np.bincount(x.ravel(), minlength=k))
+    assert symbol_histogram([], 4).tolist() == [0, 0, 0, 0]
+    with pytest.raises(ValueError, match="alphabet_size"):
+        symbol_histogram(np.array([5], np.uint8), 4)
+    with pytest.raises(ValueError, match="integer"):
+        symbol_histogram([0.5], 4)
