@@ -51,9 +51,11 @@ def encode_raw_tensor(arr: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
 
 def _stats(w: np.ndarray, w_hat: np.ndarray, mask: np.ndarray | None) -> dict:
     """Sparsity and reconstruction errors, in one pass and no tensor-sized temporaries."""
-    err, sig, max_abs = _errstats.error_sums(np.ascontiguousarray(w).reshape(-1),
-                                              np.ascontiguousarray(w_hat).reshape(-1),
-                                              get_num_threads())
+    ref = np.ascontiguousarray(w, dtype=np.float32).reshape(-1)
+    approx = np.ascontiguousarray(w_hat, dtype=np.float32).reshape(-1)
+    if ref.size != approx.size:  # the kernel indexes both by one length
+        raise ValueError(f"reconstruction has {approx.size} elements, expected {ref.size}")
+    err, sig, max_abs = _errstats.error_sums(ref, approx, get_num_threads())
     if err == 0.0:
         rel, sqnr = 0.0, math.inf
     else:

@@ -39,7 +39,9 @@ def read_model(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def _torch_bfloat16_to_numpy(value) -> np.ndarray:
     """A torch bfloat16 tensor as ml_dtypes.bfloat16 (or float32 without ml_dtypes)."""
-    bits = value.contiguous().view(-1).view(__import__("torch").int16).numpy()
+    import torch  # already loaded: ``value`` is a torch tensor; qpack never requires it
+
+    bits = value.contiguous().view(-1).view(torch.int16).numpy()
     bits = bits.view(np.uint16).reshape(tuple(value.shape))
     return dtypes.from_storage(bits, "bfloat16")
 

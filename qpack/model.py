@@ -64,17 +64,6 @@ class CompressedModel(Mapping):
         return (f"CompressedModel({len(self)} tensors, {self.original_nbytes:,} -> "
                 f"{self.nbytes:,} bytes, ratio {self.ratio:.2f}x)")
 
-    def __enter__(self) -> CompressedModel:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Drop this model's reference to its file mapping (arrays already handed out stay
-        valid: they keep the mapping alive)."""
-        self._source = None
-
     # -- figures -----------------------------------------------------------------
     @property
     def nbytes(self) -> int:
@@ -217,10 +206,10 @@ def _encode_all(arrays: dict[str, np.ndarray], plan: dict, masks: dict,
     pending: dict = {}
     in_flight = 0
 
-    def collect(block: bool) -> None:
+    def collect_one() -> None:
+        """Wait for at least one pending tensor and store what finished."""
         nonlocal in_flight
-        done, _ = wait(pending, return_when=FIRST_COMPLETED) if block else (
-            [f for f in pending if f.done()], None)
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
         for fut in done:
             name, size = pending.pop(fut)
             results[name] = fut.result()
@@ -237,12 +226,12 @@ def _encode_all(arrays: dict[str, np.ndarray], plan: dict, masks: dict,
                         bar.update()
                     continue
                 while pending and in_flight + arr.size > budget:
-                    collect(block=True)
+                    collect_one()
                 pending[pool.submit(encode_tensor, arr, plan[name], masks.get(name))] = (
                     name, arr.size)
                 in_flight += arr.size
             while pending:
-                collect(block=True)
+                collect_one()
     finally:
         if bar is not None:
             bar.close()

@@ -10,6 +10,7 @@ tensors load too, and so every offset is checked before any byte is used.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 
@@ -33,9 +34,10 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
     """
     path = os.fspath(path)
     with open(path, "rb") as fh:
-        data = fh.read()
-    if len(data) < 8:
-        raise ValueError(f"{path}: too short for a safetensors file")
+        if os.fstat(fh.fileno()).st_size < 8:
+            raise ValueError(f"{path}: too short for a safetensors file")
+        # mapped, not read: each tensor is copied out once, so peak memory is the arrays
+        data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     (n,) = struct.unpack_from("<Q", data, 0)
     if n > MAX_HEADER or 8 + n > len(data):
         raise ValueError(f"{path}: bad safetensors header length {n}")

@@ -158,6 +158,17 @@ def test_real_torch_state_dict():
         assert np.abs(out[k] - v.numpy()).max() < 0.01
 
 
+def test_torch_bfloat16_state_dict():
+    torch = pytest.importorskip("torch")
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    w = torch.randn(32, 64).to(torch.bfloat16)
+    cm = qpack.compress({"w": w, "b": w[0]}, bits=8, method="linear", group_size=-1)
+    out = cm.decompress()
+    assert out["b"].dtype == np.dtype(ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(out["b"].astype(np.float32), w[0].float().numpy())
+    assert np.abs(out["w"].astype(np.float32) - w.float().numpy()).max() < 0.05
+
+
 def test_paths_npz_and_safetensors(tmp_path, model):
     npz = tmp_path / "m.npz"
     np.savez(npz, **model)

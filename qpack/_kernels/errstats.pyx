@@ -2,7 +2,7 @@
 """One-pass error sums between a reference and its reconstruction (float32 inputs).
 
 Used to measure every compressed tensor without float64 temporaries the size of the
-tensor. The caller (qpack.metrics.error_sums) checks that both arrays are C-contiguous
+tensor. The caller (qpack.encode._stats) checks that both arrays are C-contiguous
 float32 of the same length, so the loops index without bounds checks.
 """
 
