@@ -11,21 +11,13 @@ from __future__ import annotations
 import numpy as np
 
 from qpack._kernels import bitpack as _k
+from qpack._validate import check_bits
 from qpack.threads import get_num_threads
 
 
 def packed_nbytes(count: int, bits: int) -> int:
     """Bytes needed for ``count`` codes of ``bits`` bits: ceil(count * bits / 8)."""
     return (int(count) * int(bits) + 7) // 8
-
-
-def check_bits(bits, name: str = "bits", low: int = 1, high: int = 8) -> int:
-    """Return ``bits`` as an int after checking it is an integer in [low, high]."""
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer in {low}..{high}, got {bits!r}")
-    if not low <= int(bits) <= high:
-        raise ValueError(f"{name} must be in {low}..{high}, got {bits}")
-    return int(bits)
 
 
 def _codes_as_uint8(codes, bits: int) -> np.ndarray:

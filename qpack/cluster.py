@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from qpack._kernels import cluster as _k
-from qpack.bitpack import check_bits
-from qpack.quantize import as_matrix, check_weights
+from qpack._validate import as_matrix, check_bits
+from qpack.quantize import check_weights
 from qpack.threads import get_num_threads
 
 INIT_METHODS = ("linear", "density", "random")

@@ -13,12 +13,13 @@ import numpy as np
 
 from qpack import dtypes
 from qpack._kernels import errstats as _errstats
+from qpack._validate import matrix_shape
 from qpack.cluster import quantize_kmeans
 from qpack.prune import prune_magnitude
 from qpack.quantize import quantize_linear
 from qpack.sections import coded_nbytes, encode_codes, encode_raw
 from qpack.sparse import encode_sparse_index
-from qpack.tensor import ELEMENT_ALLOWANCE, MAX_ELEMENTS_PER_BYTE, matrix_shape
+from qpack.tensor_spec import element_limit
 from qpack.threads import get_num_threads
 
 
@@ -123,7 +124,7 @@ def _choose_layout(codes, bits, mask, entropy, spec, sections, blobs) -> None:
         gaps_codec, gaps_size = coded_nbytes(gaps, index.p, entropy)
         kept_codec, kept_size = coded_nbytes(kept, bits, entropy)
         sparse_size = gaps_size + kept_size + 4 * index.row_nsym.size
-        fits = codes.size <= MAX_ELEMENTS_PER_BYTE * sparse_size + ELEMENT_ALLOWANCE
+        fits = codes.size <= element_limit(sparse_size)  # what a reader accepts
         if sparse_size < dense_size and fits:
             spec.update(layout="sparse", gap_bits=int(index.p), nnz=int(kept.size))
             sections["gaps"], blobs["gaps"] = encode_codes(gaps, index.p, entropy, gaps_codec)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qpack._kernels import huffman as _k
-from qpack.bitpack import check_bits
+from qpack._validate import check_int
 from qpack.errors import FormatError
 
 MAGIC = b"QH"
@@ -72,7 +72,7 @@ def huffman_code_lengths(freqs, max_len: int = MAX_CODE_LEN) -> np.ndarray:
     ValueError: bad ``freqs`` or ``max_len``, or more used symbols than 2**max_len.
     """
     f = _check_freqs(freqs)
-    max_len = check_bits(max_len, "max_len", 1, MAX_CODE_LEN)
+    max_len = check_int(max_len, "max_len", 1, MAX_CODE_LEN)
     lengths = np.zeros(f.shape[0], dtype=np.uint8)
     used = np.flatnonzero(f)
     n = used.shape[0]
@@ -318,7 +318,7 @@ def huffman_encode(symbols, *, alphabet_size: int | None = None,
     ValueError: non-integer, negative or out-of-range symbols, bad alphabet_size/max_len.
     """
     arr, hist, alphabet_size = _symbols_for_kernel(symbols, alphabet_size)
-    max_len = check_bits(max_len, "max_len", 1, MAX_CODE_LEN)
+    max_len = check_int(max_len, "max_len", 1, MAX_CODE_LEN)
     code = HuffmanCode.from_frequencies(hist, max_len)
     count = arr.shape[0]
     table_len = code.table_len

@@ -75,6 +75,25 @@ def file_size(header: dict, data_size: int) -> int:
     return align_up(PREAMBLE.size + len(_dump_header(header))) + data_size
 
 
+def check_output_path(path: str | os.PathLike) -> str:
+    """Check, before any work, that a file can be written at ``path``; return it as a str.
+
+    Raises ValueError naming ``path`` when it is a directory, when its folder does not
+    exist, or when the folder is not writable by this process.
+    """
+    path = os.fspath(path)
+    if not isinstance(path, str):
+        raise ValueError(f"output path must be a str or os.PathLike, got {path!r}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"cannot write {path!r}: it is a directory")
+    if not os.path.isdir(directory):
+        raise ValueError(f"cannot write {path!r}: directory {directory!r} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {path!r}: directory {directory!r} is not writable")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed over it.
@@ -148,6 +167,59 @@ def write_file(path: str | os.PathLike, header: dict,
     return write_bytes_atomic(path, _file_chunks(head, blobs))
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """object_pairs_hook: a JSON object naming a key twice is refused (no last-one-wins)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise FormatError(f"duplicate key {key!r} in a JSON object")
+        out[key] = value
+    return out
+
+
+def parse_header(head: bytes, where: str) -> dict:
+    """Parse header bytes into a dict; FormatError for anything but a clean JSON object.
+
+    Refused: invalid UTF-8 or JSON, NaN/Infinity literals, nesting deep enough to exhaust
+    the parser's recursion limit, integers beyond Python's digit limit, duplicate keys in
+    any object, and strings that cannot be written back as UTF-8 (lone surrogates such as
+    "\\ud800").
+    """
+    def no_constants(name: str):
+        raise FormatError(f"{name} is not valid JSON")
+
+    try:
+        header = json.loads(head.decode("utf-8"), object_pairs_hook=_unique_keys,
+                            parse_constant=no_constants)
+    except FormatError as exc:
+        raise FormatError(f"{where}: bad header: {exc}") from None
+    except RecursionError:
+        raise FormatError(f"{where}: header JSON is nested too deeply") from None
+    except ValueError as exc:  # UnicodeDecodeError, JSONDecodeError, int digit limit
+        raise FormatError(f"{where}: header is not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{where}: header must be a JSON object")
+    try:
+        _dump_header(header)
+    except UnicodeEncodeError:
+        raise FormatError(f"{where}: header holds a string that is not valid Unicode "
+                          "(a lone surrogate escape)") from None
+    except (RecursionError, ValueError):
+        raise FormatError(f"{where}: header JSON is nested too deeply") from None
+    return header
+
+
+def check_disjoint(ranges: Iterable[tuple[int, int, str]], where: str) -> None:
+    """Sections (offset, length, name) must not overlap: each stored byte belongs to one.
+
+    Empty sections overlap nothing. Raises FormatError naming both sections.
+    """
+    spans = sorted((off, off + length, name) for off, length, name in ranges if length)
+    for (_, end, name), (start, _, other) in zip(spans, spans[1:], strict=False):
+        if start < end:
+            raise FormatError(f"{where}: {other} overlaps {name}")
+
+
 class MappedFile:
     """A ``.qpk`` file opened read-only and memory-mapped; sections are views into it.
 
@@ -185,37 +257,20 @@ class MappedFile:
         head = self._mmap[PREAMBLE.size:PREAMBLE.size + head_len]
         if crc32(head) != head_crc:
             raise FormatError(f"{self.path}: header checksum mismatch (damaged header)")
-        try:
-            header = json.loads(head.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise FormatError(f"{self.path}: header is not valid UTF-8 JSON ({exc})") from None
-        if not isinstance(header, dict):
-            raise FormatError(f"{self.path}: header must be a JSON object")
+        header = parse_header(head, self.path)
         self.header = header
         self.header_nbytes = head_len
         self.data_start = align_up(PREAMBLE.size + head_len)
-        self._verified: set[int] = set()
-
-    def check_section(self, desc: dict, where: str) -> None:
-        """Validate a section descriptor's offset, length and crc32 fields against the file."""
-        for key in ("offset", "length", "crc32"):
-            v = desc.get(key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise FormatError(f"{self.path}: {where}: '{key}' must be a non-negative "
-                                  f"integer, got {v!r}")
-        if desc["offset"] % ALIGN:
-            raise FormatError(f"{self.path}: {where}: offset {desc['offset']} is not "
-                              f"{ALIGN}-byte aligned")
-        end = self.data_start + desc["offset"] + desc["length"]
-        if end > self.size:
-            raise FormatError(f"{self.path}: {where}: section ends at byte {end} but the file "
-                              f"has {self.size} bytes (truncated?)")
+        self.data_size = size - self.data_start
+        self._verified: set[tuple[int, int]] = set()
 
     def section(self, desc: dict, where: str) -> np.ndarray:
         """Read-only uint8 view of a section, its CRC32 checked on first access."""
         start = self.data_start + desc["offset"]
         view = self.buffer[start:start + desc["length"]]
-        key = desc["offset"]
+        # keyed by the whole byte range: an empty section may share its offset with the
+        # next one, and checking it must not count as checking that one
+        key = (desc["offset"], desc["length"])
         if key not in self._verified:
             if crc32(view) != desc["crc32"]:
                 raise FormatError(f"{self.path}: {where}: checksum mismatch (damaged section "

@@ -8,6 +8,8 @@ to a ``.npz`` or ``.safetensors`` file (``read_model``).
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -18,7 +20,17 @@ from qpack import dtypes
 def read_model(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read all tensors of a ``.npz`` or ``.safetensors`` file into numpy arrays.
 
-    Raises ValueError for a missing file, an unknown extension, or a damaged file.
+    Every dtype is kept (bfloat16 as ml_dtypes.bfloat16). Raises ValueError naming the
+    file for a missing file, an unknown extension, or a damaged or truncated file.
+    """
+    return read_model_file(path)[0]
+
+
+def read_model_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(arrays, the file's own metadata) of a ``.npz`` or ``.safetensors`` file.
+
+    The metadata is a safetensors file's ``__metadata__`` ({} for ``.npz``). Errors as
+    ``read_model``.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -27,18 +39,39 @@ def read_model(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if ext == ".safetensors":
         from qpack.safetensors_file import read_safetensors
 
-        return read_safetensors(path)[0]
+        return read_safetensors(path)
     if ext == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                return {name: npz[name] for name in npz.files}
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{path}: cannot read as .npz ({exc})") from None
+        return _read_npz(path), {}
     raise ValueError(f"{path}: unknown model file type {ext!r} (expected .safetensors or .npz)")
 
 
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    """Every array of a ``.npz`` (a zip of ``.npy`` files), never unpickling anything."""
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    # np.load takes anything that is not a zip for a pickle and suggests allow_pickle:
+    # refuse it here instead, by the zip signature (local file header or empty archive)
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise ValueError(f"{path}: not a .npz file (no zip signature)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "allow_pickle" in reason:
+            reason = "it holds object arrays, which qpack never unpickles"
+        raise ValueError(f"{path}: damaged or unreadable .npz ({reason})") from None
+
+
+def read_input(model) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(arrays, source metadata) of what ``compress`` was given: a path or a mapping."""
+    if isinstance(model, (str, os.PathLike)):
+        return read_model_file(model)
+    return as_array_dict(model), {}
+
+
 def _torch_bfloat16_to_numpy(value) -> np.ndarray:
-    """A torch bfloat16 tensor as ml_dtypes.bfloat16 (or float32 without ml_dtypes)."""
+    """A torch bfloat16 tensor as ml_dtypes.bfloat16 (its bits, unchanged)."""
     import torch  # already loaded: ``value`` is a torch tensor; qpack never requires it
 
     bits = value.contiguous().view(-1).view(torch.int16).numpy()
@@ -78,6 +111,11 @@ def as_array_dict(model) -> dict[str, np.ndarray]:
     for name, value in model.items():
         if not isinstance(name, str):
             raise ValueError(f"tensor names must be strings, got {name!r}")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"tensor name {name!r} is not valid Unicode (lone "
+                             "surrogate)") from None
         arr = to_array(name, value)
         dtypes.dtype_name(arr.dtype)  # raises ValueError naming unsupported dtypes
         out[name] = arr

@@ -24,7 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 from qpack._kernels import matmul as _k
-from qpack.bitpack import check_bits, packed_nbytes, unpack
+from qpack._validate import check_bits, check_group_size, group_layout
+from qpack.bitpack import packed_nbytes, unpack
 from qpack.threads import get_num_threads
 
 __all__ = ["CodebookWeights", "LinearWeights", "SparseWeights", "dequantized_activations",
@@ -77,23 +78,10 @@ def _check_shape(shape) -> tuple[int, int]:
     return int(n_out), int(n_in)
 
 
-def _check_group_size(group_size, n_out: int, n_in: int) -> tuple[int, int, int | None]:
-    """Return (rows of scales, groups per row, columns per group) for a group_size."""
-    if group_size is None:
-        return 1, 1, None
-    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)):
-        raise ValueError(f"group_size must be None, -1 or a positive integer, got {group_size!r}")
-    g = int(group_size)
-    if g == -1:
-        return n_out, 1, None
-    if g <= 0:
-        raise ValueError(f"group_size must be None, -1 or a positive integer, got {g}")
-    return n_out, -(-n_in // g), g
-
-
 def _check_linear_params(scales, zeros, group_size, n_out: int, n_in: int):
     """Validate scales/zeros; return (scales f32, zeros f32, row stride, group columns)."""
-    rows, ngroups, g = _check_group_size(group_size, n_out, n_in)
+    group_size = check_group_size(group_size)
+    rows, ngroups, width = group_layout(group_size, n_out, n_in)
     want = (rows, ngroups)
     s = np.asarray(scales)
     if s.dtype.kind != "f":
@@ -112,8 +100,8 @@ def _check_linear_params(scales, zeros, group_size, n_out: int, n_in: int):
     if z.size and (int(z.min()) < 0 or int(z.max()) > 255):
         raise ValueError("zeros must lie in 0..255")
     z32 = np.ascontiguousarray(z, dtype=np.float32)
-    prow = 0 if group_size is None else ngroups
-    group = n_in if g is None else g
+    prow = 0 if group_size is None else ngroups  # per tensor: every row reads row 0
+    group = n_in if group_size is None else width
     if s32.size == 0:  # n_in == 0 with groups, or n_out == 0: kernels are never called
         s32, z32 = _DUMMY_F, _DUMMY_F
     return s32, z32, prow, max(group, 1)
@@ -398,7 +386,9 @@ class _DenseWeights:
             return y
         batch = x2.shape[0]
         if self._use_tiles(batch, int8):
-            self._matmul_tiled(x2, y2)
+            # the int8 mode means int8-rounded activations on every path, so results do not
+            # depend on which kernels this CPU has
+            self._matmul_tiled(dequantized_activations(x2, self._block) if int8 else x2, y2)
             return y
         nt = _threads_for(batch * n_out * n_in)
         scratch = np.empty((nt, n_in + 64), dtype=np.uint8)
@@ -716,6 +706,8 @@ class SparseWeights:
         if y2 is None:
             return y
         batch = x2.shape[0]
+        if int8:  # before choosing a path: every path sees the same rounded activations
+            x2 = dequantized_activations(x2, self._block)
         gain_per_row = self.density * SPARSE_NS_PER_KEPT_MAC - BLAS_NS_PER_MAC
         if gain_per_row > 0 and batch * gain_per_row > TILE_FILL_NS_PER_WEIGHT:
             args = self._args()
@@ -724,8 +716,6 @@ class SparseWeights:
             _tiled_product(x2, y2, self.shape,
                            lambda r0, tile: _k.sparse_dequantize(*args, r0, tile, 1))
             return y
-        if int8:
-            x2 = dequantized_activations(x2, self._block)
         # a kept weight costs about as much as 8 dense multiply-adds (a gather and a table
         # look-up; measured 4096x4096: 1.7M kept weights take as long as 16.7M dense MACs)
         nt = _threads_for(batch * max(8 * self.nnz, n_out))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import fnmatch
 import json
 import math
 import os
@@ -13,23 +12,18 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import numpy as np
 
-from qpack import dtypes, format
+from qpack import format
 from qpack._version import __version__
-from qpack.bitpack import check_bits
-from qpack.encode import TensorSettings, encode_raw_tensor, encode_tensor
+from qpack.encode import encode_raw_tensor, encode_tensor
 from qpack.errors import FormatError
-from qpack.inputs import as_array_dict
+from qpack.inputs import read_input
+from qpack.plan import make_plan, patterns
 from qpack.report import Report
-from qpack.tensor import CompressedTensor, validate_spec
+from qpack.tensor import CompressedTensor
+from qpack.tensor_spec import validate_spec
 from qpack.threads import get_num_threads
 
 DEFAULT_MIN_NUMEL = 1024
-_METHODS = ("kmeans", "linear")
-_CLIPS = ("minmax", "percentile", "mse")
-_INITS = ("linear", "density", "random")
-# the keyword arguments an override may set; "method" may also be "raw" (store exactly)
-_OVERRIDABLE = ("method", "bits", "prune", "group_size", "symmetric", "clip", "entropy",
-                "per_channel", "init")
 
 
 class CompressedModel(Mapping):
@@ -37,13 +31,19 @@ class CompressedModel(Mapping):
 
     ``nbytes`` is the exact size of the ``.qpk`` file this model saves to (every section,
     the header, the preamble and alignment padding); ``original_nbytes`` the bytes of the
-    arrays given to compress; ``ratio`` = original_nbytes / nbytes.
+    arrays given to compress; ``ratio`` = original_nbytes / nbytes. ``metadata`` holds
+    qpack's and the user's strings; ``source_metadata`` the input file's own metadata
+    (a safetensors ``__metadata__``), kept so that decompressing restores it.
     """
 
     def __init__(self, tensors: dict[str, CompressedTensor], metadata: dict[str, str],
-                 source: format.MappedFile | None = None):
+                 source: format.MappedFile | None = None,
+                 source_metadata: Mapping[str, str] | None = None):
         self._tensors = tensors
         self.metadata = dict(metadata)
+        # the input file's own metadata (safetensors __metadata__), written back by
+        # ``qpack decompress``
+        self.source_metadata = dict(source_metadata or {})
         self._source = source
         self._nbytes: int | None = source.size if source is not None else None
 
@@ -116,6 +116,8 @@ class CompressedModel(Mapping):
             tensors_header[name] = spec
         data_size = format.layout_sections(blobs)
         header = {"format": "qpk", "metadata": metadata, "tensors": tensors_header}
+        if self.source_metadata:
+            header["source_metadata"] = self.source_metadata
         return header, blobs, data_size
 
     def save(self, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> int:
@@ -125,10 +127,8 @@ class CompressedModel(Mapping):
         model's own). Raises ValueError for non-string metadata or a missing directory.
         """
         meta = dict(self.metadata)
-        for key, value in (metadata or {}).items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise ValueError(f"metadata must map strings to strings, got {key!r}: {value!r}")
-            meta[key] = value
+        meta.update(_check_metadata(metadata, "metadata"))
+        path = format.check_output_path(path)
         header, blobs, _ = self._layout(meta)
         return format.write_file(path, header, blobs)
 
@@ -152,27 +152,30 @@ def load(path: str | os.PathLike, verify: bool = False) -> CompressedModel:
     header = mapped.header
     where = mapped.path
     tensors_header = header.get("tensors")
-    metadata = header.get("metadata", {})
     if header.get("format") != "qpk" or not isinstance(tensors_header, dict):
         raise FormatError(f"{where}: header lacks the 'format' tag or the 'tensors' object")
-    if not isinstance(metadata, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise FormatError(f"{where}: metadata must map strings to strings")
+    metadata = _string_map(header.get("metadata", {}), f"{where}: metadata")
+    source_metadata = _string_map(header.get("source_metadata", {}),
+                                  f"{where}: source_metadata")
     tensors = {}
-    for name, spec in tensors_header.items():
-        if not isinstance(spec, dict) or not isinstance(spec.get("sections"), dict):
-            raise FormatError(f"{where}: tensor {name!r} has no sections object")
+    spans = []
+    for name, entry in tensors_header.items():
+        spec = validate_spec(name, entry, mapped.data_size)
         for role, desc in spec["sections"].items():
-            if not isinstance(desc, dict):
-                raise FormatError(f"{where}: tensor {name!r} section {role!r} is not an object")
-            mapped.check_section(desc, f"tensor {name!r} section {role!r}")
-        validate_spec(name, spec, lambda d: d["length"])
+            spans.append((desc["offset"], desc["length"], f"tensor {name!r} section {role!r}"))
         tensors[name] = _mapped_tensor(name, spec, mapped)
+    format.check_disjoint(spans, where)
     if verify:
         for t in tensors.values():
-            for role in t.spec["sections"]:
-                t._read_section(role)
-    return CompressedModel(tensors, metadata, source=mapped)
+            t.verify()
+    return CompressedModel(tensors, metadata, source=mapped, source_metadata=source_metadata)
+
+
+def _string_map(value, where: str) -> dict[str, str]:
+    """A header object of string values (metadata); FormatError otherwise."""
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise FormatError(f"{where} must map strings to strings")
+    return value
 
 
 def _mapped_tensor(name: str, spec: dict, mapped: format.MappedFile) -> CompressedTensor:
@@ -238,45 +241,6 @@ def _encode_all(arrays: dict[str, np.ndarray], plan: dict, masks: dict,
     return results
 
 
-def _patterns(value, what: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if not all(isinstance(p, str) for p in value):
-        raise ValueError(f"{what} must be a glob pattern or a list of them, got {value!r}")
-    return list(value)
-
-
-def _check_settings(s: dict, where: str) -> TensorSettings:
-    """Validate one set of compression settings; ValueError naming the bad argument."""
-    method = s["method"]
-    if method not in _METHODS + ("raw",):
-        raise ValueError(f"{where}method must be one of {_METHODS}, got {method!r}")
-    bits = check_bits(s["bits"], f"{where}bits")
-    prune = s["prune"]
-    if isinstance(prune, bool) or not isinstance(prune, (int, float)) or not 0 <= prune < 1:
-        raise ValueError(f"{where}prune must be a fraction in [0, 1), got {prune!r}")
-    gs = s["group_size"]
-    if gs is not None and (isinstance(gs, bool) or not isinstance(gs, (int, np.integer))
-                           or not (gs == -1 or gs > 0)):
-        raise ValueError(f"{where}group_size must be None, -1 or a positive int, got {gs!r}")
-    if s["clip"] not in _CLIPS:
-        raise ValueError(f"{where}clip must be one of {_CLIPS}, got {s['clip']!r}")
-    if s["entropy"] not in ("huffman", None, True, False):
-        raise ValueError(f"{where}entropy must be 'huffman' or None, got {s['entropy']!r}")
-    if s["init"] not in _INITS:
-        raise ValueError(f"{where}init must be one of {_INITS}, got {s['init']!r}")
-    for flag in ("symmetric", "per_channel"):
-        if not isinstance(s[flag], bool):
-            raise ValueError(f"{where}{flag} must be True or False, got {s[flag]!r}")
-    return TensorSettings(method=method, bits=bits, prune=float(prune),
-                          group_size=None if gs is None else int(gs),
-                          symmetric=s["symmetric"], clip=s["clip"],
-                          entropy=s["entropy"] in ("huffman", True),
-                          per_channel=s["per_channel"], init=s["init"])
-
-
 def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmeans", *,
              group_size: int | None = None, symmetric: bool = False, clip: str = "minmax",
              entropy: str | None = "huffman", include=None, exclude=None,
@@ -310,50 +274,20 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
     Returns a CompressedModel. Raises ValueError naming any bad argument, NaN/Inf weights,
     an empty model, or a pattern that matches no tensor.
     """
-    arrays = as_array_dict(model_dict)
+    meta = {"qpack_version": __version__}
+    meta.update(_check_metadata(metadata, "metadata"))
+    if not isinstance(progress, bool):
+        raise ValueError(f"progress must be True or False, got {progress!r}")
+    arrays, source_metadata = read_input(model_dict)
     base = {"method": method, "bits": bits, "prune": prune, "group_size": group_size,
             "symmetric": symmetric, "clip": clip, "entropy": entropy,
             "per_channel": per_channel, "init": init}
-    base_settings = _check_settings(base, "")
-    if base_settings.method == "raw":
-        raise ValueError(f"method must be one of {_METHODS}, got 'raw'")
-    if isinstance(min_numel, bool) or not isinstance(min_numel, int) or min_numel < 0:
-        raise ValueError(f"min_numel must be a non-negative integer, got {min_numel!r}")
-    if prune_scope not in ("tensor", "global"):
-        raise ValueError(f"prune_scope must be 'tensor' or 'global', got {prune_scope!r}")
-    names = list(arrays)
-    inc, exc = _patterns(include, "include"), _patterns(exclude, "exclude")
-    for pat in inc + exc:
-        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
-            raise ValueError(f"pattern {pat!r} matches no tensor name")
-    overrides = dict(overrides or {})
-    for pat, kw in overrides.items():
-        if not isinstance(pat, str) or not isinstance(kw, Mapping):
-            raise ValueError(f"overrides must map glob patterns to dicts, got {pat!r}: {kw!r}")
-        unknown = set(kw) - set(_OVERRIDABLE)
-        if unknown:
-            raise ValueError(f"override {pat!r}: unknown keyword(s) {sorted(unknown)} "
-                             f"(allowed: {', '.join(_OVERRIDABLE)})")
-        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
-            raise ValueError(f"override pattern {pat!r} matches no tensor name")
-
-    plan: dict[str, TensorSettings | None] = {}
-    for name, arr in arrays.items():
-        eligible = (dtypes.is_floating_name(dtypes.dtype_name(arr.dtype)) and arr.ndim >= 2
-                    and arr.size >= max(min_numel, 1)
-                    and (not inc or any(fnmatch.fnmatchcase(name, p) for p in inc))
-                    and not any(fnmatch.fnmatchcase(name, p) for p in exc))
-        settings = dict(base)
-        for pat, kw in overrides.items():
-            if fnmatch.fnmatchcase(name, pat):
-                settings.update(kw)
-        tensor_settings = _check_settings(settings, f"override for {name!r}: ")
-        plan[name] = tensor_settings if eligible and tensor_settings.method != "raw" else None
-        if plan[name] is not None and not np.isfinite(arr).all():
-            raise ValueError(f"tensor {name!r} contains NaN or Inf")
+    plan, base_settings, overrides = make_plan(
+        arrays, base, include=include, exclude=exclude, overrides=overrides,
+        min_numel=min_numel, prune_scope=prune_scope)
 
     masks: dict[str, np.ndarray] = {}
-    if prune_scope == "global" and base_settings.prune > 0:
+    if prune_scope == "global":
         from qpack.prune import prune_global
 
         pool = {n: arrays[n] for n, s in plan.items()
@@ -363,15 +297,26 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
 
     encoded = _encode_all(arrays, plan, masks, progress)
     tensors = {name: _memory_tensor(name, *encoded[name]) for name in arrays}
+    meta["compress_args"] = json.dumps(
+        {**base_settings.as_json(), "min_numel": min_numel, "prune_scope": prune_scope,
+         "include": patterns(include, "include"), "exclude": patterns(exclude, "exclude"),
+         "overrides": overrides}, default=str)
+    return CompressedModel(tensors, meta, source_metadata=source_metadata)
 
-    meta = {"qpack_version": __version__,
-            "compress_args": json.dumps({**base_settings.as_json(), "min_numel": min_numel,
-                                         "prune_scope": prune_scope,
-                                         "include": inc, "exclude": exc,
-                                         "overrides": {k: dict(v) for k, v in overrides.items()}},
-                                        default=str)}
-    for key, value in (metadata or {}).items():
+
+def _check_metadata(metadata, what: str) -> dict[str, str]:
+    """User metadata: a mapping of strings to strings (ValueError naming ``what``)."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise ValueError(f"{what} must map strings to strings, got {type(metadata).__name__}")
+    for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
-            raise ValueError(f"metadata must map strings to strings, got {key!r}: {value!r}")
-        meta[key] = value
-    return CompressedModel(tensors, meta)
+            raise ValueError(f"{what} must map strings to strings, got {key!r}: {value!r}")
+        for text in (key, value):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"{what}: {text!r} is not valid Unicode (lone "
+                                 "surrogate)") from None
+    return dict(metadata)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from qpack.tensor import CompressedTensor, matrix_shape
+from qpack._validate import matrix_shape
+from qpack.tensor import CompressedTensor
 
 
 class PackedLinear:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qpack._kernels import quantize as _kq
-from qpack.bitpack import check_bits
+from qpack._validate import as_matrix, check_bits, check_group_size, matrix_shape
 from qpack.threads import get_num_threads
 
 CLIP_METHODS = ("minmax", "percentile", "mse")
@@ -53,24 +53,6 @@ def check_weights(w, name: str = "w") -> np.ndarray:
         bad = "NaN" if np.isnan(arr).any() else "Inf"
         raise ValueError(f"{name} contains {bad}; weights must be finite")
     return arr
-
-
-def as_matrix(arr: np.ndarray) -> np.ndarray:
-    """View an array as (rows, cols): (shape[0], prod(rest)) for >=2-D, (1, n) for 1-D."""
-    if arr.ndim == 1:
-        return arr.reshape(1, -1)
-    return arr.reshape(arr.shape[0], -1)
-
-
-def _check_group_size(group_size, cols: int):
-    if group_size is None:
-        return None
-    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)):
-        raise ValueError(f"group_size must be None, -1 or a positive integer, got {group_size!r}")
-    group_size = int(group_size)
-    if group_size == 0 or group_size < -1:
-        raise ValueError(f"group_size must be None, -1 or a positive integer, got {group_size}")
-    return group_size
 
 
 def _check_scale_dtype(scale_dtype) -> np.dtype:
@@ -112,7 +94,7 @@ class LinearQuantized:
     @property
     def group_width(self) -> int:
         """Columns per group G in the decode formula (cols for per-tensor/per-channel)."""
-        rows, cols = _rows_cols(self.shape)
+        rows, cols = matrix_shape(self.shape)
         if self.group_size is None:
             return rows * cols
         if self.group_size == -1:
@@ -121,7 +103,7 @@ class LinearQuantized:
 
     def dequantize(self, dtype=np.float32) -> np.ndarray:
         """Decode to an array of ``shape``: (codes - zeros) * scales in float32, then ``dtype``."""
-        rows, cols = _rows_cols(self.shape)
+        rows, cols = matrix_shape(self.shape)
         if self.group_size is None:
             # One group over the whole tensor: the (1, 1) parameters apply everywhere.
             c = self.codes.reshape(-1).astype(np.float32)
@@ -154,12 +136,6 @@ class LinearQuantized:
         """Storage cost per weight: ``bits`` plus the parameters spread over every weight."""
         size = int(np.prod(self.shape))
         return self.bits + 8.0 * self.nbytes_params / size
-
-
-def _rows_cols(shape: tuple) -> tuple[int, int]:
-    if len(shape) == 1:
-        return 1, int(shape[0])
-    return int(shape[0]), int(np.prod(shape[1:]))
 
 
 def round_scale_up(scale: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -322,8 +298,8 @@ def quantize_linear(w, bits: int, *, group_size: int | None = None, symmetric: b
             or not 50.0 < float(percentile) <= 100.0:
         raise ValueError(f"percentile must be a number in (50, 100], got {percentile!r}")
     sdt = _check_scale_dtype(scale_dtype)
-    rows, cols = _rows_cols(arr.shape)
-    group_size = _check_group_size(group_size, cols)
+    rows, cols = matrix_shape(arr.shape)
+    group_size = check_group_size(group_size)
     work = np.float64 if arr.dtype == np.float64 else np.float32
     mat = as_matrix(arr).astype(work, copy=False)
     if group_size is None:

@@ -17,7 +17,7 @@ import struct
 import numpy as np
 
 from qpack import dtypes
-from qpack.format import write_bytes_atomic
+from qpack.format import parse_header, write_bytes_atomic
 
 _ST_TO_NAME = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16",
                "U32": "uint32", "I32": "int32", "U64": "uint64", "I64": "int64",
@@ -29,8 +29,8 @@ MAX_HEADER = 100 << 20
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read every tensor of a ``.safetensors`` file; return (arrays, metadata).
 
-    Arrays are copies in native byte order (bfloat16 as ml_dtypes.bfloat16 when installed,
-    else widened to float32). Raises ValueError for a damaged or unsupported file.
+    Arrays are copies in native byte order (bfloat16 as ml_dtypes.bfloat16). Raises
+    ValueError for a damaged or unsupported file.
     """
     path = os.fspath(path)
     with open(path, "rb") as fh:
@@ -41,13 +41,10 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
     (n,) = struct.unpack_from("<Q", data, 0)
     if n > MAX_HEADER or 8 + n > len(data):
         raise ValueError(f"{path}: bad safetensors header length {n}")
-    try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: safetensors header is not valid JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: safetensors header must be a JSON object")
+    header = parse_header(data[8:8 + n], f"{path}: safetensors")
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ValueError(f"{path}: safetensors __metadata__ must map strings to strings")
     body = memoryview(data)[8 + n:]
     out = {}
     for name, info in header.items():
@@ -68,7 +65,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
             raise ValueError(f"{path}: tensor {name!r} has bad data offsets {[begin, end]}")
         raw = np.frombuffer(body[begin:end], dtype=dtypes.storage_dtype(dname)).reshape(shape)
         out[name] = np.array(dtypes.from_storage(raw, dname))
-    return out, {str(k): str(v) for k, v in meta.items()}
+    return out, meta
 
 
 def write_safetensors(path: str | os.PathLike, arrays: dict[str, np.ndarray],

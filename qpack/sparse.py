@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qpack._kernels import sparse as _k
-from qpack.bitpack import check_bits
+from qpack._validate import check_bits
 from qpack.entropy import huffman_encoded_nbytes
 from qpack.errors import FormatError
 from qpack.threads import get_num_threads
@@ -74,7 +74,7 @@ class SparseIndex:
     def __post_init__(self):
         shape = _check_shape(self.shape)
         try:
-            p = check_bits(self.p, "p", 1, 8)
+            p = check_bits(self.p, "p")
         except ValueError as exc:
             raise FormatError(str(exc)) from None
         gaps, row_nsym = self.gaps, self.row_nsym
@@ -228,7 +228,7 @@ def gap_symbol_histogram(gap_hist, p: int) -> np.ndarray:
 
     A gap g becomes g // F fillers (symbol F = 2**p - 1) and one symbol g % F.
     """
-    p = check_bits(p, "p", 1, 8)
+    p = check_bits(p, "p")
     h = np.asarray(gap_hist, dtype=np.int64)
     F = (1 << p) - 1
     g = np.arange(h.shape[0], dtype=np.int64)
@@ -267,7 +267,7 @@ def encode_sparse_index(mask, p: int | None = None) -> SparseIndex:
     if p is None:
         p = choose_gap_bits(gap_histogram(m.view(np.bool_)))
     else:
-        p = check_bits(p, "p", 1, 8)
+        p = check_bits(p, "p")
     rows = m.shape[0]
     row_nsym = np.empty(rows, dtype=np.uint32)
     _k.count_symbols(m, p, row_nsym, _threads(m.size))

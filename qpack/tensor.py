@@ -1,7 +1,8 @@
 """CompressedTensor: one tensor's encoding description plus access to its sections.
 
 The encoding description (``spec``) is exactly the tensor's entry in the ``.qpk`` header
-(docs/FORMAT.md, section 4), so saving is serializing it and loading is validating it. A
+(docs/FORMAT.md, section 4), as produced by the encoder or cleaned by
+``tensor_spec.validate_spec``, so saving is serializing it and loading is validating it. A
 tensor decodes its sections only when asked (dequantize, matmul), and checks them then.
 """
 
@@ -12,129 +13,13 @@ from collections.abc import Callable
 import numpy as np
 
 from qpack import dtypes
+from qpack._validate import group_layout, matrix_shape
 from qpack.errors import FormatError
-from qpack.sections import (
-    _int_field,
-    check_codes_desc,
-    check_shape,
-    decode_codes,
-    decode_raw,
-    packed_codes,
-)
+from qpack.sections import decode_codes, decode_raw, packed_codes
+from qpack.tensor_spec import check_param_values
 
-METHODS = ("raw", "linear", "kmeans")
-# A tensor may declare at most this many elements per stored byte (plus a small allowance).
-# Dense codes cost >= 1 bit per element, so only extreme sparsity approaches it; the bound
-# stops a hostile header from making a reader allocate far more than the file could encode.
-MAX_ELEMENTS_PER_BYTE = 1024
-ELEMENT_ALLOWANCE = 4096
-
-
-def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
-    """The (rows, cols) view qpack quantizes: (shape[0], prod(rest)); 1-D as (1, n)."""
-    if len(shape) == 0:
-        return 1, 1
-    if len(shape) == 1:
-        return 1, shape[0]
-    return shape[0], int(np.prod(shape[1:], dtype=np.int64))
-
-
-def param_rows_groups(group_size, rows: int, cols: int) -> tuple[int, int]:
-    """Shape of the scale/zero arrays of a linear encoding."""
-    if group_size is None:
-        return 1, 1
-    if group_size == -1:
-        return rows, 1
-    return rows, max(1, -(-cols // group_size))
-
-
-def _section_desc(spec: dict, role: str, where: str) -> dict:
-    sections = spec.get("sections")
-    if not isinstance(sections, dict) or not isinstance(sections.get(role), dict):
-        raise FormatError(f"{where}: missing section '{role}'")
-    return sections[role]
-
-
-def validate_spec(name: str, spec: dict, section_nbytes: Callable[[dict], int]) -> None:
-    """Check a tensor's header entry for consistency, without reading any section data.
-
-    ``section_nbytes(desc)`` returns a section's stored length. Raises FormatError.
-    """
-    where = f"tensor {name!r}"
-    if not isinstance(spec, dict):
-        raise FormatError(f"{where}: entry must be a JSON object")
-    method = spec.get("method")
-    if method not in METHODS:
-        raise FormatError(f"{where}: unknown method {method!r} (known: {', '.join(METHODS)})")
-    shape = check_shape(spec.get("shape"), where)
-    if spec.get("dtype") not in dtypes.DTYPE_NAMES:
-        raise FormatError(f"{where}: unsupported dtype {spec.get('dtype')!r}")
-    total = 0
-    for role, desc in (spec.get("sections") or {}).items():
-        if not isinstance(desc, dict):
-            raise FormatError(f"{where}: section {role!r} must be a JSON object")
-        total += section_nbytes(desc)
-    if method == "raw":
-        desc = _section_desc(spec, "data", where)
-        if desc.get("shape") != list(shape) or desc.get("dtype") != spec["dtype"]:
-            raise FormatError(f"{where}: data section disagrees with the tensor's shape/dtype")
-        return
-    numel = int(np.prod(shape, dtype=object))
-    if numel > MAX_ELEMENTS_PER_BYTE * total + ELEMENT_ALLOWANCE:
-        raise FormatError(f"{where}: declares {numel} elements but stores only {total} bytes")
-    if not dtypes.is_floating_name(spec["dtype"]):
-        raise FormatError(f"{where}: a {method} tensor must have a floating dtype")
-    bits = _int_field(spec, "bits", where, 1, 8)
-    rows, cols = matrix_shape(shape)
-    layout = spec.get("layout")
-    if layout == "dense":
-        codec, cbits, crows, count = check_codes_desc(
-            _section_desc(spec, "codes", where), section_nbytes(spec["sections"]["codes"]),
-            f"{where} codes")
-        if (cbits, crows, count) != (bits, rows, cols):
-            raise FormatError(f"{where}: codes section does not match shape/bits")
-    elif layout == "sparse":
-        p = _int_field(spec, "gap_bits", where, 1, 8)
-        nnz = _int_field(spec, "nnz", where)
-        if nnz > numel:
-            raise FormatError(f"{where}: nnz {nnz} exceeds the element count {numel}")
-        _, gbits, grows, _ = check_codes_desc(_section_desc(spec, "gaps", where),
-                                              section_nbytes(spec["sections"]["gaps"]),
-                                              f"{where} gaps")
-        _, cbits, crows, count = check_codes_desc(_section_desc(spec, "codes", where),
-                                                  section_nbytes(spec["sections"]["codes"]),
-                                                  f"{where} codes")
-        if (gbits, grows, cbits, crows, count) != (p, 1, bits, 1, nnz):
-            raise FormatError(f"{where}: gaps/codes sections do not match gap_bits/bits/nnz")
-        rdesc = _section_desc(spec, "row_nsym", where)
-        if rdesc.get("dtype") != "uint32" or rdesc.get("shape") != [rows]:
-            raise FormatError(f"{where}: row_nsym must be uint32 of shape [{rows}]")
-    else:
-        raise FormatError(f"{where}: layout must be 'dense' or 'sparse', got {layout!r}")
-    if method == "linear":
-        group_size = spec.get("group_size")
-        if group_size is not None and (isinstance(group_size, bool)
-                                       or not isinstance(group_size, int)
-                                       or not (group_size == -1 or group_size > 0)):
-            raise FormatError(f"{where}: bad group_size {group_size!r}")
-        pshape = list(param_rows_groups(group_size, rows, cols))
-        sdesc = _section_desc(spec, "scales", where)
-        zdesc = _section_desc(spec, "zeros", where)
-        if sdesc.get("shape") != pshape or sdesc.get("dtype") not in ("float16", "float32"):
-            raise FormatError(f"{where}: scales must be float16/float32 of shape {pshape}")
-        if zdesc.get("shape") != pshape or zdesc.get("dtype") != "uint8":
-            raise FormatError(f"{where}: zeros must be uint8 of shape {pshape}")
-    else:
-        k = 1 << bits
-        cb = _section_desc(spec, "codebook", where)
-        want = [rows, k] if spec.get("per_channel") else [k]
-        if cb.get("shape") != want or cb.get("dtype") != "float32":
-            raise FormatError(f"{where}: codebook must be float32 of shape {want}")
-        zc = spec.get("zero_code")
-        if zc is not None:
-            _int_field(spec, "zero_code", where, 0, k - 1)
-        if layout == "sparse" and zc is None:
-            raise FormatError(f"{where}: a sparse kmeans tensor needs a zero_code")
+# the parameter sections whose values must be finite
+_PARAM_VALUE_ROLES = ("scales", "codebook")
 
 
 class CompressedTensor:
@@ -162,9 +47,7 @@ class CompressedTensor:
     @property
     def dtype(self) -> np.dtype:
         name = self.spec["dtype"]
-        if name == "bfloat16" and not dtypes.has_bfloat16():
-            return np.dtype(np.float32)
-        return dtypes.from_storage(np.zeros(0, dtypes.storage_dtype(name)), name).dtype
+        return dtypes.bfloat16() if name == "bfloat16" else np.dtype(name)
 
     @property
     def method(self) -> str:
@@ -176,7 +59,7 @@ class CompressedTensor:
 
     @property
     def layout(self) -> str:
-        return self.spec.get("layout", "dense")
+        return self.spec.get("layout") or "dense"
 
     @property
     def sparsity(self) -> float:
@@ -206,8 +89,20 @@ class CompressedTensor:
         return f"tensor {self.name!r} section {role!r}"
 
     def _raw(self, role: str) -> np.ndarray:
-        return decode_raw(self.spec["sections"][role], self._read_section(role),
-                          self._where(role))
+        arr = decode_raw(self.spec["sections"][role], self._read_section(role),
+                         self._where(role))
+        if role in _PARAM_VALUE_ROLES:
+            check_param_values(arr, self._where(role))
+        return arr
+
+    def verify(self) -> None:
+        """Read every section (checking its CRC32) and check that scales and codebooks are
+        finite. Decodes no code stream. Raises FormatError naming the damaged section."""
+        for role in self.spec["sections"]:
+            if role in _PARAM_VALUE_ROLES:
+                self._raw(role)
+            else:
+                self._read_section(role)
 
     def _sparse_index(self):
         from qpack.sparse import SparseIndex
@@ -252,22 +147,21 @@ class CompressedTensor:
         if self.method == "linear":
             zeros = self._raw("zeros")
             if mask is not None:  # pruned positions take the zero-point: decodes to 0.0
-                gs = self.spec["group_size"]
-                group = 1 if gs is None or gs == -1 else gs
-                col_group = np.minimum(np.arange(cols) // group, zeros.shape[1] - 1)
+                _, ngroups, width = group_layout(self.spec["group_size"], rows, cols)
+                col_group = np.minimum(np.arange(cols) // width, ngroups - 1)
                 zfull = np.broadcast_to(zeros[:, col_group], (rows, cols))
                 codes = np.where(mask, codes, zfull)
             return LinearQuantized(codes=codes.reshape(self.shape), scales=self._raw("scales"),
                                    zeros=zeros, bits=self.bits,
                                    group_size=self.spec["group_size"],
-                                   symmetric=bool(self.spec.get("symmetric", False)),
+                                   symmetric=self.spec["symmetric"],
                                    shape=self.shape)
-        zero_code = self.spec.get("zero_code")
+        zero_code = self.spec["zero_code"]
         if mask is not None:
             codes[~mask] = zero_code
         return KMeansQuantized(codes=codes.reshape(self.shape), codebook=self._raw("codebook"),
                                zero_code=zero_code, bits=self.bits, shape=self.shape,
-                               per_channel=bool(self.spec.get("per_channel", False)))
+                               per_channel=self.spec["per_channel"])
 
     def dequantize(self) -> np.ndarray:
         """The decompressed array, in the original shape and dtype (a fresh array).

@@ -135,13 +135,13 @@ def _first(header, method):
 
 
 @pytest.mark.parametrize("mutate, match", [
-    (lambda h: _first(h, "kmeans").update(method="lzma"), "unknown method"),
+    (lambda h: _first(h, "kmeans").update(method="lzma"), "'method' must be"),
     (lambda h: _first(h, "kmeans").update(bits=12), "bits"),
     (lambda h: _first(h, "kmeans").update(shape=[10**9, 10**9]), "elements|match"),
     (lambda h: _first(h, "kmeans").update(shape=[-1, 4]), "shape"),
     (lambda h: _first(h, "kmeans").update(dtype="object"), "dtype"),
     (lambda h: _first(h, "raw").update(dtype="complex128"), "dtype"),
-    (lambda h: _first(h, "raw")["sections"]["data"].update(shape=[10**6]), "data section"),
+    (lambda h: _first(h, "raw")["sections"]["data"].update(shape=[10**6]), "section 'data'"),
     (lambda h: _first(h, "kmeans")["sections"]["codebook"].update(offset=10**12),
      "truncated|ends"),
     (lambda h: _first(h, "kmeans")["sections"]["codebook"].update(offset=3), "aligned"),

@@ -1,0 +1,191 @@
+"""Which tensors ``compress`` quantizes, with which settings: validated before any work.
+
+``make_plan`` checks every keyword of ``compress`` (including each override), decides per
+tensor whether it is quantized and with what ``TensorSettings``, and refuses options that
+would do nothing: a linear-only option where every tensor it reaches uses K-means (and
+the reverse), or an include/override pattern that only names tensors stored exactly.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+
+import numpy as np
+
+from qpack import dtypes
+from qpack._validate import check_bits, check_group_size, check_int
+from qpack.cluster import INIT_METHODS as INITS
+from qpack.encode import TensorSettings
+from qpack.quantize import CLIP_METHODS as CLIPS
+from qpack.tensor_spec import MAX_EMPTY_EXTENT, extent
+
+METHODS = ("kmeans", "linear")
+# the keyword arguments an override may set; "method" may also be "raw" (store exactly)
+OVERRIDABLE = ("method", "bits", "prune", "group_size", "symmetric", "clip", "entropy",
+               "per_channel", "init")
+# options that change nothing unless the tensor uses this method
+METHOD_ONLY = {"group_size": "linear", "symmetric": "linear", "clip": "linear",
+               "per_channel": "kmeans", "init": "kmeans"}
+# defaults of the method-specific options: a top-level value equal to its default was not
+# asked for, so it cannot be "an option that does nothing"
+METHOD_ONLY_DEFAULTS = {"group_size": None, "symmetric": False, "clip": "minmax",
+                        "per_channel": False, "init": "linear"}
+
+
+def patterns(value, what: str) -> list[str]:
+    """A glob or list of globs as a list; ValueError naming ``what`` otherwise."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
+        raise ValueError(f"{what} must be a glob pattern or a list of them, got {value!r}")
+    return list(value)
+
+
+def check_settings(s: Mapping, where: str) -> TensorSettings:
+    """Validate one full set of compression settings; ValueError naming the bad one."""
+    method = s["method"]
+    if method not in METHODS + ("raw",):
+        raise ValueError(f"{where}method must be one of {METHODS} (or 'raw' in an "
+                         f"override), got {method!r}")
+    bits = check_bits(s["bits"], f"{where}bits")
+    prune = s["prune"]
+    if isinstance(prune, bool) or not isinstance(prune, (int, float, np.floating)) \
+            or not 0 <= prune < 1:
+        raise ValueError(f"{where}prune must be a fraction in [0, 1), got {prune!r}")
+    gs = check_group_size(s["group_size"], f"{where}group_size")
+    if s["clip"] not in CLIPS:
+        raise ValueError(f"{where}clip must be one of {CLIPS}, got {s['clip']!r}")
+    if s["entropy"] not in ("huffman", None, True, False):
+        raise ValueError(f"{where}entropy must be 'huffman' or None, got {s['entropy']!r}")
+    if s["init"] not in INITS:
+        raise ValueError(f"{where}init must be one of {INITS}, got {s['init']!r}")
+    for flag in ("symmetric", "per_channel"):
+        if not isinstance(s[flag], bool):
+            raise ValueError(f"{where}{flag} must be True or False, got {s[flag]!r}")
+    return TensorSettings(method=method, bits=bits, prune=float(prune), group_size=gs,
+                          symmetric=s["symmetric"], clip=s["clip"],
+                          entropy=s["entropy"] in ("huffman", True),
+                          per_channel=s["per_channel"], init=s["init"])
+
+
+def stored_exactly_reason(arr: np.ndarray, min_numel: int) -> str | None:
+    """Why ``arr`` cannot be quantized (None when it can): not floating, < 2-D, too small."""
+    if not dtypes.is_floating_name(dtypes.dtype_name(arr.dtype)):
+        return f"has dtype {dtypes.dtype_name(arr.dtype)}, not floating"
+    if arr.ndim < 2:
+        return f"is {arr.ndim}-D (only tensors with >= 2 dims are quantized)"
+    if arr.size < max(min_numel, 1):
+        return f"has {arr.size} elements, fewer than min_numel={min_numel}"
+    return None
+
+
+def _matching(names, pat: str) -> list[str]:
+    return [n for n in names if fnmatch.fnmatchcase(n, pat)]
+
+
+def check_overrides(overrides, names) -> dict[str, dict]:
+    """Overrides as {glob: dict}; ValueError for bad types, unknown keys, dead patterns."""
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"overrides must map glob patterns to dicts, got {overrides!r}")
+    out = {}
+    for pat, kw in overrides.items():
+        if not isinstance(pat, str) or not isinstance(kw, Mapping):
+            raise ValueError(f"overrides must map glob patterns to dicts, got {pat!r}: {kw!r}")
+        unknown = set(kw) - set(OVERRIDABLE)
+        if unknown:
+            raise ValueError(f"override {pat!r}: unknown keyword(s) {sorted(unknown)} "
+                             f"(allowed: {', '.join(OVERRIDABLE)})")
+        if not _matching(names, pat):
+            raise ValueError(f"override pattern {pat!r} matches no tensor name")
+        if kw.get("method") == "raw" and len(kw) > 1:
+            extra = sorted(set(kw) - {"method"})
+            raise ValueError(f"override {pat!r}: {', '.join(extra)} do nothing with "
+                             "method='raw' (the tensor is stored exactly)")
+        out[pat] = dict(kw)
+    return out
+
+
+def make_plan(arrays: Mapping[str, np.ndarray], base: Mapping, *, include, exclude,
+              overrides, min_numel: int, prune_scope: str
+              ) -> tuple[dict[str, TensorSettings | None], TensorSettings, dict]:
+    """Decide every tensor's settings (None: stored exactly); validate everything first.
+
+    ``base`` holds the top-level keywords (OVERRIDABLE keys). Returns (plan, the validated
+    base settings, the overrides as plain dicts). Raises ValueError naming the argument
+    for any bad value, a pattern that matches nothing or only tensors stored exactly, an
+    option that no quantized tensor uses, or NaN/Inf in a tensor that is quantized.
+    """
+    base_settings = check_settings(base, "")
+    if base_settings.method == "raw":
+        raise ValueError(f"method must be one of {METHODS}, got 'raw'")
+    min_numel = check_int(min_numel, "min_numel", 0)
+    if prune_scope not in ("tensor", "global"):
+        raise ValueError(f"prune_scope must be 'tensor' or 'global', got {prune_scope!r}")
+    if prune_scope == "global" and base_settings.prune == 0:
+        raise ValueError("prune_scope='global' does nothing with prune=0")
+    names = list(arrays)
+    inc, exc = patterns(include, "include"), patterns(exclude, "exclude")
+    for pat in inc + exc:
+        if not _matching(names, pat):
+            raise ValueError(f"pattern {pat!r} matches no tensor name")
+    overrides = check_overrides(overrides, names)
+
+    reasons = {n: stored_exactly_reason(a, min_numel) for n, a in arrays.items()}
+    for name, arr in arrays.items():
+        if arr.size == 0 and extent(arr.shape) > MAX_EMPTY_EXTENT:
+            raise ValueError(f"tensor {name!r}: empty tensor of shape {arr.shape} exceeds "
+                             f"the {MAX_EMPTY_EXTENT}-element extent a .qpk may declare")
+    for pat in inc:
+        _require_quantizable(_matching(names, pat), reasons, f"include pattern {pat!r}")
+    selected = {n for n in names
+                if reasons[n] is None and (not inc or any(fnmatch.fnmatchcase(n, p)
+                                                          for p in inc))
+                and not any(fnmatch.fnmatchcase(n, p) for p in exc)}
+    plan: dict[str, TensorSettings | None] = {}
+    for name in names:
+        settings = dict(base)
+        for pat, kw in overrides.items():
+            if fnmatch.fnmatchcase(name, pat):
+                settings.update(kw)
+        tensor_settings = check_settings(settings, f"override for {name!r}: ")
+        quantized = name in selected and tensor_settings.method != "raw"
+        plan[name] = tensor_settings if quantized else None
+        if quantized and not np.isfinite(arrays[name]).all():
+            raise ValueError(f"tensor {name!r} contains NaN or Inf")
+
+    # every option must reach at least one quantized tensor whose method uses it
+    used = [s.method for s in plan.values() if s is not None]
+    for key, value in base.items():
+        if key in METHOD_ONLY and value != METHOD_ONLY_DEFAULTS[key] \
+                and METHOD_ONLY[key] not in used:
+            raise ValueError(f"{key}={value!r} applies only to method='{METHOD_ONLY[key]}', "
+                             f"and no tensor is compressed with it")
+    for pat, kw in overrides.items():
+        if kw.get("method") == "raw":
+            continue
+        matched = _matching(names, pat)
+        _require_quantizable(matched, reasons, f"override pattern {pat!r}")
+        methods = {plan[n].method for n in matched if plan[n] is not None}
+        if not methods:
+            raise ValueError(f"override pattern {pat!r} matches only tensors that include/"
+                             "exclude leave uncompressed, so it does nothing")
+        for key in kw:
+            if key in METHOD_ONLY and METHOD_ONLY[key] not in methods:
+                raise ValueError(f"override {pat!r}: {key} applies only to "
+                                 f"method='{METHOD_ONLY[key]}', and no tensor it matches "
+                                 "is compressed with it")
+    return plan, base_settings, overrides
+
+
+def _require_quantizable(matched: list[str], reasons: dict, what: str) -> None:
+    """A pattern that matches only tensors that cannot be quantized does nothing."""
+    if matched and all(reasons[n] is not None for n in matched):
+        shown = matched[0]
+        raise ValueError(f"{what} matches only tensors that are stored exactly: "
+                         f"{shown!r} {reasons[shown]}"
+                         + (f" (and {len(matched) - 1} more)" if len(matched) > 1 else ""))
