@@ -21,8 +21,11 @@ import contextlib
 import json
 import mmap
 import os
+import secrets
+import socket
+import stat
 import struct
-import tempfile
+import time
 import zlib
 from collections.abc import Iterable
 
@@ -94,20 +97,104 @@ def check_output_path(path: str | os.PathLike) -> str:
     return path
 
 
+TEMP_PREFIX = ".qpack-"
+TEMP_SUFFIX = ".tmp"
+
+
+def _temp_name(directory: str) -> str:
+    """A fresh temporary file name in ``directory``: .qpack-<host>-<pid>-<random>.tmp, so
+    that a later save can tell whose it was (see ``remove_stale_temp_files``)."""
+    host = socket.gethostname().replace("-", "_") or "host"
+    return os.path.join(directory, f"{TEMP_PREFIX}{host}-{os.getpid()}-"
+                                   f"{secrets.token_hex(6)}{TEMP_SUFFIX}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but belongs to someone else, or cannot tell: keep its file
+    return True
+
+
+def remove_stale_temp_files(directory: str, min_age_seconds: float = 60.0) -> list[str]:
+    """Delete temporary files that an interrupted save (kill -9, power loss) left behind.
+
+    Only files named by ``_temp_name`` on this host whose process no longer runs, and
+    that have not been written for ``min_age_seconds``, are removed. Returns their paths.
+    Errors (a file removed meanwhile, no permission) are ignored: this is housekeeping.
+    """
+    host = socket.gethostname().replace("-", "_") or "host"
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        if not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)):
+            continue
+        parts = name[len(TEMP_PREFIX):-len(TEMP_SUFFIX)].split("-")
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+            continue
+        path = os.path.join(directory, name)
+        try:
+            if _pid_alive(int(parts[1])) or now - os.stat(path).st_mtime < min_age_seconds:
+                continue
+            os.unlink(path)
+            removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
+def _new_file_mode(path: str) -> int:
+    """Permission bits for the file replacing ``path``: the old file's if there is one,
+    else what ``open()`` would give a new file under the current umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        pass
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask. Linux reports it in /proc; elsewhere os.umask must set it to read
+    it, which is briefly visible to other threads."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed over it.
 
     On any exception the temporary file is removed and ``path`` is left untouched, so an
-    interrupted save never leaves a partial file under the target name. Raises ValueError
-    if the target directory does not exist.
+    interrupted save never leaves a partial file under the target name. A process killed
+    outright leaves its temporary file (.qpack-HOST-PID-RANDOM.tmp); the next save into
+    the same folder removes it. The new file keeps the mode of the file it replaces, or
+    follows the umask. Raises ValueError (before writing anything) if ``path`` is a
+    directory or its folder is missing or not writable.
     """
-    path = os.fspath(path)
+    path = check_output_path(path)
     directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise ValueError(f"cannot write {path!r}: directory {directory!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".qpack-", suffix=".tmp", dir=directory)
-    os.close(fd)
+    remove_stale_temp_files(directory)
+    tmp = _temp_name(directory)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, _new_file_mode(path))
+    finally:
+        os.close(fd)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
