@@ -1,56 +1,80 @@
 """qpack: compress neural-network weights (Deep Compression and sub-byte quantization)
 and run inference straight from the packed form.
 
-Public API is re-exported here; each name lives in a small module named for what it does.
+The public API is re-exported here; each name lives in a small module named for what it
+does. Names are imported on first use (PEP 562), so ``import qpack`` and ``qpack
+--version`` stay fast: numpy, the kernels and the rest load when something needs them.
 """
 
-from qpack import metrics
-from qpack._version import __version__
-from qpack.bitpack import pack, packed_nbytes, unpack
-from qpack.cluster import KMeansQuantized, codebook_gradient, kmeans_1d, quantize_kmeans
-from qpack.entropy import HuffmanCode, huffman_decode, huffman_encode, huffman_stream_info
-from qpack.errors import FormatError, QpackError
-from qpack.inputs import read_model
-from qpack.matmul import CodebookWeights, LinearWeights, SparseWeights
-from qpack.model import CompressedModel, compress, load, save
-from qpack.prune import prune_global, prune_magnitude, prune_n_m
-from qpack.quantize import LinearQuantized, quantize_linear
-from qpack.sparse import SparseIndex, encode_sparse_index
-from qpack.tensor import CompressedTensor
-from qpack.threads import get_num_threads, set_num_threads
+from __future__ import annotations
 
-__all__ = [
-    "__version__",
-    "CodebookWeights",
-    "CompressedModel",
-    "CompressedTensor",
-    "FormatError",
-    "HuffmanCode",
-    "KMeansQuantized",
-    "LinearQuantized",
-    "LinearWeights",
-    "QpackError",
-    "SparseIndex",
-    "SparseWeights",
-    "codebook_gradient",
-    "compress",
-    "encode_sparse_index",
-    "get_num_threads",
-    "huffman_decode",
-    "huffman_encode",
-    "huffman_stream_info",
-    "kmeans_1d",
-    "load",
-    "metrics",
-    "pack",
-    "packed_nbytes",
-    "prune_global",
-    "prune_magnitude",
-    "prune_n_m",
-    "quantize_kmeans",
-    "quantize_linear",
-    "read_model",
-    "save",
-    "set_num_threads",
-    "unpack",
-]
+import importlib
+from typing import TYPE_CHECKING
+
+from qpack._version import __version__
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "pack": "qpack.bitpack", "packed_nbytes": "qpack.bitpack", "unpack": "qpack.bitpack",
+    "KMeansQuantized": "qpack.cluster", "codebook_gradient": "qpack.cluster",
+    "kmeans_1d": "qpack.cluster", "quantize_kmeans": "qpack.cluster",
+    "HuffmanCode": "qpack.entropy", "huffman_decode": "qpack.entropy",
+    "huffman_encode": "qpack.entropy", "huffman_stream_info": "qpack.entropy",
+    "FormatError": "qpack.errors", "QpackError": "qpack.errors",
+    "read_model": "qpack.inputs",
+    "CodebookWeights": "qpack.matmul", "LinearWeights": "qpack.matmul",
+    "SparseWeights": "qpack.matmul",
+    "CompressedModel": "qpack.model", "compress": "qpack.model", "load": "qpack.model",
+    "save": "qpack.model",
+    "prune_global": "qpack.prune", "prune_magnitude": "qpack.prune",
+    "prune_n_m": "qpack.prune",
+    "LinearQuantized": "qpack.quantize", "quantize_linear": "qpack.quantize",
+    "SparseIndex": "qpack.sparse", "encode_sparse_index": "qpack.sparse",
+    "CompressedTensor": "qpack.tensor",
+    "get_num_threads": "qpack.threads", "set_num_threads": "qpack.threads",
+}
+_SUBMODULES = ("metrics",)
+
+__all__ = ["__version__", *sorted(_EXPORTS), *_SUBMODULES]
+
+
+def __getattr__(name: str):
+    """Import a public name's module on first access (then cache the name here)."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"qpack.{name}")
+    else:
+        raise AttributeError(f"module 'qpack' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from qpack import metrics  # noqa: F401
+    from qpack.bitpack import pack, packed_nbytes, unpack  # noqa: F401
+    from qpack.cluster import (  # noqa: F401
+        KMeansQuantized,
+        codebook_gradient,
+        kmeans_1d,
+        quantize_kmeans,
+    )
+    from qpack.entropy import (  # noqa: F401
+        HuffmanCode,
+        huffman_decode,
+        huffman_encode,
+        huffman_stream_info,
+    )
+    from qpack.errors import FormatError, QpackError  # noqa: F401
+    from qpack.inputs import read_model  # noqa: F401
+    from qpack.matmul import CodebookWeights, LinearWeights, SparseWeights  # noqa: F401
+    from qpack.model import CompressedModel, compress, load, save  # noqa: F401
+    from qpack.prune import prune_global, prune_magnitude, prune_n_m  # noqa: F401
+    from qpack.quantize import LinearQuantized, quantize_linear  # noqa: F401
+    from qpack.sparse import SparseIndex, encode_sparse_index  # noqa: F401
+    from qpack.tensor import CompressedTensor  # noqa: F401
+    from qpack.threads import get_num_threads, set_num_threads  # noqa: F401

@@ -6,7 +6,6 @@ import copy
 import json
 import math
 import os
-import sys
 from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -18,6 +17,7 @@ from qpack.encode import encode_raw_tensor, encode_tensor
 from qpack.errors import FormatError
 from qpack.inputs import read_input
 from qpack.plan import make_plan, patterns
+from qpack.progress import Progress
 from qpack.report import Report
 from qpack.tensor import CompressedTensor
 from qpack.tensor_spec import validate_spec
@@ -200,11 +200,7 @@ def _encode_all(arrays: dict[str, np.ndarray], plan: dict, masks: dict,
     the largest tensor alone."""
     quantized = [arrays[n].size for n, s in plan.items() if s is not None]
     budget = max(quantized, default=0)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(arrays), desc="compress", unit="tensor", file=sys.stderr)
+    bar = Progress(len(arrays), "compress", "tensors") if progress else None
     results: dict[str, tuple[dict, dict]] = {}
     pending: dict = {}
     in_flight = 0
@@ -269,7 +265,7 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
     prune_scope : "tensor" (each tensor loses ``prune`` of its weights) or "global" (one
         magnitude threshold across the quantized tensors that use the top-level prune).
     per_channel, init : kmeans only: one codebook per output row; centroid initialization.
-    metadata : extra string key/values for the file header. progress : show a tqdm bar.
+    metadata : extra string key/values for the file header. progress : count tensors on stderr.
 
     Returns a CompressedModel. Raises ValueError naming any bad argument, NaN/Inf weights,
     an empty model, or a pattern that matches no tensor.
