@@ -28,7 +28,7 @@ MAX_ELEMENTS_PER_BYTE = 1024
 ELEMENT_ALLOWANCE = 4096
 # An empty tensor stores no bytes, yet matmul and take_rows size outputs by its other
 # dimensions: their product (the tensor's extent) is capped explicitly.
-MAX_EMPTY_EXTENT = 1 << 24
+MAX_EMPTY_EXTENT = 1 << 20
 MAX_DIMS = 32
 MAX_JSON_INT = (1 << 63) - 1
 STATS_KEYS = ("sparsity", "rel_error", "sqnr_db", "max_abs_error")
