@@ -114,6 +114,49 @@ def encode_tensor(arr: np.ndarray, settings: TensorSettings,
     return spec, blobs
 
 
+def encode_prequantized(q, entropy: bool, mask: np.ndarray | None = None,
+                        reference: np.ndarray | None = None
+                        ) -> tuple[dict, dict[str, np.ndarray]]:
+    """Store a KMeansQuantized / LinearQuantized exactly (already checked by handover).
+
+    ``mask`` is the keep-mask (else the object's own, see handover.implied_mask);
+    ``reference`` the float weights it approximates, for the error stats (without it
+    only the sparsity is known). The tensor's dtype is float32, what ``dequantize`` gives.
+    """
+    from qpack.cluster import KMeansQuantized
+    from qpack.handover import implied_mask
+
+    shape = tuple(int(d) for d in q.shape)
+    rows, cols = matrix_shape(shape)
+    if mask is None:
+        mask = implied_mask(q)
+    mask = None if mask is None or mask.all() else np.asarray(mask).reshape(rows, cols)
+    codes = np.ascontiguousarray(q.codes, dtype=np.uint8).reshape(rows, cols)
+    spec: dict = {"shape": list(shape), "dtype": "float32", "bits": int(q.bits)}
+    sections: dict[str, dict] = {}
+    blobs: dict[str, np.ndarray] = {}
+    if isinstance(q, KMeansQuantized):
+        spec.update(method="kmeans", per_channel=bool(q.per_channel),
+                    zero_code=None if q.zero_code is None else int(q.zero_code))
+        sections["codebook"], blobs["codebook"] = encode_raw(
+            np.asarray(q.codebook, dtype=np.float32))
+    else:
+        spec.update(method="linear", group_size=q.group_size, symmetric=bool(q.symmetric))
+        for role in ("scales", "zeros"):
+            sections[role], blobs[role] = encode_raw(np.asarray(getattr(q, role)))
+    if reference is not None:
+        w = np.asarray(reference).astype(np.float32, copy=False).reshape(rows, cols)
+        spec["stats"] = _stats(w, np.asarray(q.dequantize(np.float32)).reshape(rows, cols),
+                               mask)
+    else:
+        spec["stats"] = {"sparsity": 0.0 if mask is None
+                         else float(1.0 - np.count_nonzero(mask) / mask.size),
+                         "rel_error": None, "sqnr_db": None, "max_abs_error": None}
+    _choose_layout(codes, int(q.bits), mask, entropy, spec, sections, blobs)
+    spec["sections"] = sections
+    return spec, blobs
+
+
 def _choose_layout(codes, bits, mask, entropy, spec, sections, blobs) -> None:
     """Store codes densely, or as a sparse index plus kept codes when that is smaller."""
     dense_codec, dense_size = coded_nbytes(codes, bits, entropy)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from qpack import dtypes
+from qpack.handover import is_prequantized
 
 
 def read_model(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -101,9 +102,13 @@ def to_array(name: str, value) -> np.ndarray:
 
 
 def as_array_dict(model) -> dict[str, np.ndarray]:
-    """Normalize ``model`` (mapping or path) to {name: ndarray}; ValueError if unusable."""
+    """Normalize ``model`` (mapping, module with ``state_dict()``, or path) to {name:
+    ndarray}; pre-quantized values (KMeansQuantized / LinearQuantized) pass through as they
+    are. ValueError if unusable."""
     if isinstance(model, (str, os.PathLike)):
         return read_model(model)
+    if not isinstance(model, Mapping) and callable(getattr(model, "state_dict", None)):
+        model = model.state_dict()  # a torch nn.Module, duck-typed (torch is never imported)
     if not isinstance(model, Mapping) and not hasattr(model, "items"):
         raise ValueError("model_dict must be a mapping of names to arrays or a path to a "
                          f".npz/.safetensors file, got {type(model).__name__}")
@@ -116,6 +121,9 @@ def as_array_dict(model) -> dict[str, np.ndarray]:
         except UnicodeEncodeError:
             raise ValueError(f"tensor name {name!r} is not valid Unicode (lone "
                              "surrogate)") from None
+        if is_prequantized(value):
+            out[name] = value  # stored as given (qpack.handover)
+            continue
         arr = to_array(name, value)
         dtypes.dtype_name(arr.dtype)  # raises ValueError naming unsupported dtypes
         out[name] = arr

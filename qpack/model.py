@@ -13,8 +13,9 @@ import numpy as np
 
 from qpack import format
 from qpack._version import __version__
-from qpack.encode import encode_raw_tensor, encode_tensor
+from qpack.encode import encode_prequantized, encode_raw_tensor, encode_tensor
 from qpack.errors import FormatError
+from qpack.handover import is_prequantized, numel
 from qpack.inputs import read_input
 from qpack.plan import make_plan, patterns
 from qpack.progress import Progress
@@ -192,13 +193,20 @@ def _memory_tensor(name: str, spec: dict, blobs: dict[str, np.ndarray]) -> Compr
                             section_nbytes=lambda role: int(blobs[role].nbytes))
 
 
-def _encode_all(arrays: dict[str, np.ndarray], plan: dict, masks: dict,
-                progress: bool) -> dict[str, tuple[dict, dict]]:
+def _encode_one(value, settings, mask, reference):
+    """Encode one tensor by what it is: an array to compress or a pre-quantized object."""
+    if is_prequantized(value):
+        return encode_prequantized(value, settings.entropy, mask, reference)
+    return encode_tensor(value, settings, mask)
+
+
+def _encode_all(arrays: dict, plan, progress: bool) -> dict[str, tuple[dict, dict]]:
     """Encode every tensor, several at once on a thread pool (the heavy steps release the
     GIL). Memory stays bounded: tensors run concurrently only while the elements in flight
     total at most the largest quantized tensor, so peak memory is about that of encoding
     the largest tensor alone."""
-    quantized = [arrays[n].size for n, s in plan.items() if s is not None]
+    settings = plan.settings
+    quantized = [numel(arrays[n]) for n, s in settings.items() if s is not None]
     budget = max(quantized, default=0)
     bar = Progress(len(arrays), "compress", "tensors") if progress else None
     results: dict[str, tuple[dict, dict]] = {}
@@ -218,17 +226,19 @@ def _encode_all(arrays: dict[str, np.ndarray], plan: dict, masks: dict,
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(get_num_threads(), 4))) as pool:
-            for name, arr in arrays.items():
-                if plan[name] is None:
-                    results[name] = encode_raw_tensor(arr)
+            for name, value in arrays.items():
+                if settings[name] is None:
+                    results[name] = encode_raw_tensor(value)
                     if bar is not None:
                         bar.update()
                     continue
-                while pending and in_flight + arr.size > budget:
+                size = numel(value)
+                while pending and in_flight + size > budget:
                     collect_one()
-                pending[pool.submit(encode_tensor, arr, plan[name], masks.get(name))] = (
-                    name, arr.size)
-                in_flight += arr.size
+                fut = pool.submit(_encode_one, value, settings[name], plan.masks.get(name),
+                                  plan.references.get(name))
+                pending[fut] = (name, size)
+                in_flight += size
             while pending:
                 collect_one()
     finally:
@@ -244,13 +254,18 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
              min_numel: int = DEFAULT_MIN_NUMEL, prune_scope: str = "tensor",
              per_channel: bool = False, init: str = "linear",
              metadata: Mapping[str, str] | None = None,
+             masks: Mapping | None = None, float_weights: Mapping | None = None,
              progress: bool = False) -> CompressedModel:
     """Compress a model's weights: prune, quantize (K-means or linear), pack, entropy-code.
 
     Parameters
     ----------
-    model_dict : mapping name -> array-like (numpy, PyTorch tensors, ...) or a path to a
-        ``.npz`` / ``.safetensors`` file.
+    model_dict : mapping name -> array-like (numpy, PyTorch tensors, ...), an object with
+        ``state_dict()`` (a PyTorch ``nn.Module``), or a path to a ``.npz`` /
+        ``.safetensors`` file. A value may also be a ``KMeansQuantized`` or
+        ``LinearQuantized`` (from quantize_kmeans / quantize_linear): its codes, codebook
+        or scales and its pruned positions (codes equal to ``zero_code``) are stored
+        exactly, so the loaded tensor decodes to the object's own ``dequantize()``.
     bits : 1..8, bits per code. prune : fraction in [0, 1) of weights removed by magnitude.
     method : "kmeans" (Deep Compression weight sharing) or "linear" (scale + zero-point).
     group_size : linear only; None per tensor, -1 per output channel, G per G inputs.
@@ -265,10 +280,18 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
     prune_scope : "tensor" (each tensor loses ``prune`` of its weights) or "global" (one
         magnitude threshold across the quantized tensors that use the top-level prune).
     per_channel, init : kmeans only: one codebook per output row; centroid initialization.
-    metadata : extra string key/values for the file header. progress : count tensors on stderr.
+    metadata : extra string key/values for the file header.
+    masks : {name: bool keep-mask of the tensor's shape}: exactly these weights are kept
+        (no magnitude pruning for that tensor, whose prune must be 0). For a pre-quantized
+        tensor the removed positions must already decode to 0.0.
+    float_weights : {name: float array} the weights a pre-quantized tensor approximates,
+        for its error stats in ``report()`` (without them only its sparsity is known).
+    progress : count tensors on stderr.
 
-    Returns a CompressedModel. Raises ValueError naming any bad argument, NaN/Inf weights,
-    an empty model, or a pattern that matches no tensor.
+    Returns a CompressedModel. Raises ValueError, before any encoding, naming any bad
+    argument, NaN/Inf weights, an empty model, a pattern that matches no tensor or only
+    tensors stored exactly, an option that no tensor uses (e.g. group_size with kmeans),
+    a mask of the wrong shape or given together with prune.
     """
     meta = {"qpack_version": __version__}
     meta.update(_check_metadata(metadata, "metadata"))
@@ -278,25 +301,28 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
     base = {"method": method, "bits": bits, "prune": prune, "group_size": group_size,
             "symmetric": symmetric, "clip": clip, "entropy": entropy,
             "per_channel": per_channel, "init": init}
-    plan, base_settings, overrides = make_plan(
-        arrays, base, include=include, exclude=exclude, overrides=overrides,
-        min_numel=min_numel, prune_scope=prune_scope)
+    plan = make_plan(arrays, base, include=include, exclude=exclude, overrides=overrides,
+                     min_numel=min_numel, prune_scope=prune_scope, masks=masks,
+                     float_weights=float_weights)
 
-    masks: dict[str, np.ndarray] = {}
     if prune_scope == "global":
         from qpack.prune import prune_global
 
-        pool = {n: arrays[n] for n, s in plan.items()
-                if s is not None and s.prune == base_settings.prune}
+        pool = {n: arrays[n] for n, s in plan.settings.items()
+                if s is not None and s.prune == plan.base.prune and n not in plan.masks
+                and not is_prequantized(arrays[n])}
         if pool:
-            masks = prune_global(pool, base_settings.prune)
+            plan.masks.update(prune_global(pool, plan.base.prune))
 
-    encoded = _encode_all(arrays, plan, masks, progress)
+    encoded = _encode_all(arrays, plan, progress)
     tensors = {name: _memory_tensor(name, *encoded[name]) for name in arrays}
     meta["compress_args"] = json.dumps(
-        {**base_settings.as_json(), "min_numel": min_numel, "prune_scope": prune_scope,
+        {**plan.base.as_json(), "min_numel": min_numel, "prune_scope": prune_scope,
          "include": patterns(include, "include"), "exclude": patterns(exclude, "exclude"),
-         "overrides": overrides}, default=str)
+         "overrides": plan.overrides,
+         "handed_over": sorted(set(plan.masks) | {n for n, v in arrays.items()
+                                                  if is_prequantized(v)})},
+        default=str)
     return CompressedModel(tensors, meta, source_metadata=source_metadata)
 
 

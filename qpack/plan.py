@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -17,6 +18,8 @@ from qpack import dtypes
 from qpack._validate import check_bits, check_group_size, check_int
 from qpack.cluster import INIT_METHODS as INITS
 from qpack.encode import TensorSettings
+from qpack.handover import check_mask, check_prequantized, is_prequantized
+from qpack.inputs import to_array
 from qpack.quantize import CLIP_METHODS as CLIPS
 from qpack.tensor_spec import MAX_EMPTY_EXTENT, extent
 
@@ -110,15 +113,35 @@ def check_overrides(overrides, names) -> dict[str, dict]:
     return out
 
 
-def make_plan(arrays: Mapping[str, np.ndarray], base: Mapping, *, include, exclude,
-              overrides, min_numel: int, prune_scope: str
-              ) -> tuple[dict[str, TensorSettings | None], TensorSettings, dict]:
-    """Decide every tensor's settings (None: stored exactly); validate everything first.
+@dataclass
+class Plan:
+    """What ``compress`` will do, fully validated.
 
-    ``base`` holds the top-level keywords (OVERRIDABLE keys). Returns (plan, the validated
-    base settings, the overrides as plain dicts). Raises ValueError naming the argument
-    for any bad value, a pattern that matches nothing or only tensors stored exactly, an
-    option that no quantized tensor uses, or NaN/Inf in a tensor that is quantized.
+    settings : per tensor, its TensorSettings, or None when it is stored exactly. A
+        pre-quantized tensor has the object's method and bits and only ``entropy`` from
+        the keywords.
+    base : the validated top-level settings. overrides : {glob: dict}.
+    masks : the keep-masks handed over, by tensor name.
+    references : float weights given for pre-quantized tensors (their error stats).
+    """
+
+    settings: dict[str, TensorSettings | None]
+    base: TensorSettings
+    overrides: dict[str, dict]
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    references: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def make_plan(arrays: Mapping, base: Mapping, *, include, exclude, overrides,
+              min_numel: int, prune_scope: str, masks=None, float_weights=None) -> Plan:
+    """Decide every tensor's settings; validate every argument first.
+
+    ``arrays`` maps names to arrays or pre-quantized objects (KMeansQuantized /
+    LinearQuantized, stored as given); ``base`` holds the top-level keywords
+    (OVERRIDABLE keys). Raises ValueError naming the argument for any bad value, a pattern
+    that matches nothing or only tensors stored exactly, an option that no tensor uses, a
+    mask that does not fit its tensor or comes with pruning, or NaN/Inf in a tensor that
+    is quantized.
     """
     base_settings = check_settings(base, "")
     if base_settings.method == "raw":
@@ -135,9 +158,13 @@ def make_plan(arrays: Mapping[str, np.ndarray], base: Mapping, *, include, exclu
             raise ValueError(f"pattern {pat!r} matches no tensor name")
     overrides = check_overrides(overrides, names)
 
-    reasons = {n: stored_exactly_reason(a, min_numel) for n, a in arrays.items()}
+    pre = {n for n, v in arrays.items() if is_prequantized(v)}
+    for name in pre:
+        check_prequantized(name, arrays[name])
+    reasons = {n: None if n in pre else stored_exactly_reason(a, min_numel)
+               for n, a in arrays.items()}
     for name, arr in arrays.items():
-        if arr.size == 0 and extent(arr.shape) > MAX_EMPTY_EXTENT:
+        if name not in pre and arr.size == 0 and extent(arr.shape) > MAX_EMPTY_EXTENT:
             raise ValueError(f"tensor {name!r}: empty tensor of shape {arr.shape} exceeds "
                              f"the {MAX_EMPTY_EXTENT}-element extent a .qpk may declare")
     for pat in inc:
@@ -153,33 +180,89 @@ def make_plan(arrays: Mapping[str, np.ndarray], base: Mapping, *, include, exclu
             if fnmatch.fnmatchcase(name, pat):
                 settings.update(kw)
         tensor_settings = check_settings(settings, f"override for {name!r}: ")
+        if name in pre:
+            q = arrays[name]
+            plan[name] = TensorSettings(method="kmeans" if hasattr(q, "codebook")
+                                        else "linear", bits=int(q.bits),
+                                        entropy=tensor_settings.entropy)
+            continue
         quantized = name in selected and tensor_settings.method != "raw"
         plan[name] = tensor_settings if quantized else None
         if quantized and not np.isfinite(arrays[name]).all():
             raise ValueError(f"tensor {name!r} contains NaN or Inf")
 
-    # every option must reach at least one quantized tensor whose method uses it
-    used = [s.method for s in plan.values() if s is not None]
+    # every option must reach at least one tensor it changes: pre-quantized tensors take
+    # only ``entropy``; method-only options need a tensor compressed with that method
+    made = {n: s for n, s in plan.items() if s is not None and n not in pre}
+    used = {s.method for s in made.values()}
     for key, value in base.items():
         if key in METHOD_ONLY and value != METHOD_ONLY_DEFAULTS[key] \
                 and METHOD_ONLY[key] not in used:
             raise ValueError(f"{key}={value!r} applies only to method='{METHOD_ONLY[key]}', "
                              f"and no tensor is compressed with it")
+    if base_settings.prune > 0 and not any(s.prune > 0 for s in made.values()):
+        raise ValueError(f"prune={base_settings.prune} reaches no tensor that is compressed "
+                         "here (pre-quantized tensors and masks are stored as given)")
     for pat, kw in overrides.items():
         if kw.get("method") == "raw":
             continue
         matched = _matching(names, pat)
         _require_quantizable(matched, reasons, f"override pattern {pat!r}")
-        methods = {plan[n].method for n in matched if plan[n] is not None}
-        if not methods:
-            raise ValueError(f"override pattern {pat!r} matches only tensors that include/"
-                             "exclude leave uncompressed, so it does nothing")
+        methods = {made[n].method for n in matched if n in made}
+        if set(kw) - {"entropy"} and not methods:
+            raise ValueError(f"override pattern {pat!r} matches only tensors that are "
+                             "stored as given or left uncompressed by include/exclude, so "
+                             "it does nothing")
         for key in kw:
             if key in METHOD_ONLY and METHOD_ONLY[key] not in methods:
                 raise ValueError(f"override {pat!r}: {key} applies only to "
                                  f"method='{METHOD_ONLY[key]}', and no tensor it matches "
                                  "is compressed with it")
-    return plan, base_settings, overrides
+    return Plan(plan, base_settings, overrides,
+                masks=_check_masks(masks, arrays, plan, pre),
+                references=_check_references(float_weights, arrays, pre))
+
+
+def _check_masks(masks, arrays: Mapping, plan: dict, pre: set) -> dict[str, np.ndarray]:
+    """Validated keep-masks: each names a tensor that is quantized without pruning."""
+    if masks is None:
+        return {}
+    if not isinstance(masks, Mapping):
+        raise ValueError(f"masks must map tensor names to boolean arrays, got "
+                         f"{type(masks).__name__}")
+    out = {}
+    for name, mask in masks.items():
+        if name not in arrays:
+            raise ValueError(f"masks names {name!r}, which is not a tensor of the model")
+        if name not in pre:
+            if plan[name] is None:
+                raise ValueError(f"masks[{name!r}]: the tensor is stored exactly, so a mask "
+                                 "would do nothing")
+            if plan[name].prune > 0:
+                raise ValueError(f"masks[{name!r}] given together with prune="
+                                 f"{plan[name].prune}: the mask decides what is removed; "
+                                 "set prune to 0 for it (e.g. overrides={name: {'prune': 0}})")
+        out[name] = check_mask(name, to_array(f"masks[{name!r}]", mask), arrays[name])
+    return out
+
+
+def _check_references(float_weights, arrays: Mapping, pre: set) -> dict[str, np.ndarray]:
+    """Float weights of pre-quantized tensors, for their error stats."""
+    if float_weights is None:
+        return {}
+    if not isinstance(float_weights, Mapping):
+        raise ValueError("float_weights must map tensor names to arrays")
+    out = {}
+    for name, value in float_weights.items():
+        if name not in pre:
+            raise ValueError(f"float_weights[{name!r}]: only pre-quantized tensors take "
+                             "float weights (the others are measured against their own)")
+        arr = to_array(f"float_weights[{name!r}]", value)
+        if arr.dtype.kind != "f" or arr.shape != tuple(arrays[name].shape):
+            raise ValueError(f"float_weights[{name!r}] must be floating of shape "
+                             f"{tuple(arrays[name].shape)}, got {arr.dtype} {arr.shape}")
+        out[name] = arr
+    return out
 
 
 def _require_quantizable(matched: list[str], reasons: dict, what: str) -> None:
