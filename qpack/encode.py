@@ -17,7 +17,7 @@ from qpack._validate import matrix_shape
 from qpack.cluster import quantize_kmeans
 from qpack.prune import prune_magnitude
 from qpack.quantize import quantize_linear
-from qpack.sections import coded_nbytes, encode_codes, encode_raw
+from qpack.sections import coded_nbytes, encode_codes, encode_raw, encode_varint
 from qpack.sparse import encode_sparse_index
 from qpack.tensor_spec import element_limit
 from qpack.threads import get_num_threads
@@ -62,10 +62,17 @@ def _stats(w: np.ndarray, w_hat: np.ndarray, mask: np.ndarray | None) -> dict:
     else:
         rel = math.sqrt(err / sig) if sig > 0 else math.inf
         sqnr = 10.0 * math.log10(sig / err) if sig > 0 else -math.inf
-    return {"sparsity": 0.0 if mask is None else float(1.0 - np.count_nonzero(mask) / mask.size),
+    return {"sparsity": _informative(0.0 if mask is None
+                                     else 1.0 - np.count_nonzero(mask) / mask.size),
             # JSON has no infinities: an exact or all-zero tensor stores null
-            "rel_error": rel if math.isfinite(rel) else None,
-            "sqnr_db": sqnr if math.isfinite(sqnr) else None, "max_abs_error": max_abs}
+            "rel_error": _informative(rel), "sqnr_db": _informative(sqnr),
+            "max_abs_error": _informative(max_abs)}
+
+
+def _informative(x: float) -> float | None:
+    """A stats figure as stored: 6 significant digits (they are informative, and every
+    digit costs header bytes), None when not finite."""
+    return float(f"{float(x):.6g}") if math.isfinite(x) else None
 
 
 def encode_tensor(arr: np.ndarray, settings: TensorSettings,
@@ -166,13 +173,13 @@ def _choose_layout(codes, bits, mask, entropy, spec, sections, blobs) -> None:
         gaps = index.gaps.reshape(1, -1)
         gaps_codec, gaps_size = coded_nbytes(gaps, index.p, entropy)
         kept_codec, kept_size = coded_nbytes(kept, bits, entropy)
-        sparse_size = gaps_size + kept_size + 4 * index.row_nsym.size
+        row_nsym_desc, row_nsym_blob = encode_varint(index.row_nsym)
+        sparse_size = gaps_size + kept_size + row_nsym_blob.nbytes
         fits = codes.size <= element_limit(sparse_size)  # what a reader accepts
         if sparse_size < dense_size and fits:
             spec.update(layout="sparse", gap_bits=int(index.p), nnz=int(kept.size))
             sections["gaps"], blobs["gaps"] = encode_codes(gaps, index.p, entropy, gaps_codec)
-            sections["row_nsym"], blobs["row_nsym"] = encode_raw(
-                np.asarray(index.row_nsym, dtype=np.uint32))
+            sections["row_nsym"], blobs["row_nsym"] = row_nsym_desc, row_nsym_blob
             sections["codes"], blobs["codes"] = encode_codes(kept, bits, entropy, kept_codec)
             return
     spec["layout"] = "dense"

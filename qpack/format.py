@@ -1,15 +1,16 @@
-"""The ``.qpk`` container: preamble, JSON header, 64-byte-aligned checksummed sections.
+"""The ``.qpk`` container: preamble, header, aligned checksummed sections.
 
 Layout (docs/FORMAT.md, section 4)::
 
     offset 0   8 bytes   magic  b"\\x89QPK\\r\\n\\x1a\\n"
-    offset 8   uint32    format version (1)
-    offset 12  uint32    header length H in bytes (UTF-8 JSON)
-    offset 16  uint32    CRC32 of the header bytes
-    offset 20  uint32    reserved, 0
-    offset 24  H bytes   header JSON
+    offset 8   uint32    format version (2; version 1 files are read too)
+    offset 12  uint32    header length H in bytes, as stored
+    offset 16  uint32    CRC32 of the H stored header bytes
+    offset 20  uint32    flags: bit 0 = the header is zlib-compressed (version 2); else 0
+    offset 24  H bytes   header: UTF-8 JSON, zlib-compressed when flag bit 0 is set
     ...        zero padding up to the data start D = align64(24 + H)
-    D + off    sections; every ``off`` is a multiple of 64, zero padding between them
+    D + off    sections; each ``off`` a multiple of its codec's alignment (version 1: of
+               64), zero padding between them
 
 This module knows sections only as (offset, length, crc32) byte ranges. What a section
 holds is described in the header by the tensor encodings (qpack/tensor_spec.py).
@@ -34,11 +35,15 @@ import numpy as np
 from qpack.errors import FormatError
 
 MAGIC = b"\x89QPK\r\n\x1a\n"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 PREAMBLE = struct.Struct("<8sIIII")
 ALIGN = 64
-MAX_HEADER_BYTES = 64 << 20  # a header larger than this is refused before it is read
+FLAG_ZLIB_HEADER = 1
+MAX_HEADER_BYTES = 64 << 20  # a header larger than this (stored or inflated) is refused
+# Raw sections at least this long are 64-byte aligned although their dtype needs less:
+# large arrays used in place (raw weight matrices) then start on a cache line.
+RAW_ALIGN64_FROM = 4096
 
 
 def align_up(n: int, a: int = ALIGN) -> int:
@@ -57,15 +62,33 @@ def _dump_header(header: dict) -> bytes:
                       allow_nan=False).encode("utf-8")
 
 
+def section_alignment(desc: dict, version: int = FORMAT_VERSION) -> int:
+    """The alignment a reader requires of a section's offset (docs/FORMAT.md, 4.1).
+
+    Version 1: 64 for every section. Version 2: 64 for ``packed`` codes (the kernels use
+    them in place), the dtype's size for ``raw`` arrays (so a memory map gives aligned
+    views), 1 for ``huffman`` and ``varint`` streams (decoded into memory anyway).
+    """
+    if version == 1 or desc["codec"] == "packed":
+        return ALIGN
+    if desc["codec"] == "raw":
+        return 2 if desc["dtype"] == "bfloat16" else np.dtype(desc["dtype"]).itemsize
+    return 1
+
+
 def layout_sections(blobs: Iterable[tuple[dict, np.ndarray]]) -> int:
     """Assign ``offset``, ``length`` and ``crc32`` to each section descriptor in place.
 
-    ``blobs`` yields (descriptor, uint8 array) pairs in file order. Returns the total size
-    of the data region (sections plus padding between them).
+    ``blobs`` yields (descriptor, uint8 array) pairs in file order; each offset is the
+    next multiple of the section's alignment. Returns the size of the data region
+    (sections plus padding between them).
     """
     offset = 0
     for desc, blob in blobs:
-        offset = align_up(offset)
+        align = section_alignment(desc)
+        if desc["codec"] == "raw" and blob.nbytes >= RAW_ALIGN64_FROM:
+            align = ALIGN
+        offset = align_up(offset, align)
         desc["offset"] = offset
         desc["length"] = int(blob.nbytes)
         desc["crc32"] = crc32(blob)
@@ -73,9 +96,34 @@ def layout_sections(blobs: Iterable[tuple[dict, np.ndarray]]) -> int:
     return offset
 
 
+def encode_header(header: dict) -> bytes:
+    """The header as stored in a version-2 file: compact UTF-8 JSON, zlib level 9.
+
+    Raises ValueError when the JSON exceeds MAX_HEADER_BYTES.
+    """
+    head = _dump_header(header)
+    if len(head) > MAX_HEADER_BYTES:
+        raise ValueError(f"header of {len(head)} bytes exceeds the {MAX_HEADER_BYTES} byte cap")
+    return zlib.compress(head, 9)
+
+
+def inflate_header(stored: bytes, where: str) -> bytes:
+    """Decompress a zlib header without ever holding more than MAX_HEADER_BYTES."""
+    inflater = zlib.decompressobj()
+    try:
+        head = inflater.decompress(stored, MAX_HEADER_BYTES + 1)
+    except zlib.error as exc:
+        raise FormatError(f"{where}: compressed header is damaged ({exc})") from None
+    if len(head) > MAX_HEADER_BYTES or inflater.unconsumed_tail:
+        raise FormatError(f"{where}: header inflates beyond the {MAX_HEADER_BYTES} byte cap")
+    if not inflater.eof or inflater.unused_data:
+        raise FormatError(f"{where}: compressed header is truncated or has trailing bytes")
+    return head
+
+
 def file_size(header: dict, data_size: int) -> int:
     """Exact size of the file ``write_file`` produces for this header and data region."""
-    return align_up(PREAMBLE.size + len(_dump_header(header))) + data_size
+    return align_up(PREAMBLE.size + len(encode_header(header))) + data_size
 
 
 def check_output_path(path: str | os.PathLike) -> str:
@@ -228,7 +276,7 @@ def write_bytes_atomic(path: str | os.PathLike, chunks: Iterable) -> int:
 
 
 def _file_chunks(head: bytes, blobs: list[tuple[dict, np.ndarray]]):
-    yield PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(head), crc32(head), 0)
+    yield PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(head), crc32(head), FLAG_ZLIB_HEADER)
     yield head
     yield b"\0" * (align_up(PREAMBLE.size + len(head)) - PREAMBLE.size - len(head))
     pos = 0
@@ -248,10 +296,7 @@ def write_file(path: str | os.PathLike, header: dict,
     ``layout_sections``. Raises ValueError if the directory does not exist or the header
     is over the size cap.
     """
-    head = _dump_header(header)
-    if len(head) > MAX_HEADER_BYTES:
-        raise ValueError(f"header of {len(head)} bytes exceeds the {MAX_HEADER_BYTES} byte cap")
-    return write_bytes_atomic(path, _file_chunks(head, blobs))
+    return write_bytes_atomic(path, _file_chunks(encode_header(header), blobs))
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
@@ -330,7 +375,7 @@ class MappedFile:
             raise FormatError(f"{self.path}: cannot read ({exc.strerror})") from None
         self.buffer = np.frombuffer(self._mmap, dtype=np.uint8)
         self.size = size
-        magic, version, head_len, head_crc, _reserved = PREAMBLE.unpack_from(self._mmap, 0)
+        magic, version, head_len, head_crc, flags = PREAMBLE.unpack_from(self._mmap, 0)
         if magic != MAGIC:
             raise FormatError(f"{self.path}: not a .qpk file (bad magic {magic!r})")
         if version not in SUPPORTED_VERSIONS:
@@ -344,7 +389,12 @@ class MappedFile:
         head = self._mmap[PREAMBLE.size:PREAMBLE.size + head_len]
         if crc32(head) != head_crc:
             raise FormatError(f"{self.path}: header checksum mismatch (damaged header)")
+        if flags & ~(FLAG_ZLIB_HEADER if version >= 2 else 0):
+            raise FormatError(f"{self.path}: unknown preamble flags {flags:#x}")
+        if flags & FLAG_ZLIB_HEADER:
+            head = inflate_header(head, self.path)
         header = parse_header(head, self.path)
+        self.version = version
         self.header = header
         self.header_nbytes = head_len
         self.data_start = align_up(PREAMBLE.size + head_len)

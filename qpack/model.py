@@ -161,7 +161,7 @@ def load(path: str | os.PathLike, verify: bool = False) -> CompressedModel:
     tensors = {}
     spans = []
     for name, entry in tensors_header.items():
-        spec = validate_spec(name, entry, mapped.data_size)
+        spec = validate_spec(name, entry, mapped.data_size, mapped.version)
         for role, desc in spec["sections"].items():
             spans.append((desc["offset"], desc["length"], f"tensor {name!r} section {role!r}"))
         tensors[name] = _mapped_tensor(name, spec, mapped)

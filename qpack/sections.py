@@ -64,6 +64,51 @@ def encode_codes(codes: np.ndarray, bits: int, entropy: bool,
     return desc, blob
 
 
+def varint_bytes(values: np.ndarray) -> np.ndarray:
+    """Unsigned LEB128 bytes of 1-D values < 2**32: 7 bits a byte, low group first, the
+    high bit set on every byte but a value's last (docs/FORMAT.md, section 4.2)."""
+    v = np.ascontiguousarray(values, dtype=np.uint64).reshape(-1)
+    nbytes = np.ones(v.size, dtype=np.int64)
+    for k in range(1, 5):
+        nbytes += v >= (1 << (7 * k))
+    ends = np.cumsum(nbytes)
+    out = np.empty(int(ends[-1]) if v.size else 0, dtype=np.uint8)
+    starts = ends - nbytes
+    for k in range(5):
+        has = nbytes > k
+        group = (v[has] >> np.uint64(7 * k)) & np.uint64(0x7F)
+        more = (nbytes[has] > k + 1).astype(np.uint64) << np.uint64(7)
+        out[starts[has] + k] = (group | more).astype(np.uint8)
+    return out
+
+
+def encode_varint(values: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Store 1-D non-negative integers < 2**32 (per-row counts) as LEB128 bytes."""
+    return {"codec": "varint", "count": int(values.size)}, varint_bytes(values)
+
+
+def decode_varint(desc: dict, blob: np.ndarray, where: str) -> np.ndarray:
+    """The uint32 values of a validated ``varint`` section; FormatError unless the bytes
+    hold exactly ``count`` values, each of at most 5 bytes and below 2**32."""
+    check_section_length(desc, blob.nbytes, where)
+    b = np.asarray(blob, dtype=np.uint8).reshape(-1)
+    ends = np.flatnonzero(b < 0x80)
+    if ends.size != desc["count"] or (b.size and ends[-1] != b.size - 1):
+        raise FormatError(f"{where}: varint stream holds {ends.size} complete values, "
+                          f"expected {desc['count']}")
+    if not b.size:
+        return np.zeros(0, dtype=np.uint32)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts + 1
+    if int(lengths.max()) > 5:
+        raise FormatError(f"{where}: a varint value is longer than 5 bytes")
+    shift = (np.arange(b.size) - np.repeat(starts, lengths)) * 7
+    values = np.add.reduceat((b & 0x7F).astype(np.uint64) << shift.astype(np.uint64), starts)
+    if int(values.max()) >= 1 << 32:
+        raise FormatError(f"{where}: a varint value exceeds 32 bits")
+    return values.astype(np.uint32)
+
+
 def decode_raw(desc: dict, blob: np.ndarray, where: str) -> np.ndarray:
     """The user-facing array of a validated ``raw`` section (a read-only view when no cast
     is needed). Raises FormatError if the blob's length disagrees with the descriptor."""

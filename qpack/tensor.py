@@ -15,7 +15,7 @@ import numpy as np
 from qpack import dtypes
 from qpack._validate import group_layout, matrix_shape
 from qpack.errors import FormatError
-from qpack.sections import decode_codes, decode_raw, packed_codes
+from qpack.sections import decode_codes, decode_raw, decode_varint, packed_codes
 from qpack.tensor_spec import check_param_values
 
 # the parameter sections whose values must be finite
@@ -110,8 +110,13 @@ class CompressedTensor:
         rows, cols = matrix_shape(self.shape)
         gaps = decode_codes(self.spec["sections"]["gaps"], self._read_section("gaps"),
                             self._where("gaps")).reshape(-1)
-        return SparseIndex.from_arrays((rows, cols), self.spec["gap_bits"], gaps,
-                                       self._raw("row_nsym"))
+        nsym_desc = self.spec["sections"]["row_nsym"]
+        if nsym_desc["codec"] == "varint":
+            row_nsym = decode_varint(nsym_desc, self._read_section("row_nsym"),
+                                     self._where("row_nsym"))
+        else:
+            row_nsym = self._raw("row_nsym")
+        return SparseIndex.from_arrays((rows, cols), self.spec["gap_bits"], gaps, row_nsym)
 
     def _kept_codes(self) -> np.ndarray:
         return decode_codes(self.spec["sections"]["codes"], self._read_section("codes"),

@@ -17,10 +17,12 @@ from qpack import dtypes
 from qpack._validate import group_layout, matrix_shape
 from qpack.bitpack import packed_nbytes
 from qpack.errors import FormatError
+from qpack.format import FORMAT_VERSION, section_alignment
 
 METHODS = ("raw", "linear", "kmeans")
 LAYOUTS = ("dense", "sparse")
 CODE_CODECS = ("packed", "huffman")
+CODECS = ("raw", "varint") + CODE_CODECS
 # A tensor may declare at most this many elements per stored byte (plus a small allowance).
 # Dense codes cost >= 1 bit per element, so only extreme sparsity approaches it; the bound
 # stops a hostile header from making a reader allocate far more than the file could encode.
@@ -110,19 +112,24 @@ def check_dtype(obj: dict, where: str) -> str:
 
 # -- sections --------------------------------------------------------------------------
 
-def check_section(desc, where: str, data_size: int | None) -> dict:
+def check_section(desc, where: str, data_size: int | None,
+                  version: int = FORMAT_VERSION) -> dict:
     """A clean section descriptor; its bytes must fit a data region of ``data_size`` bytes.
 
     ``data_size`` None skips the placement fields (a section held in memory). The length is
-    checked against what the codec needs; placement against the file.
+    checked against what the codec needs; placement against the file and the alignment
+    rule of the file's format ``version``.
     """
     if not isinstance(desc, dict):
         raise FormatError(f"{where}: section descriptor must be a JSON object")
-    codec = json_str(desc, "codec", where, ("raw",) + CODE_CODECS)
+    codec = json_str(desc, "codec", where, CODECS if version >= 2 else
+                     tuple(c for c in CODECS if c != "varint"))
     clean: dict = {"codec": codec}
     if codec == "raw":
         clean["dtype"] = check_dtype(desc, where)
         clean["shape"] = list(check_shape(desc.get("shape"), where))
+    elif codec == "varint":
+        clean["count"] = json_int(desc, "count", where)
     else:
         clean["bits"] = json_int(desc, "bits", where, 1, 8)
         clean["rows"] = json_int(desc, "rows", where)
@@ -132,8 +139,9 @@ def check_section(desc, where: str, data_size: int | None) -> dict:
     clean["offset"] = json_int(desc, "offset", where)
     clean["length"] = json_int(desc, "length", where)
     clean["crc32"] = json_int(desc, "crc32", where, 0, 0xFFFFFFFF)
-    if clean["offset"] % 64:
-        raise FormatError(f"{where}: offset {clean['offset']} is not 64-byte aligned")
+    align = section_alignment(clean, version)
+    if clean["offset"] % align:
+        raise FormatError(f"{where}: offset {clean['offset']} is not {align}-byte aligned")
     if clean["offset"] + clean["length"] > data_size:
         raise FormatError(f"{where}: section ends at data byte "
                           f"{clean['offset'] + clean['length']} but the data region has "
@@ -150,6 +158,11 @@ def check_section_length(desc: dict, nbytes: int, where: str) -> None:
         if nbytes != need:
             raise FormatError(f"{where}: {nbytes} bytes stored, shape {desc['shape']} of "
                               f"{desc['dtype']} needs {need}")
+    elif codec == "varint":
+        # each value takes 1 to 5 bytes
+        if not desc["count"] <= nbytes <= 5 * desc["count"]:
+            raise FormatError(f"{where}: {nbytes} bytes cannot hold {desc['count']} varint "
+                              "values")
     elif codec == "packed":
         need = desc["rows"] * packed_nbytes(desc["count"], desc["bits"])
         if nbytes != need:
@@ -191,12 +204,14 @@ def _in_order(clean: dict, original: dict) -> dict:
     return out
 
 
-def validate_spec(name: str, spec, data_size: int | None = None) -> dict:
+def validate_spec(name: str, spec, data_size: int | None = None,
+                  version: int = FORMAT_VERSION) -> dict:
     """Check a tensor's header entry and return the clean spec that readers rely on.
 
     ``data_size``: bytes of the file's data region, against which every section's offset
     and length are checked (None for sections held in memory, whose lengths are checked
-    when they are read). Raises FormatError naming the tensor and the offending field.
+    when they are read); ``version``: the file's format version. Raises FormatError naming
+    the tensor and the offending field.
     """
     where = f"tensor {name!r}"
     if not isinstance(spec, dict):
@@ -221,7 +236,8 @@ def validate_spec(name: str, spec, data_size: int | None = None) -> dict:
                           + ("; " if unknown and missing else "")
                           + (f"missing: {', '.join(missing)}" if missing else ""))
     sections = {role: _in_order(check_section(raw_sections[role],
-                                              f"{where} section {role!r}", data_size),
+                                              f"{where} section {role!r}", data_size,
+                                              version),
                                 raw_sections[role])
                 for role in raw_sections}
     clean["sections"] = sections
@@ -254,7 +270,9 @@ def validate_spec(name: str, spec, data_size: int | None = None) -> dict:
         gaps = sections["gaps"]
         _codes_section(sections, "gaps", where, gap_bits, 1, gaps.get("count", 0))
         _codes_section(sections, "codes", where, bits, 1, nnz)
-        _raw_section(sections, "row_nsym", where, ("uint32",), [rows])
+        nsym = sections["row_nsym"]
+        if not (nsym["codec"] == "varint" and nsym["count"] == rows):
+            _raw_section(sections, "row_nsym", where, ("uint32",), [rows])
     if method == "linear":
         group_size = spec.get("group_size")
         if group_size is not None and (isinstance(group_size, bool)

@@ -20,3 +20,34 @@ def small_model(seed: int = 0) -> dict[str, np.ndarray]:
         "step": np.array(7, dtype=np.int64),
         "position_ids": np.arange(12, dtype=np.int32).reshape(1, 12),
     }
+
+
+# -- reading and building .qpk bytes by hand (an independent reader of FORMAT.md 4.1) ----
+
+def split_file(raw: bytes) -> tuple[dict, bytes]:
+    """(header dict, data region) of .qpk bytes, version 1 (plain JSON) or 2 (zlib)."""
+    import json
+    import zlib
+
+    version = int.from_bytes(raw[8:12], "little")
+    n = int.from_bytes(raw[12:16], "little")
+    flags = int.from_bytes(raw[20:24], "little")
+    head = raw[24:24 + n]
+    if version >= 2 and flags & 1:
+        head = zlib.decompress(head)
+    return json.loads(head), raw[-(-(24 + n) // 64) * 64:]
+
+
+def build_file(header, data: bytes, compress: bool = True) -> bytes:
+    """.qpk bytes (version 2) with this header (a dict, or exact JSON bytes) and data."""
+    import json
+    import struct
+    import zlib
+
+    head = header if isinstance(header, bytes) else json.dumps(header).encode()
+    if compress:
+        head = zlib.compress(head)
+    start = -(-(24 + len(head)) // 64) * 64
+    pre = struct.pack("<8sIIII", b"\x89QPK\r\n\x1a\n", 2, len(head), zlib.crc32(head),
+                      1 if compress else 0)
+    return pre + head + b"\0" * (start - 24 - len(head)) + data

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import struct
 import zlib
 
 import numpy as np
 import pytest
-from model_cases import small_model
+from model_cases import build_file, small_model, split_file
 
 import qpack
 from qpack.format import MAGIC
@@ -31,8 +30,8 @@ def saved(tmp_path_factory):
 
 
 def _header(raw: bytes) -> tuple[dict, int]:
-    n = int.from_bytes(raw[12:16], "little")
-    return json.loads(raw[24:24 + n]), -(-(24 + n) // 64) * 64
+    header, data = split_file(raw)
+    return header, len(raw) - len(data)
 
 
 def _touch_all(path, verify):
@@ -43,12 +42,7 @@ def _touch_all(path, verify):
 
 def _with_header(raw: bytes, header: dict) -> bytes:
     """Re-serialize a header with a valid CRC (to test checks beyond the checksum)."""
-    old_n = int.from_bytes(raw[12:16], "little")
-    old_start = -(-(24 + old_n) // 64) * 64
-    head = json.dumps(header).encode()
-    start = -(-(24 + len(head)) // 64) * 64
-    pre = struct.pack("<8sIIII", MAGIC, 1, len(head), zlib.crc32(head), 0)
-    return pre + head + b"\0" * (start - 24 - len(head)) + raw[old_start:]
+    return build_file(header, split_file(raw)[1])
 
 
 @pytest.mark.parametrize("flavour", ["kmeans_sparse", "linear_packed", "kmeans_dense"])
@@ -162,7 +156,7 @@ def test_random_garbage_after_valid_preamble(tmp_path):
     rng = np.random.default_rng(0)
     for _ in range(20):
         head = rng.integers(0, 256, size=int(rng.integers(0, 200)), dtype=np.uint8).tobytes()
-        pre = struct.pack("<8sIIII", MAGIC, 1, len(head), zlib.crc32(head), 0)
+        pre = struct.pack("<8sIIII", MAGIC, 2, len(head), zlib.crc32(head), 1)
         p = tmp_path / "g.qpk"
         p.write_bytes(pre + head + rng.bytes(100))
         with pytest.raises(qpack.FormatError):

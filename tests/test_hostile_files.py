@@ -6,15 +6,13 @@ from __future__ import annotations
 import copy
 import json
 import resource
-import struct
 import zlib
 
 import numpy as np
 import pytest
-from model_cases import small_model
+from model_cases import build_file, small_model, split_file
 
 import qpack
-from qpack.format import MAGIC
 
 # a hostile file may not make a reader allocate more than this (the models here are KB)
 ALLOCATION_CAP = 1 << 30
@@ -39,24 +37,12 @@ def files(tmp_path_factory):
     return out
 
 
-def split(raw: bytes) -> tuple[dict, bytes]:
-    """(header, data region) of a file."""
-    n = int.from_bytes(raw[12:16], "little")
-    return json.loads(raw[24:24 + n]), raw[-(-(24 + n) // 64) * 64:]
-
-
-def assemble(head: bytes, data: bytes) -> bytes:
-    """A file with these exact header bytes (valid CRC) and data region."""
-    start = -(-(24 + len(head)) // 64) * 64
-    pre = struct.pack("<8sIIII", MAGIC, 1, len(head), zlib.crc32(head), 0)
-    return pre + head + b"\0" * (start - 24 - len(head)) + data
+split = split_file
 
 
 def write(tmp_path, header_or_bytes, data: bytes, name="bad.qpk"):
-    head = header_or_bytes if isinstance(header_or_bytes, bytes) else \
-        json.dumps(header_or_bytes).encode()
     p = tmp_path / name
-    p.write_bytes(assemble(head, data))
+    p.write_bytes(build_file(header_or_bytes, data))
     return p
 
 
@@ -102,9 +88,9 @@ def _second_tensor_on_same_bytes(h):
 
 
 def _repeat_codes_under_known_role(h):
-    # a dense tensor whose codebook section is placed on top of its codes
-    t = tensor(h, "kmeans", "dense")
-    t["sections"]["codebook"]["offset"] = t["sections"]["codes"]["offset"]
+    # a tensor whose scales section is placed on top of its codes
+    t = tensor(h, "linear")
+    t["sections"]["scales"]["offset"] = t["sections"]["codes"]["offset"]
 
 
 def _drop(key):
@@ -117,7 +103,7 @@ HOSTILE = [
     # A1: unknown roles and overlapping sections (each byte counts once)
     ("kmeans_sparse", _extra_role_on_codes, "unknown: 'padding'"),
     ("kmeans_sparse", _second_tensor_on_same_bytes, "overlaps"),
-    ("kmeans_sparse", _repeat_codes_under_known_role, "overlaps|codebook"),
+    ("linear_group", _repeat_codes_under_known_role, "overlaps"),
     # A2: zero-size dimensions cannot declare huge extents
     ("kmeans_sparse", lambda h: h["tensors"].update(big={
         "method": "raw", "shape": [2**30, 0], "dtype": "float32",
