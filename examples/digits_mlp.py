@@ -10,7 +10,8 @@ digits that ship with scikit-learn: nothing is downloaded), then walks through t
 4. ``qpack.nn.PackedLinear``    inference straight from the packed weights;
 5. the demo's table over many settings (``qpack.demo.run_demo``).
 
-Run: ``python examples/digits_mlp.py`` (``--quick``: short training, few settings).
+Run: ``python examples/digits_mlp.py`` (``--quick``: short training, few settings). Needs
+the ``demo`` extra (scikit-learn): ``pip install -e ".[demo]"``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short training, few settings")
     args = parser.parse_args(argv)
+    try:
+        demo.require_demo_extra()
+    except demo.MissingExtraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
     # -- 0. A trained model -----------------------------------------------------------
     # 1797 digits, 64 pixels each scaled to [0, 1]; stratified 75/25 split.

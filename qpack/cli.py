@@ -1,7 +1,8 @@
 """The ``qpack`` command line: compress, inspect, verify and decompress ``.qpk`` files.
 
 Exit codes: 0 on success, 1 on a bad input (missing or damaged file, bad setting, ...;
-one line on stderr, no traceback unless ``--debug``), 2 on a usage error (argparse).
+one line on stderr, no traceback unless ``--debug``), 2 on a usage error (a bad option or
+value, no command, an unknown benchmark name).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ MODEL_EXTENSIONS = (".safetensors", ".npz")
 
 class CliError(ValueError):
     """A bad input found by the CLI itself: printed as one line, exit code 1."""
+
+
+class CliUsageError(CliError):
+    """A usage error found after argument parsing: printed as one line, exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,15 +117,20 @@ def parse_override(text: str) -> tuple[str, dict]:
 # -- subcommands -----------------------------------------------------------------------
 
 def _check_output(path: str, extensions: tuple[str, ...]) -> str:
-    """Fail early (before any work) on an output path that cannot be written."""
+    """Fail early (before any work) on an output path that cannot be written.
+
+    The extension is checked here; ``qpack.format.check_output_path`` checks the rest
+    (a directory, a missing or unwritable folder). Returns the lower-case extension.
+    """
+    from qpack.format import check_output_path
+
     ext = os.path.splitext(path)[1].lower()
     if ext not in extensions:
         raise CliError(f"{path}: output must end in {' or '.join(extensions)}")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise CliError(f"{path}: directory {folder} does not exist")
-    if os.path.isdir(path):
-        raise CliError(f"{path}: is a directory")
+    try:
+        check_output_path(path)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     return ext
 
 
@@ -141,29 +151,47 @@ def _check_input(path: str, extensions: tuple[str, ...]) -> None:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     """Compress a .safetensors/.npz model into a .qpk file and print the report."""
-    from qpack.inputs import read_model
     from qpack.model import compress
 
     _check_input(args.input, MODEL_EXTENSIONS)
     _check_output(args.output, (".qpk",))
-    arrays = read_model(args.input)
     overrides: dict[str, dict] = {}
     for pattern, settings in args.override:
         overrides.setdefault(pattern, {}).update(settings)
     progress = not args.quiet and sys.stderr.isatty()
-    model = compress(arrays, bits=args.bits, prune=args.prune, method=args.method,
+    # given the path, compress also keeps the file's own metadata (safetensors
+    # __metadata__) for decompress to write back
+    model = compress(args.input, bits=args.bits, prune=args.prune, method=args.method,
                      group_size=args.group_size, symmetric=args.symmetric, clip=args.clip,
                      entropy=None if args.no_entropy else "huffman",
                      include=args.include or None, exclude=args.exclude or None,
                      overrides=overrides or None, min_numel=args.min_numel,
                      prune_scope=args.prune_scope, per_channel=args.per_channel,
-                     metadata={"source": os.path.basename(args.input)}, progress=progress)
+                     metadata={"source": os.path.basename(args.input)},
+                     progress=progress)
     size = model.save(args.output)
     if not args.quiet:
         print(model.report())
-    print(f"wrote {args.output}: {size:,} bytes, {model.original_nbytes / size:.2f}x smaller "
-          f"than the {model.original_nbytes:,} input bytes")
+    print(f"wrote {args.output}: {size:,} bytes, "
+          f"{size_comparison(size, model.original_nbytes)} the "
+          f"{model.original_nbytes:,} input bytes")
     return 0
+
+
+def size_comparison(size: int, original: int) -> str:
+    """How ``size`` compares to ``original`` bytes, e.g. ``'6.27x smaller than'``.
+
+    ``'1.37x larger than'`` when the file is bigger than its input (tiny models, tensors
+    stored raw: the header and the 64-byte alignment cost bytes), ``'the same size as'``
+    when the two are equal.
+    """
+    if size == original:
+        return "the same size as"
+    if size < original:
+        return f"{original / size:.2f}x smaller than"
+    if original == 0:
+        return "larger than"
+    return f"{size / original:.2f}x larger than"
 
 
 def _preamble(path: str) -> tuple[int, int]:
@@ -198,7 +226,24 @@ def _info_dict(path: str, model) -> dict:
     version, header_len = _preamble(path)
     return {"file": path, "format_version": version, "header_bytes": header_len,
             "file_bytes": model.nbytes, "original_bytes": model.original_nbytes,
-            "ratio": model.ratio, "metadata": model.metadata, "tensors": tensors}
+            "ratio": model.ratio, "metadata": _json_metadata(model.metadata),
+            "tensors": tensors}
+
+
+def _json_metadata(metadata: dict) -> dict:
+    """The metadata for ``info --json``: ``compress_args`` (settings that ``compress`` stores
+    as a JSON string) decoded to an object; a value that is not a JSON object stays a string.
+    """
+    out = dict(metadata)
+    text = out.get("compress_args")
+    if isinstance(text, str):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            out["compress_args"] = value
+    return out
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -241,7 +286,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def write_arrays(path: str, arrays: dict, metadata: dict[str, str] | None = None) -> None:
     """Write arrays to ``.safetensors`` or ``.npz`` atomically (no partial file on error).
 
-    ``.npz`` cannot hold bfloat16 without pickling, so bfloat16 arrays become float32 there.
+    ``metadata`` goes to a safetensors file's ``__metadata__`` (``.npz`` has none).
     """
     import numpy as np
 
@@ -251,12 +296,18 @@ def write_arrays(path: str, arrays: dict, metadata: dict[str, str] | None = None
     if path.lower().endswith(".safetensors"):
         write_safetensors(path, arrays, metadata)
         return
-    plain = {}
-    for name, arr in arrays.items():
-        arr = np.asarray(arr)
-        plain[name] = arr.astype(np.float32) if arr.dtype.name == "bfloat16" else arr
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **plain)
+        np.savez(fh, **{name: np.asarray(arr) for name, arr in arrays.items()})
+
+
+def _check_npz_dtypes(model, path: str) -> None:
+    """``.npz`` cannot hold bfloat16 without pickling: refuse before decoding anything,
+    rather than change the dtype."""
+    bf16 = [name for name, t in model.items() if t.spec["dtype"] == "bfloat16"]
+    if bf16 and path.lower().endswith(".npz"):
+        raise CliError(f"{path}: .npz cannot store bfloat16 (tensor {bf16[0]!r}"
+                       f"{f' and {len(bf16) - 1} more' if len(bf16) > 1 else ''}); "
+                       "write .safetensors instead, which keeps it")
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
@@ -266,8 +317,10 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     _check_exists(args.file)
     _check_output(args.output, MODEL_EXTENSIONS)
     model = load(args.file)
+    _check_npz_dtypes(model, args.output)
     arrays = model.decompress()
-    write_arrays(args.output, arrays, metadata=model.metadata)
+    # the input file's own metadata, as compress found it (e.g. {"format": "pt"})
+    write_arrays(args.output, arrays, metadata=model.source_metadata)
     print(f"wrote {args.output}: {len(arrays)} tensors, "
           f"{sum(a.nbytes for a in arrays.values()):,} bytes of data")
     return 0
@@ -275,15 +328,39 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train the digits MLP, compress it at several settings, run it from the files."""
-    from qpack.demo import main as demo_main
+    from qpack import demo
 
-    return demo_main(quick=args.quick)
+    try:
+        demo.require_demo_extra()  # scikit-learn is the optional "demo" extra
+    except demo.MissingExtraError as exc:
+        raise CliError(str(exc)) from None
+    return demo.main(quick=args.quick)
 
 
 def find_benchmarks() -> Path | None:
     """benchmarks/run_all.py of the source checkout qpack was installed from, if present."""
     candidate = Path(__file__).resolve().parent.parent / "benchmarks" / "run_all.py"
     return candidate if candidate.is_file() else None
+
+
+def benchmark_names(script: Path) -> list[str]:
+    """Names of the benchmarks beside ``script`` (run_all.py): ``bench_*.py`` without the
+    ``bench_`` prefix, sorted (e.g. ``['bitpack', 'compress', ...]``)."""
+    return sorted(p.stem[len("bench_"):] for p in script.parent.glob("bench_*.py"))
+
+
+def _select_benchmarks(names: list[str], known: list[str]) -> list[str]:
+    """``names`` (with or without the ``bench_`` prefix) as known benchmark names, in order;
+    CliUsageError listing the known names if one is not a benchmark."""
+    selected = []
+    for name in names:
+        short = name[len("bench_"):] if name.startswith("bench_") else name
+        if short not in known:
+            raise CliUsageError(f"unknown benchmark {name!r} for --only (known: "
+                                f"{', '.join(known)})")
+        if short not in selected:
+            selected.append(short)
+    return selected
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -295,7 +372,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                        "(pip install -e .), or 'python benchmarks/run_all.py' there")
     command = [sys.executable, str(script)] + (["--quick"] if args.quick else [])
     if args.only:
-        command += ["--only", *args.only]
+        command += ["--only", *_select_benchmarks(args.only, benchmark_names(script))]
     return subprocess.call(command, cwd=str(script.parent.parent))
 
 
@@ -354,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-scope", choices=("tensor", "global"), default="tensor",
                    help="prune each tensor by --prune, or one threshold for all (tensor)")
     p.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress bar and no per-tensor report")
+                   help="no progress counter and no per-tensor report")
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("info", help="show a .qpk file's header, metadata and tensors",
@@ -380,13 +457,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="compress a digits MLP at several settings (no download)",
                        description="Trains MLPClassifier(300, 100) on scikit-learn's digits, "
                                    "compresses it at several settings, and runs the test "
-                                   "set from each saved .qpk with packed layers.")
+                                   "set from each saved .qpk with packed layers. Needs the "
+                                   "'demo' extra (scikit-learn): pip install \"qpack[demo]\".")
     p.add_argument("--quick", action="store_true", help="short training, three settings")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="run the benchmark suite (source checkout only)")
     p.add_argument("--quick", action="store_true", help="small sizes, about a minute each")
-    p.add_argument("--only", nargs="+", metavar="NAME", help="benchmarks to run")
+    p.add_argument("--only", nargs="+", metavar="NAME",
+                   help="benchmarks to run, e.g. bitpack or bench_bitpack (the bench_*.py "
+                        "files of benchmarks/)")
     p.set_defaults(func=cmd_bench)
     return parser
 
@@ -395,9 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``qpack`` console script; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    if args.command is None:  # a usage error: the help goes to stderr
+        parser.print_help(sys.stderr)
+        return 2
     try:
         return args.func(args)
     except BrokenPipeError:  # e.g. `qpack info --json x.qpk | head`: not an error of ours
@@ -409,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         print(f"qpack {args.command}: error: {message}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, CliUsageError) else 1
     except KeyboardInterrupt:
         print("qpack: interrupted", file=sys.stderr)
         return 130

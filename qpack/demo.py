@@ -12,6 +12,7 @@ from the loaded file. The CLI (``qpack demo``), ``examples/digits_mlp.py`` and
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import statistics
 import sys
@@ -50,6 +51,28 @@ RETRAINED = ("kmeans 4-bit, prune 0.9 + retrain",
              {"method": "kmeans", "bits": 4, "prune": 0.9})
 LAYERS = ("fc1", "fc2", "fc3")
 
+# scikit-learn (with scipy and threadpoolctl, which it installs) is not a dependency of
+# qpack itself: the demo and the examples get it from the "demo" extra.
+DEMO_EXTRA_INSTALL = 'pip install "qpack[demo]" (in a source checkout: pip install -e ".[demo]")'
+
+
+class MissingExtraError(ImportError):
+    """A library of the ``demo`` extra (scikit-learn) is not installed."""
+
+
+def require_demo_extra() -> None:
+    """Raise MissingExtraError, with the install command, unless scikit-learn is importable.
+
+    The message is one line naming the missing module and the ``demo`` extra.
+    """
+    for module in ("sklearn", "threadpoolctl"):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise MissingExtraError(
+                f"the demo needs scikit-learn ({exc}); install the 'demo' extra: "
+                f"{DEMO_EXTRA_INSTALL}") from None
+
 
 @dataclass
 class DigitsSplit:
@@ -74,7 +97,11 @@ class DemoResult:
 
 
 def load_digits_split(seed: int = 0) -> DigitsSplit:
-    """sklearn's 1797 8x8 digits as float32 in [0, 1]; stratified 75/25 split by ``seed``."""
+    """sklearn's 1797 8x8 digits as float32 in [0, 1]; stratified 75/25 split by ``seed``.
+
+    Raises MissingExtraError (an ImportError) when scikit-learn is not installed.
+    """
+    require_demo_extra()
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

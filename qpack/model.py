@@ -82,17 +82,22 @@ class CompressedModel(Mapping):
         return self.original_nbytes / self.nbytes if self.nbytes else math.inf
 
     def report(self) -> Report:
-        """One row per tensor: name, shape, method, bits, sparsity, stored bytes, ratio,
-        relative error and SQNR (dB), measured at compression time. Prints as a table."""
+        """One row per tensor: name, shape, method, bits, kept fraction, the bytes of its
+        code stream, sparse index and parameters, stored bytes, ratio, relative error and
+        SQNR (dB) measured at compression time (see ``Report``). Prints as a table."""
         rows = []
         for name, t in self._tensors.items():
             stats = t.stats
             raw = t.method == "raw"
+            part = {role: t._section_nbytes(role) for role in t.spec["sections"]}
             rows.append({
                 "name": name, "shape": t.shape, "method": t.method + (
                     "" if raw or t.layout == "dense" else "+sparse"),
-                "bits": t.bits, "sparsity": t.sparsity, "stored_bytes": t.nbytes,
-                "original_bytes": t.original_nbytes,
+                "bits": t.bits, "sparsity": t.sparsity, "kept": 1.0 - t.sparsity,
+                "codes_bytes": part.get("codes", part.get("data", 0)),
+                "index_bytes": part.get("gaps", 0) + part.get("row_nsym", 0),
+                "params_bytes": sum(part.get(r, 0) for r in ("codebook", "scales", "zeros")),
+                "stored_bytes": t.nbytes, "original_bytes": t.original_nbytes,
                 "ratio": t.original_nbytes / t.nbytes if t.nbytes else math.inf,
                 "rel_error": 0.0 if raw else stats.get("rel_error"),
                 "sqnr_db": math.inf if raw or stats.get("rel_error") == 0.0

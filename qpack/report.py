@@ -8,12 +8,18 @@ import math
 class Report(list):
     """A list of per-tensor rows (dicts) that prints as an aligned text table.
 
-    Each row has: name, shape, method, bits, sparsity, stored_bytes, original_bytes, ratio,
-    rel_error, sqnr_db. ``str(report)`` renders the table plus a total line.
+    Each row has: name, shape, method, bits, sparsity, kept (1 - sparsity), codes_bytes
+    (the code stream, or a raw tensor's data), index_bytes (a sparse tensor's gap stream
+    and per-row counts), params_bytes (codebook, or scales and zero-points), stored_bytes
+    (their sum), original_bytes, ratio, rel_error, sqnr_db. Errors are against the weights
+    given to compress (None for a pre-quantized tensor given without its float weights).
+    ``str(report)`` renders the table plus a total line.
     """
 
-    COLUMNS = ("name", "shape", "method", "bits", "sparsity", "stored_bytes", "ratio",
-               "rel_error", "sqnr_db")
+    COLUMNS = ("name", "shape", "method", "bits", "kept", "codes_bytes", "index_bytes",
+               "params_bytes", "stored_bytes", "ratio", "rel_error", "sqnr_db")
+    HEADINGS = {"codes_bytes": "codes B", "index_bytes": "index B", "params_bytes": "params B",
+                "stored_bytes": "stored B", "rel_error": "rel err", "sqnr_db": "SQNR dB"}
 
     def __init__(self, rows, total_nbytes: int, original_nbytes: int):
         super().__init__(rows)
@@ -26,7 +32,7 @@ class Report(list):
             return "-"
         if key == "shape":
             return "x".join(str(d) for d in value) or "()"
-        if key == "sparsity":
+        if key in ("sparsity", "kept"):
             return f"{100 * value:.1f}%"
         if key == "ratio":
             return f"{value:.2f}x"
@@ -37,7 +43,7 @@ class Report(list):
         return str(value)
 
     def __str__(self) -> str:
-        table = [list(self.COLUMNS)]
+        table = [[self.HEADINGS.get(k, k) for k in self.COLUMNS]]
         table += [[self._cell(k, row.get(k)) for k in self.COLUMNS] for row in self]
         widths = [max(len(r[i]) for r in table) for i in range(len(self.COLUMNS))]
         lines = []

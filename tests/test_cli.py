@@ -96,6 +96,8 @@ def test_compress_info_verify_decompress_round_trip(tmp_path, model_file):
         for key, arr in expected.items():
             assert arrays[key].dtype == arr.dtype and arrays[key].shape == arr.shape
             np.testing.assert_array_equal(arrays[key], arr)
+        if name.endswith(".safetensors"):  # the input's own metadata comes back
+            assert read_safetensors(back)[1] == {"origin": "test"}
     original = small_model()
     np.testing.assert_array_equal(expected["encoder.bias"], original["encoder.bias"])
     np.testing.assert_array_equal(expected["steps"], original["steps"])
@@ -203,6 +205,92 @@ def test_decompress_into_missing_folder_writes_nothing(tmp_path, model_file):
     assert files_in(tmp_path) == before
 
 
+def test_compress_says_larger_when_the_file_is_larger(tmp_path, model_file, capsys):
+    """Every tensor stored raw: header and alignment make the file bigger than its input."""
+    out = tmp_path / "raw.qpk"
+    assert cli.main(["compress", str(model_file), "-o", str(out), "-q",
+                     "--min-numel", "1000000"]) == 0
+    assert all(t.method == "raw" for t in qpack.load(out).values())
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    size = out.stat().st_size
+    original = sum(a.nbytes for a in small_model().values())
+    assert size > original
+    assert line == (f"wrote {out}: {size:,} bytes, {size / original:.2f}x larger than the "
+                    f"{original:,} input bytes")
+    assert "smaller" not in line
+
+
+@pytest.mark.parametrize("size, original, expected", [
+    (100, 627, "6.27x smaller than"),
+    (137, 100, "1.37x larger than"),
+    (100, 100, "the same size as"),
+    (64, 0, "larger than"),
+])
+def test_size_comparison(size, original, expected):
+    assert cli.size_comparison(size, original) == expected
+
+
+def _no_compression(monkeypatch):
+    """Make reading the input or compressing fail the test: the output check comes first."""
+    import qpack.inputs
+    import qpack.model
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the input was read before the output path was checked")
+
+    monkeypatch.setattr(qpack.inputs, "read_model", refuse)
+    monkeypatch.setattr(qpack.model, "compress", refuse)
+
+
+def _assert_rejects_unwritable_folder(tmp_path, model_file, folder, capsys):
+    out = folder / "out.qpk"
+    rc = cli.main(["compress", str(model_file), "-o", str(out)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert len(lines) == 1 and str(out) in lines[0] and "not writable" in lines[0], lines
+    assert lines[0].startswith("qpack compress: error:")
+    assert os.listdir(folder) == []
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root can write into a read-only folder")
+def test_compress_into_read_only_folder_fails_first(tmp_path, model_file, monkeypatch, capsys):
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    _no_compression(monkeypatch)
+    folder.chmod(0o555)
+    try:
+        _assert_rejects_unwritable_folder(tmp_path, model_file, folder, capsys)
+    finally:
+        folder.chmod(0o755)
+
+
+def test_compress_into_unwritable_folder_fails_first(tmp_path, model_file, monkeypatch,
+                                                      capsys):
+    """The same check, as any user (root included): os.access reports the folder unwritable."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    real_access = os.access
+
+    def access(path, mode, *args, **kwargs):
+        if os.path.abspath(path) == str(folder) and mode & os.W_OK:
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    _no_compression(monkeypatch)
+    _assert_rejects_unwritable_folder(tmp_path, model_file, folder, capsys)
+
+
+def test_output_path_that_is_a_directory(tmp_path, model_file, monkeypatch, capsys):
+    folder = tmp_path / "out.qpk"
+    folder.mkdir()
+    _no_compression(monkeypatch)
+    assert cli.main(["compress", str(model_file), "-o", str(folder)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "directory" in err and str(folder) in err
+
+
 # -- damaged files ------------------------------------------------------------------------
 
 def _flip(path, offset: int) -> None:
@@ -272,6 +360,15 @@ def test_parse_override_rejects(text):
         cli.parse_override(text)
 
 
+def test_bare_qpack_is_a_usage_error(capsys):
+    assert cli.main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("usage: qpack") and "compress" in captured.err
+    r = run_cli()
+    assert r.returncode == 2 and r.stdout == "" and "usage: qpack" in r.stderr
+
+
 def test_help_and_version():
     r = run_cli("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"qpack {qpack.__version__}"
@@ -294,6 +391,69 @@ def test_demo_quick():
     assert all(r > 3 for r in ratios)
     accuracies = [float(ln.split("%")[0].split()[-1]) for ln in table]
     assert accuracies[0] > 85 and all(a > 80 for a in accuracies)
+
+
+def _block_imports(*modules: str) -> str:
+    """Python source that makes importing any of ``modules`` fail as if not installed."""
+    return (
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {modules!r}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n")
+
+
+def test_demo_without_scikit_learn_names_the_extra(tmp_path):
+    code = _block_imports("sklearn") + (
+        "from qpack.cli import main\n"
+        "sys.exit(main(['demo', '--quick']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("qpack demo: error:") and "scikit-learn" in lines[0]
+    assert 'pip install "qpack[demo]"' in lines[0] and 'pip install -e ".[demo]"' in lines[0]
+    assert "training" not in r.stdout
+
+
+@pytest.mark.parametrize("module", ["sklearn", "threadpoolctl"])
+def test_demo_extra_check(monkeypatch, capsys, module):
+    monkeypatch.setitem(sys.modules, module, None)  # import now raises ImportError
+    assert cli.main(["demo", "--quick"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'demo' extra" in err and module in err
+
+
+def test_compress_runs_without_scikit_learn(tmp_path, model_file):
+    """scikit-learn (and scipy, threadpoolctl) is the demo's extra, not a qpack dependency."""
+    out = tmp_path / "m.qpk"
+    code = _block_imports("sklearn", "scipy", "threadpoolctl") + (
+        "from qpack.cli import main\n"
+        f"rc = main(['compress', {str(model_file)!r}, '-o', {str(out)!r}, '-q'])\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')]\n"
+        "sys.exit(rc)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert qpack.load(out)["encoder.weight"].method == "kmeans"
+
+
+def test_scikit_learn_is_an_extra_not_a_dependency():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11")
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as fh:
+        project = tomllib.load(fh)["project"]
+
+    def names(requirements):
+        return {r.split(">")[0].split("=")[0].split("[")[0].strip().lower()
+                for r in requirements}
+
+    assert "scikit-learn" not in names(project["dependencies"])
+    extras = project["optional-dependencies"]
+    assert "scikit-learn" in names(extras["demo"])
+    assert "scikit-learn" in names(extras["test"])  # the tests run the demo and examples
 
 
 def test_bench_locates_the_suite_or_explains(monkeypatch, capsys):
@@ -320,3 +480,90 @@ def test_info_json_is_strict_json(tmp_path, capsys):
     assert set(info["tensors"]) == {"zeros", "ones"}
     assert cli._finite({"a": float("inf"), "b": [1.0, float("nan")], "c": "x"}) == {
         "a": None, "b": [1.0, None], "c": "x"}
+
+
+def _refuse_to_run(*args, **kwargs):
+    raise AssertionError(f"the benchmarks were launched: {args}")
+
+
+def test_bench_rejects_unknown_names_before_running(monkeypatch, capsys):
+    script = cli.find_benchmarks()
+    if script is None:
+        pytest.skip("no benchmarks/ folder beside the package (not a source checkout)")
+    known = cli.benchmark_names(script)
+    assert "bitpack" in known and "models" in known
+    monkeypatch.setattr(cli.subprocess, "call", _refuse_to_run)
+    assert cli.main(["bench", "--quick", "--only", "bitpack", "nosuch"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("qpack bench: error:") and "'nosuch'" in lines[0]
+    assert ", ".join(known) in lines[0]
+
+
+def test_bench_only_accepts_names_with_or_without_prefix(monkeypatch):
+    if cli.find_benchmarks() is None:
+        pytest.skip("no benchmarks/ folder beside the package (not a source checkout)")
+    commands = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda command, **kw: commands.append(command)
+                        or 0)
+    assert cli.main(["bench", "--quick", "--only", "bench_bitpack", "entropy", "bitpack"]) == 0
+    (command,) = commands
+    assert command[-4:] == ["--quick", "--only", "bitpack", "entropy"]
+
+
+def test_bench_unknown_name_in_a_subprocess_runs_nothing():
+    if cli.find_benchmarks() is None:
+        pytest.skip("no benchmarks/ folder beside the package (not a source checkout)")
+    r = run_cli("bench", "--only", "nosuch")
+    assert r.returncode == 2
+    assert r.stdout == ""  # run_all.py prints '== bench_NAME' before each benchmark
+    assert len(r.stderr.strip().splitlines()) == 1 and "known: bitpack" in r.stderr
+
+
+def test_info_json_decodes_compress_args(tmp_path, model_file, capsys):
+    qpk = tmp_path / "m.qpk"
+    assert cli.main(["compress", str(model_file), "-o", str(qpk), "-q", "--bits", "3",
+                     "--override", "encoder.*:bits=8"]) == 0
+    capsys.readouterr()
+    assert cli.main(["info", "--json", str(qpk)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    args = info["metadata"]["compress_args"]
+    assert isinstance(args, dict)
+    assert args["bits"] == 3 and args["method"] == "kmeans"
+    assert args["overrides"] == {"encoder.*": {"bits": 8}}
+    assert info["metadata"]["source"] == "model.safetensors"  # other values unchanged
+    # the text output still shows the stored string
+    assert cli.main(["info", str(qpk)]) == 0
+    assert 'metadata compress_args: {"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["not json", "[1, 2]", "7", ""])
+def test_info_json_keeps_compress_args_that_are_not_an_object(tmp_path, capsys, value):
+    qpk = tmp_path / "m.qpk"
+    model = qpack.compress({"w": np.ones((4, 8), np.float32)}, min_numel=0)
+    model.save(qpk, metadata={"compress_args": value})
+    assert qpack.load(qpk).metadata["compress_args"] == value
+    capsys.readouterr()
+    assert cli.main(["info", "--json", str(qpk)]) == 0
+    assert json.loads(capsys.readouterr().out)["metadata"]["compress_args"] == value
+
+
+def test_decompress_keeps_bfloat16_and_refuses_npz(tmp_path):
+    """B9/B12: bf16 stays bf16 through compress/decompress with the file size kept, and
+    .npz (which cannot hold it) is refused before anything is decoded or written."""
+    import ml_dtypes
+
+    rng = np.random.default_rng(3)
+    src = tmp_path / "bf.safetensors"
+    w = rng.standard_normal((64, 64)).astype(ml_dtypes.bfloat16)
+    write_safetensors(src, {"w": w, "b": w[0]}, metadata={"format": "pt"})
+    qpk = tmp_path / "bf.qpk"
+    assert cli.main(["compress", str(src), "-o", str(qpk), "-q", "--bits", "8"]) == 0
+    back = tmp_path / "back.safetensors"
+    assert cli.main(["decompress", str(qpk), "-o", str(back)]) == 0
+    arrays, meta = read_safetensors(back)
+    assert arrays["w"].dtype == ml_dtypes.bfloat16 and meta == {"format": "pt"}
+    assert os.path.getsize(back) == os.path.getsize(src)
+    r = run_cli("decompress", str(qpk), "-o", str(tmp_path / "back.npz"))
+    assert r.returncode == 1 and "cannot store bfloat16" in r.stderr
+    assert not (tmp_path / "back.npz").exists()
