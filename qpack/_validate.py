@@ -65,6 +65,12 @@ def group_layout(group_size: int | None, rows: int, cols: int) -> tuple[int, int
     return rows, max(1, -(-cols // width)), width
 
 
+def column_group(group_size: int | None) -> int | None:
+    """Columns per group when a row is cut into groups (G), None when it is not (per
+    tensor or per row): what decides the int8 activation blocks of the matmul kernels."""
+    return None if group_size is None or group_size == -1 else int(group_size)
+
+
 def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     """The (rows, cols) view qpack quantizes: (shape[0], prod(rest)); 1-D as (1, n); 0-D (1, 1)."""
     if len(shape) == 0:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from qpack._kernels import matmul as _k
-from qpack._validate import check_bits, check_group_size, group_layout
+from qpack._validate import check_bits, check_group_size, column_group, group_layout
 from qpack.bitpack import packed_nbytes, unpack
 from qpack.threads import get_num_threads
 
@@ -502,7 +502,7 @@ class LinearWeights(_DenseWeights):
         s32, z32, prow, group = _check_linear_params(scales, zeros, group_size, n_out, n_in)
         arr = _check_packed(packed, bits, n_out, n_in)
         self = cls.__new__(cls)
-        cols = None if group_size is None or group_size == -1 else int(group_size)
+        cols = column_group(group_size)
         self.group_size = group_size
         self._init(arr, bits, n_out, n_in, scales=s32, zeros=z32, prow=prow, group=group,
                    group_columns=cols)
@@ -648,7 +648,7 @@ class SparseWeights:
             self._kind = LINEAR
             self._scales, self._zeros, self._prow, self._group = _check_linear_params(
                 scales, zeros, group_size, n_out, n_in)
-            g = None if group_size is None or group_size == -1 else int(group_size)
+            g = column_group(group_size)
             self._block = int8_block_size(g, n_in)
         # Empty matrices still hand the kernel one valid element to point at.
         self._row_ptr = rp

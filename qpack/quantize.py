@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qpack._kernels import quantize as _kq
-from qpack._validate import as_matrix, check_bits, check_group_size, matrix_shape
+from qpack._validate import as_matrix, check_bits, check_group_size, group_layout, matrix_shape
 from qpack.threads import get_num_threads
 
 CLIP_METHODS = ("minmax", "percentile", "mse")
@@ -93,13 +93,9 @@ class LinearQuantized:
 
     @property
     def group_width(self) -> int:
-        """Columns per group G in the decode formula (cols for per-tensor/per-channel)."""
-        rows, cols = matrix_shape(self.shape)
-        if self.group_size is None:
-            return rows * cols
-        if self.group_size == -1:
-            return cols
-        return self.group_size
+        """Columns per group G in the decode formula (rows*cols per tensor, cols per row,
+        else min(group_size, cols)): ``_validate.group_layout``, the one rule."""
+        return group_layout(self.group_size, *matrix_shape(self.shape))[2]
 
     def dequantize(self, dtype=np.float32) -> np.ndarray:
         """Decode to an array of ``shape``: (codes - zeros) * scales in float32, then ``dtype``."""
@@ -109,7 +105,7 @@ class LinearQuantized:
             c = self.codes.reshape(-1).astype(np.float32)
             out = (c - self.zeros.astype(np.float32)[0, 0]) * self.scales.astype(np.float32)[0, 0]
             return out.reshape(self.shape).astype(dtype, copy=False)
-        g = min(self.group_width, cols)
+        g = self.group_width
         z = self.zeros.astype(np.float32)
         s = self.scales.astype(np.float32)
         codes = self.codes.reshape(rows, cols)
@@ -302,13 +298,9 @@ def quantize_linear(w, bits: int, *, group_size: int | None = None, symmetric: b
     group_size = check_group_size(group_size)
     work = np.float64 if arr.dtype == np.float64 else np.float32
     mat = as_matrix(arr).astype(work, copy=False)
+    _, _, g = group_layout(group_size, rows, cols)
     if group_size is None:
-        mat = mat.reshape(1, -1)
-        g = mat.shape[1]
-    elif group_size == -1:
-        g = cols
-    else:
-        g = min(group_size, cols)
+        mat = mat.reshape(1, -1)  # one group of rows*cols columns
     nfull = mat.shape[1] // g
     parts = []
     if nfull:
