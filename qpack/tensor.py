@@ -93,6 +93,10 @@ class CompressedTensor:
                          self._where(role))
         if role in _PARAM_VALUE_ROLES:
             check_param_values(arr, self._where(role))
+        zero_code = self.spec.get("zero_code")
+        if role == "codebook" and zero_code is not None and np.any(arr[..., zero_code] != 0):
+            # pruned weights decode through this entry, and the kernels take them as 0.0
+            raise FormatError(f"{self._where(role)}: entry zero_code={zero_code} is not 0.0")
         return arr
 
     def verify(self) -> None:

@@ -133,6 +133,10 @@ HOSTILE = [
     ("kmeans_sparse", lambda h: tensor(h, "kmeans", "sparse").update(zero_code=None),
      "zero_code"),
     ("kmeans_sparse", lambda h: tensor(h, "kmeans").update(zero_code=99), "zero_code"),
+    # found by fuzz/fuzz_qpk.py: pruned weights decoded to codebook[zero_code] != 0 while
+    # matmul took them as 0.0
+    ("kmeans_sparse", lambda h: tensor(h, "kmeans", "sparse").update(zero_code=4),
+     "zero_code=4 is not 0.0"),
     ("kmeans_sparse", lambda h: tensor(h, "kmeans", "sparse").update(nnz=-1), "nnz"),
     ("kmeans_sparse", lambda h: tensor(h, "kmeans")["sections"]["codebook"].update(
         offset=64.0), "offset"),
