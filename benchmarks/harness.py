@@ -38,7 +38,8 @@ def optional_peer(module: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        print(f"  [skip] peer '{module}' is not installed (pip install -e '.[bench]')")
+        how = "pip install torch==2.13.0" if module == "torch" else "pip install -e '.[bench]'"
+        print(f"  [skip] peer '{module}' is not installed ({how})")
         return None
 
 

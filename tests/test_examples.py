@@ -52,6 +52,20 @@ def test_torch_state_dict_quick():
     assert "fc2.weight" in out  # the report
 
 
+def test_torch_cnn_quick():
+    out = run_example("torch_cnn.py", "--quick").stdout
+    if importlib.util.find_spec("torch") is None:
+        assert out.startswith("[skip]") and "pip install torch==2.13.0" in out
+        pytest.skip("torch is not installed: the example printed its [skip] line")
+    assert "PackedConv2d, PackedLinear" in out
+    (_, _, _, float_acc), (_, size, ratio, packed_acc) = [
+        (row[0], int(row[1].replace(",", "")), float(row[2]), float(row[3]))
+        for row in (line.strip("|").split("|") for line in out.splitlines()
+                    if line.startswith(("| float32", "| qpack")))]
+    assert ratio > 5 and size > 0
+    assert packed_acc > float_acc - 5
+
+
 def test_minilm_quick():
     out = run_example("minilm_embeddings.py", "--quick").stdout
     minilm = import_example("minilm_embeddings")
@@ -212,3 +226,17 @@ def test_readme_quickstart_runs(tmp_path, monkeypatch):
     assert scope["weights"]["fc1.weight"].shape == (300, 784)
     assert (tmp_path / "model.qpk").stat().st_size == scope["cm"].nbytes
     assert scope["cm"]["fc1.weight"].sparsity == pytest.approx(0.5, abs=0.01)
+
+
+def test_readme_from_pytorch_snippet_runs_word_for_word(tmp_path, monkeypatch):
+    """The README's "From PyTorch" code block, run as it is printed."""
+    pytest.importorskip("torch", reason="the snippet needs the torch extra")
+    readme = open(os.path.join(os.path.dirname(EXAMPLES), "README.md")).read()
+    section = readme[readme.index("## From PyTorch"):]
+    code = section[section.index("```python") + len("```python"):]
+    code = code[:code.index("```")]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert type(namespace["packed"][0]).__name__ == "PackedConv2d"
+    assert tuple(namespace["y"].shape) == (2, 10)

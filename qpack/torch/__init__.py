@@ -1,0 +1,26 @@
+"""PyTorch front door: packed layers as ``torch.nn.Module``s, and .qpk files into models.
+
+- ``PackedLinear``, ``PackedConv2d``: inference modules over a ``CompressedTensor``;
+  CPU tensors in and out, sharing memory with the numpy arrays qpack's kernels run on.
+- ``load_packed(model, source)``: replaces a model's nn.Linear / nn.Conv2d layers whose
+  weights are quantized in a .qpk by packed modules and loads everything else.
+- ``state_dict(source)``: every tensor of a .qpk decoded to a torch tensor (dtypes kept,
+  bfloat16 included), ready for ``model.load_state_dict``.
+
+Needs PyTorch (the ``torch`` extra: ``pip install 'qpack[torch]'``, or
+``pip install torch==2.13.0``); ``import qpack`` itself never imports torch.
+"""
+
+from __future__ import annotations
+
+try:
+    import torch as _torch  # noqa: F401  (the real PyTorch: imports here are absolute)
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ImportError(
+        "qpack.torch needs PyTorch, which is not installed: pip install torch==2.13.0 "
+        "(or install qpack with the torch extra: pip install 'qpack[torch]')") from exc
+
+from qpack.torch.loading import load_packed, state_dict  # noqa: E402
+from qpack.torch.modules import PackedConv2d, PackedLinear  # noqa: E402
+
+__all__ = ["PackedConv2d", "PackedLinear", "load_packed", "state_dict"]
