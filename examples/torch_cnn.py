@@ -36,31 +36,10 @@ def median_ms(fn, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Train, compress, save, load_packed, compare; print the table; exit code 0."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short training, few timings")
-    args = parser.parse_args(argv)
-    try:
-        import torch
-        from torch import nn
-    except ImportError:
-        print("[skip] torch is not installed (pip install torch==2.13.0); nothing to do")
-        return 0
-
-    import qpack
-    import qpack.torch
-    from qpack import demo
-
-    try:
-        demo.require_demo_extra()  # the digits data come from scikit-learn
-    except demo.MissingExtraError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
-    torch.manual_seed(0)
-    torch.set_num_threads(1)  # a tiny model: one thread each for torch and qpack
-    qpack.set_num_threads(1)
+def digits_cnn_class():
+    """The example's model class (defined here so that torch is imported only when run)."""
+    import torch
+    from torch import nn
 
     class DigitsCNN(nn.Module):
         """conv(1->16) -> conv(16->32) -> 2x2 max-pool -> linear(512->128) -> linear(->10)."""
@@ -77,51 +56,93 @@ def main(argv: list[str] | None = None) -> int:
             x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
             return self.fc2(torch.relu(self.fc1(x.flatten(1))))
 
+    return DigitsCNN
+
+
+def train_digits_cnn(quick: bool):
+    """(model class, trained model in eval mode, x_test, y_test) on the sklearn digits."""
+    import torch
+    from torch import nn
+
+    from qpack import demo
+
+    torch.manual_seed(0)
     data = demo.load_digits_split()
     x_train = torch.from_numpy(data.x_train.reshape(-1, 1, 8, 8))
     y_train = torch.from_numpy(data.y_train).long()
     x_test = torch.from_numpy(data.x_test.reshape(-1, 1, 8, 8))
     y_test = torch.from_numpy(data.y_test).long()
-
-    model = DigitsCNN()
+    cls = digits_cnn_class()
+    model = cls()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for _ in range(80 if args.quick else 500):
+    for _ in range(80 if quick else 500):
         idx = torch.randint(0, len(y_train), (128,))
         loss = nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    model.eval()
+    return cls, model.eval(), x_test, y_test
+
+
+def compare(cls, model, x_test, y_test, repeats: int) -> tuple[list[tuple], list[str], object]:
+    """Compress ``model``, save, load_packed into a fresh ``cls()``; return table rows
+    (label, file bytes, ratio, accuracy %, ms batch 1, ms full batch), the packed module
+    types and the CompressedModel."""
+    import torch
+
+    import qpack
+    import qpack.torch
 
     def accuracy(net) -> float:
         with torch.inference_mode():
             return 100 * float((net(x_test).argmax(1) == y_test).float().mean())
 
-    # 1-2. The module goes to compress as it is; every weight (conv kernels included:
-    #      min_numel=0) gets 4-bit K-means, the 10-way output layer 8 bits; biases stay exact.
+    # every weight (conv kernels included: min_numel=0) gets 4-bit K-means, the 10-way
+    # output layer 8 bits; biases stay exact
     cm = qpack.compress(model, bits=4, min_numel=0, overrides={"fc2.weight": {"bits": 8}})
-    print(cm.report())
     float_bytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
     with tempfile.TemporaryDirectory(prefix="qpack-cnn-") as folder:
         path = os.path.join(folder, "cnn.qpk")
         size = cm.save(path)
-        # 3. A fresh instance (random weights) gets the file: packed layers + exact biases.
-        packed = qpack.torch.load_packed(DigitsCNN(), path)
-        packed.eval()
+        # a fresh instance (random weights) gets the file: packed layers + exact biases
+        packed = qpack.torch.load_packed(cls(), path).eval()
         kinds = sorted({type(m).__name__ for m in packed.modules()
                         if type(m).__name__.startswith("Packed")})
-
-        # 4. Same test set, same batch sizes, both on one thread.
-        repeats = 5 if args.quick else 30
-        one = x_test[:1]
         rows = []
         for label, net, nbytes in (("float32 (torch)", model, float_bytes),
                                    ("qpack 4-bit, load_packed", packed, size)):
             with torch.inference_mode():
-                t1 = median_ms(lambda net=net: net(one), repeats)
+                t1 = median_ms(lambda net=net: net(x_test[:1]), repeats)
                 tb = median_ms(lambda net=net: net(x_test), repeats)
             rows.append((label, nbytes, float_bytes / nbytes, accuracy(net), t1, tb))
+    return rows, kinds, cm
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Train, compress, save, load_packed, compare; print the table; exit code 0."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short training, few timings")
+    args = parser.parse_args(argv)
+    try:
+        import torch
+    except ImportError:
+        print("[skip] torch is not installed (pip install torch==2.13.0); nothing to do")
+        return 0
+
+    import qpack
+    from qpack import demo
+
+    try:
+        demo.require_demo_extra()  # the digits data come from scikit-learn
+    except demo.MissingExtraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    torch.set_num_threads(1)  # a tiny model: one thread each for torch and qpack
+    qpack.set_num_threads(1)
+
+    cls, model, x_test, y_test = train_digits_cnn(args.quick)
+    rows, kinds, cm = compare(cls, model, x_test, y_test, 5 if args.quick else 30)
+    print(cm.report())
     print(f"\npacked modules in the loaded model: {', '.join(kinds)}")
     print(f"\n| model | file bytes | ratio | test accuracy % | ms batch 1 | "
           f"ms batch {len(y_test)} |")

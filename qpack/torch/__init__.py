@@ -6,6 +6,8 @@
   weights are quantized in a .qpk by packed modules and loads everything else.
 - ``state_dict(source)``: every tensor of a .qpk decoded to a torch tensor (dtypes kept,
   bfloat16 included), ready for ``model.load_state_dict``.
+- ``prune(model, amount)``: magnitude pruning whose zeros hold through retraining (any
+  optimizer); its masks go to ``qpack.compress(model, masks=...)``.
 
 Needs PyTorch (the ``torch`` extra: ``pip install 'qpack[torch]'``, or
 ``pip install torch==2.13.0``); ``import qpack`` itself never imports torch.
@@ -22,5 +24,6 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 
 from qpack.torch.loading import load_packed, state_dict  # noqa: E402
 from qpack.torch.modules import PackedConv2d, PackedLinear  # noqa: E402
+from qpack.torch.pruning import masks_of, prune  # noqa: E402
 
-__all__ = ["PackedConv2d", "PackedLinear", "load_packed", "state_dict"]
+__all__ = ["PackedConv2d", "PackedLinear", "load_packed", "masks_of", "prune", "state_dict"]
