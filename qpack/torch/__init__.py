@@ -8,6 +8,9 @@
   bfloat16 included), ready for ``model.load_state_dict``.
 - ``prune(model, amount)``: magnitude pruning whose zeros hold through retraining (any
   optimizer); its masks go to ``qpack.compress(model, masks=...)``.
+- ``share_weights(model, bits)``: K-means weight sharing with trainable centroids;
+  ``quantize_aware(model, bits)``: fake-quantized training (straight-through);
+  ``to_qpack(model)``: the trained state exported exactly.
 
 Needs PyTorch (the ``torch`` extra: ``pip install 'qpack[torch]'``, or
 ``pip install torch==2.13.0``); ``import qpack`` itself never imports torch.
@@ -22,8 +25,11 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "qpack.torch needs PyTorch, which is not installed: pip install torch==2.13.0 "
         "(or install qpack with the torch extra: pip install 'qpack[torch]')") from exc
 
+from qpack.torch.export import to_qpack  # noqa: E402
 from qpack.torch.loading import load_packed, state_dict  # noqa: E402
 from qpack.torch.modules import PackedConv2d, PackedLinear  # noqa: E402
 from qpack.torch.pruning import masks_of, prune  # noqa: E402
+from qpack.torch.sharing import quantize_aware, share_weights  # noqa: E402
 
-__all__ = ["PackedConv2d", "PackedLinear", "load_packed", "masks_of", "prune", "state_dict"]
+__all__ = ["PackedConv2d", "PackedLinear", "load_packed", "masks_of", "prune",
+           "quantize_aware", "share_weights", "state_dict", "to_qpack"]

@@ -71,14 +71,18 @@ def _mask_gradient(param: nn.Parameter):
 
 def prunable_weights(model: nn.Module, include=None, exclude=None) -> dict[str, nn.Parameter]:
     """{parameter name: weight} of the model's Linear / Conv1d / Conv2d layers that the
-    include/exclude globs select. ValueError when a glob matches none of them or nothing
-    is left."""
+    include/exclude globs select. ValueError when a glob matches none of them, nothing is
+    left, or a selected weight is already shared or under QAT (qpack.torch.sharing)."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    found = {}
+    found, computed = {}, {}
     for name, module in model.named_modules():
-        if isinstance(module, PRUNABLE) and isinstance(module.weight, nn.Parameter):
-            found[f"{name}.weight" if name else "weight"] = module.weight
+        key = f"{name}.weight" if name else "weight"
+        kind = getattr(module, "_qpack_weight_kind", None)  # set by qpack.torch.sharing
+        if isinstance(module, PRUNABLE) and kind is not None:
+            found[key], computed[key] = None, kind
+        elif isinstance(module, PRUNABLE) and isinstance(module.weight, nn.Parameter):
+            found[key] = module.weight
     if not found:
         raise ValueError("the model has no nn.Linear / nn.Conv1d / nn.Conv2d weight to prune")
     inc, exc = _globs(include, "include"), _globs(exclude, "exclude")
@@ -91,6 +95,11 @@ def prunable_weights(model: nn.Module, include=None, exclude=None) -> dict[str, 
               and not any(fnmatch.fnmatchcase(n, g) for g in exc)}
     if not chosen:
         raise ValueError("include/exclude leave no weight to prune")
+    for name in chosen:
+        if name in computed:
+            state = "shared" if computed[name] == "shared" else "under QAT"
+            raise ValueError(f"{name} is already {state} (prune before share_weights / "
+                             "quantize_aware; each runs once per weight)")
     return chosen
 
 
