@@ -10,7 +10,8 @@
   optimizer); its masks go to ``qpack.compress(model, masks=...)``.
 - ``share_weights(model, bits)``: K-means weight sharing with trainable centroids;
   ``quantize_aware(model, bits)``: fake-quantized training (straight-through);
-  ``to_qpack(model)``: the trained state exported exactly.
+  ``to_qpack(model)``: the trained state exported exactly;
+  ``deep_compression(model, data, loss_fn)``: the paper's three stages in one call.
 
 Needs PyTorch (the ``torch`` extra: ``pip install 'qpack[torch]'``, or
 ``pip install torch==2.13.0``); ``import qpack`` itself never imports torch.
@@ -29,7 +30,9 @@ from qpack.torch.export import to_qpack  # noqa: E402
 from qpack.torch.loading import load_packed, state_dict  # noqa: E402
 from qpack.torch.modules import PackedConv2d, PackedLinear  # noqa: E402
 from qpack.torch.pruning import masks_of, prune  # noqa: E402
+from qpack.torch.recipe import deep_compression  # noqa: E402
 from qpack.torch.sharing import quantize_aware, share_weights  # noqa: E402
 
-__all__ = ["PackedConv2d", "PackedLinear", "load_packed", "masks_of", "prune",
+__all__ = ["PackedConv2d", "PackedLinear", "deep_compression", "load_packed", "masks_of",
+           "prune",
            "quantize_aware", "share_weights", "state_dict", "to_qpack"]
