@@ -240,3 +240,44 @@ def test_readme_from_pytorch_snippet_runs_word_for_word(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)
     assert type(namespace["packed"][0]).__name__ == "PackedConv2d"
     assert tuple(namespace["y"].shape) == (2, 10)
+
+
+def _write_idx(path, arr: np.ndarray, gz: bool) -> None:
+    import gzip
+    import struct
+
+    head = b"\0\0\x08" + bytes([arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    data = head + arr.astype(np.uint8).tobytes()
+    (gzip.open if gz else open)(path, "wb").write(data)
+
+
+def test_mnist_reader_on_tiny_idx_files(tmp_path):
+    mnist = import_example("deep_compression_mnist")
+    rng = np.random.default_rng(0)
+    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (30, 28, 28)),
+              "train-labels-idx1-ubyte": rng.integers(0, 10, 30),
+              "t10k-images.idx3-ubyte": rng.integers(0, 256, (7, 28, 28)),  # mirror name
+              "t10k-labels-idx1-ubyte": rng.integers(0, 10, 7)}
+    for i, (name, arr) in enumerate(arrays.items()):
+        _write_idx(tmp_path / (name + (".gz" if i % 2 else "")), arr, gz=bool(i % 2))
+    data = mnist.load_mnist(str(tmp_path))
+    assert data["train_x"].shape == (30, 28, 28) and data["train_x"].dtype == np.float32
+    assert data["train_x"].max() <= 1.0 and data["test_y"].shape == (7,)
+    assert np.array_equal(data["train_y"], arrays["train-labels-idx1-ubyte"])
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\0\0\x08\x01\0\0\0\x09abc")
+    with pytest.raises(ValueError, match="cannot read|holds"):
+        mnist.load_mnist(str(tmp_path))
+    with pytest.raises(ValueError, match="no train-images"):
+        mnist.load_mnist(str(tmp_path / "nothing"))
+
+
+def test_deep_compression_mnist_quick():
+    out = run_example("deep_compression_mnist.py", "--quick").stdout
+    if importlib.util.find_spec("torch") is None:
+        assert out.startswith("[skip]")
+        pytest.skip("torch is not installed: the example printed its [skip] line")
+    row = next(line for line in out.splitlines() if line.startswith("| lenet300"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    float_err, err, ratio = float(cells[1]), float(cells[2]), float(cells[5])
+    assert ratio > 10 and err < float_err + 10
+    assert "share weights + fine-tune centroids, export" in out
