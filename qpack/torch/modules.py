@@ -22,7 +22,21 @@ def _describe(tensor: CompressedTensor) -> str:
     return f"method={tensor.method!r}{bits}"
 
 
-class PackedLinear(nn.Module):
+class _PackedModule(nn.Module):
+    """What both packed modules share: the numpy layer in ``self.layer`` and its tensor."""
+
+    layer: qnn.PackedLinear | qnn.PackedConv2d
+
+    @property
+    def tensor(self) -> CompressedTensor:
+        return self.layer.tensor
+
+    @property
+    def act_quant(self) -> str | None:
+        return self.layer.act_quant
+
+
+class PackedLinear(_PackedModule):
     """y = x @ W.T + bias from a packed CompressedTensor, as a torch module (inference).
 
     Parameters
@@ -46,14 +60,6 @@ class PackedLinear(nn.Module):
         self.in_features, self.out_features = self.layer.in_features, self.layer.out_features
         self.register_buffer("bias", bias_tensor(bias, self.out_features))
 
-    @property
-    def tensor(self) -> CompressedTensor:
-        return self.layer.tensor
-
-    @property
-    def act_quant(self) -> str | None:
-        return self.layer.act_quant
-
     def dequantized_weight(self) -> torch.Tensor:
         """The decoded weight as a new float32 tensor (out_features, in_features)."""
         return torch.from_numpy(self.tensor.kernel_weights().dequantize())
@@ -72,7 +78,7 @@ class PackedLinear(nn.Module):
                 f"act_quant={self.act_quant!r}")
 
 
-class PackedConv2d(nn.Module):
+class PackedConv2d(_PackedModule):
     """2-D convolution (NCHW) from a packed CompressedTensor, as a torch module (inference).
 
     Parameters
@@ -102,14 +108,6 @@ class PackedConv2d(nn.Module):
                                                        layer.padding)
         self.dilation, self.groups = layer.dilation, layer.groups
         self.register_buffer("bias", bias_tensor(bias, self.out_channels))
-
-    @property
-    def tensor(self) -> CompressedTensor:
-        return self.layer.tensor
-
-    @property
-    def act_quant(self) -> str | None:
-        return self.layer.act_quant
 
     def dequantized_weight(self) -> torch.Tensor:
         """The decoded weight as a new float32 tensor of the tensor's 4-D shape."""

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from qpack.plan import patterns
+
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 SCOPES = ("layer", "global")
 
@@ -85,7 +87,7 @@ def prunable_weights(model: nn.Module, include=None, exclude=None) -> dict[str, 
             found[key] = module.weight
     if not found:
         raise ValueError("the model has no nn.Linear / nn.Conv1d / nn.Conv2d weight to prune")
-    inc, exc = _globs(include, "include"), _globs(exclude, "exclude")
+    inc, exc = patterns(include, "include"), patterns(exclude, "exclude")
     for pat in inc + exc:
         if not any(fnmatch.fnmatchcase(n, pat) for n in found):
             raise ValueError(f"pattern {pat!r} matches no Linear/Conv weight (they are: "
@@ -101,16 +103,6 @@ def prunable_weights(model: nn.Module, include=None, exclude=None) -> dict[str, 
             raise ValueError(f"{name} is already {state} (prune before share_weights / "
                              "quantize_aware; each runs once per weight)")
     return chosen
-
-
-def _globs(value, what: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"{what} must be a glob or a list of globs, got {value!r}")
-    return list(value)
 
 
 def _fraction(value, what: str) -> float:
