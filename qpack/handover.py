@@ -13,6 +13,7 @@ import numpy as np
 
 from qpack._validate import check_bits, group_layout, matrix_shape
 from qpack.cluster import KMeansQuantized
+from qpack.cluster import check_mask as cluster_check_mask  # the dtype/shape rule
 from qpack.quantize import LinearQuantized
 
 PREQUANTIZED = (KMeansQuantized, LinearQuantized)
@@ -86,12 +87,7 @@ def check_prequantized(name: str, q) -> None:
 def check_mask(name: str, mask, value) -> np.ndarray:
     """A keep-mask for tensor ``name``: bool, of the tensor's shape; for a pre-quantized
     tensor every removed position must already decode to exactly 0.0."""
-    m = np.asarray(mask)
-    shape = tuple(value.shape)
-    if m.dtype != np.bool_:
-        raise ValueError(f"masks[{name!r}] must be a boolean keep-mask, got dtype {m.dtype}")
-    if m.shape != shape:
-        raise ValueError(f"masks[{name!r}] has shape {m.shape}, the tensor has {shape}")
+    m = cluster_check_mask(mask, tuple(value.shape), f"masks[{name!r}]")
     if is_prequantized(value):
         removed = ~m
         if isinstance(value, KMeansQuantized):

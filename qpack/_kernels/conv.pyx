@@ -66,6 +66,8 @@ cdef extern from *:
     Py_ssize_t qp_hi(Py_ssize_t x0, Py_ssize_t sw, Py_ssize_t w, Py_ssize_t ow) noexcept nogil
 
 
+# boundscheck=False is safe only because qpack.conv._im2col has checked every shape, stride,
+# row range and buffer size against the geometry before calling this kernel.
 def im2col_columns(const float[:, :, :, :] x, float[::1] out, int kh, int kw, int sh,
                    int sw, int dh, int dw, int pt, int pl, int r0, int r1, int ow,
                    Py_ssize_t img_stride, Py_ssize_t row_stride, int cg, int grp_rows,
