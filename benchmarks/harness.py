@@ -9,13 +9,17 @@ markdown table to ``docs/benchmarks/NAME.md``.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable
 
+EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "examples")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DOCS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
                         "benchmarks")
@@ -41,6 +45,56 @@ def optional_peer(module: str):
         how = "pip install torch==2.13.0" if module == "torch" else "pip install -e '.[bench]'"
         print(f"  [skip] peer '{module}' is not installed ({how})")
         return None
+
+
+def load_example(name: str):
+    """examples/NAME.py imported as a module (the examples live outside the package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES_DIR,
+                                                                     f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the ``with`` block runs, in bytes.
+
+    A thread samples /proc/self/statm every 20 ms (Linux); elsewhere ``peak`` is the
+    process's lifetime maximum from getrusage, which can only overstate the block's peak.
+    """
+
+    def __init__(self, interval: float = 0.02):
+        self.interval, self.peak = interval, 0
+        self._stop = threading.Event()
+        self._thread = None
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        if os.path.exists("/proc/self/statm"):
+            self.peak = self._rss()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self._rss())
+        else:
+            import resource
+
+            scale = 1 if platform.system() == "Darwin" else 1024  # bytes vs KiB
+            self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def markdown_table(columns: list[str], rows: list[list]) -> str:

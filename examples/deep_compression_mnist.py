@@ -27,6 +27,8 @@ import time
 
 import numpy as np
 
+from qpack.demo import ShuffledBatches
+
 MNIST_FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
                "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
 # Deep Compression, Table 1: (float top-1 error %, compressed error %, float bytes,
@@ -93,63 +95,84 @@ def build(torch, name: str, side: int):
 # more, 8 bits conv / 5 bits fc for AlexNet; LeNet kept 8% / 9% of its weights)
 SETTINGS = {"lenet300": dict(sparsity={"1.weight": 0.92, "3.weight": 0.91, "5.weight": 0.74},
                              bits={"*": 5, "5.weight": 6}),
-            "lenet5": dict(sparsity={"0.weight": 0.34, "2.weight": 0.88, "5.weight": 0.92,
-                                     "7.weight": 0.81},
+            "lenet5": dict(sparsity={"0.weight": 0.4, "2.weight": 0.9, "5.weight": 0.94,
+                                     "7.weight": 0.85},
                            bits={"*": 5, "0.weight": 8, "2.weight": 8})}
+# retraining epochs per prune round: LeNet-5's conv layers make its epochs ~5x dearer
+RETRAIN_EPOCHS = {"lenet300": 3, "lenet5": 2}
 
 
-def run_net(torch, name: str, data: dict, quick: bool) -> dict:
-    """Train, deep-compress, save, load_packed; the table row as a dict."""
-    import qpack.torch as qt
-
+def as_tensors(torch, data: dict) -> dict:
+    """The four arrays as torch tensors, images shaped (n, 1, side, side)."""
     side = int(np.sqrt(data["train_x"][0].size))
-    x = torch.from_numpy(data["train_x"].reshape(-1, 1, side, side))
-    y = torch.from_numpy(data["train_y"])
-    xt = torch.from_numpy(data["test_x"].reshape(-1, 1, side, side))
-    yt = torch.from_numpy(data["test_y"])
-    torch.manual_seed(0)
-    net = build(torch, name, side)
+    return {"x": torch.from_numpy(data["train_x"].reshape(-1, 1, side, side)),
+            "y": torch.from_numpy(data["train_y"]),
+            "xt": torch.from_numpy(data["test_x"].reshape(-1, 1, side, side)),
+            "yt": torch.from_numpy(data["test_y"]), "side": side}
 
-    def batches(size: int = 128):
-        order = torch.randperm(len(y))
-        return [(x[order[i:i + size]], y[order[i:i + size]]) for i in range(0, len(y), size)]
 
-    def error(model) -> float:
-        with torch.inference_mode():
-            wrong = sum(int((model(xt[i:i + 1000]).argmax(1) != yt[i:i + 1000]).sum())
-                        for i in range(0, len(yt), 1000))
-        return 100.0 * wrong / len(yt)
+def top1_error(torch, model, t: dict) -> float:
+    """Top-1 test error of ``model`` in percent."""
+    with torch.inference_mode():
+        wrong = sum(int((model(t["xt"][i:i + 1000]).argmax(1) != t["yt"][i:i + 1000]).sum())
+                    for i in range(0, len(t["yt"]), 1000))
+    return 100.0 * wrong / len(t["yt"])
 
-    t0 = time.perf_counter()
+
+def train_float(torch, name: str, t: dict, quick: bool, seed: int = 0):
+    """The float32 network, trained from seed ``seed`` (SGD + momentum, cosine schedule)."""
+    torch.manual_seed(seed)
+    net = build(torch, name, t["side"])
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     epochs = 30 if quick else 12  # the digits are 1,347 images: many cheap epochs
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    batches = ShuffledBatches(t["x"], t["y"], 128, seed)  # a new order every epoch
     for _ in range(epochs):
         net.train()
-        for xb, yb in batches():
+        for xb, yb in batches:
             loss = torch.nn.functional.cross_entropy(net(xb), yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
         sched.step()
-    net.eval()
-    float_err = error(net)
+    return net.eval()
+
+
+def recipe_settings(name: str, quick: bool) -> dict:
+    """deep_compression's keyword arguments for this example's row (SETTINGS + schedule)."""
+    return dict(prune_rounds=2 if quick else 4, retrain_epochs=RETRAIN_EPOCHS[name],
+                finetune_epochs=1 if quick else 2, lr=0.01, **SETTINGS[name])
+
+
+def compress_net(torch, name: str, net, t: dict, seed: int = 1, **recipe) -> dict:
+    """``deep_compression`` of the trained ``net`` (in place) with ``recipe``, saved and
+    run back through load_packed; the row as a dict (err, bytes, kept, history, ...).
+    ``seed`` orders the training batches (a new order every epoch)."""
+    import qpack.torch as qt
+
+    float_err = top1_error(torch, net, t)
     float_bytes = sum(p.numel() * 4 for p in net.state_dict().values())
-    data_pass = batches()  # one shuffled pass, reused every retraining epoch
-    cm = qt.deep_compression(net, data_pass, torch.nn.functional.cross_entropy,
-                             evaluate=error, prune_rounds=2 if quick else 4,
-                             retrain_epochs=3,
-                             finetune_epochs=1 if quick else 2, lr=0.01,
-                             **SETTINGS[name])
+    cm = qt.deep_compression(net, ShuffledBatches(t["x"], t["y"], 128, seed),
+                             torch.nn.functional.cross_entropy,
+                             evaluate=lambda m: top1_error(torch, m, t), **recipe)
     with tempfile.TemporaryDirectory(prefix="qpack-mnist-") as folder:
         path = os.path.join(folder, f"{name}.qpk")
         size = cm.save(path)
-        packed = qt.load_packed(build(torch, name, side), path)
-        packed_err = error(packed)
-    kept = cm.history[-1]["kept"]
-    return {"net": name, "float_err": float_err, "err": packed_err, "float_bytes": float_bytes,
-            "bytes": size, "ratio": float_bytes / size, "kept": kept,
-            "seconds": time.perf_counter() - t0, "history": cm.history}
+        packed = qt.load_packed(build(torch, name, t["side"]), path)
+        packed_err = top1_error(torch, packed, t)
+    return {"net": name, "float_err": float_err, "err": packed_err,
+            "float_bytes": float_bytes, "bytes": size, "ratio": float_bytes / size,
+            "kept": cm.history[-1]["kept"], "history": cm.history, "schedule": cm.schedule}
+
+
+def run_net(torch, name: str, data: dict, quick: bool) -> dict:
+    """Train, deep-compress, save, load_packed; the table row as a dict."""
+    t0 = time.perf_counter()
+    t = as_tensors(torch, data)
+    net = train_float(torch, name, t, quick)
+    row = compress_net(torch, name, net, t, **recipe_settings(name, quick))
+    row["seconds"] = time.perf_counter() - t0
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:

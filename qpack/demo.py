@@ -5,8 +5,20 @@ LeNet-300-100 shape of the Deep Compression paper) trained on the 8x8 digits tha
 scikit-learn, so nothing is downloaded. Each setting compresses the whole model (three
 weight matrices quantized, biases stored exactly), saves it to a ``.qpk``, loads it back
 (memory-mapped) and classifies the test set with ``PackedLinear`` layers running straight
-from the loaded file. The CLI (``qpack demo``), ``examples/digits_mlp.py`` and
-``benchmarks/bench_models.py`` all call the functions here.
+from the loaded file. The rows of the table:
+
+- the float32 reference, then post-training ``qpack.compress`` at each of
+  ``DEMO_SETTINGS`` (K-means and linear codes, 2 to 8 bits, with and without pruning);
+- ``RETRAINED``: 90% pruned, retrained with scikit-learn, then compressed;
+- ``TRAINED_LABEL``, when PyTorch (the ``torch`` extra) is installed: the same float model
+  copied into torch and put through ``qpack.torch.deep_compression`` (prune and retrain,
+  K-means sharing with fine-tuned centroids), saved, then run from the file like the
+  others. Without torch the table ends with one line naming the extra.
+
+Quick mode (``qpack demo --quick``, for tests) trains less and has neither retrained row.
+
+The CLI (``qpack demo``), ``examples/digits_mlp.py`` and ``benchmarks/bench_models.py``
+all call the functions here.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -51,6 +64,19 @@ RETRAINED = ("kmeans 4-bit, prune 0.9 + retrain",
              {"method": "kmeans", "bits": 4, "prune": 0.9})
 LAYERS = ("fc1", "fc2", "fc3")
 
+# The same float model through qpack.torch.deep_compression (the torch extra): pruned to
+# 90% in every layer in three rounds, each retrained, then 4-bit K-means sharing with
+# fine-tuned centroids: the sparsity and bits of "kmeans 4-bit, prune 0.9", so the two
+# rows differ only by the training. SGD (momentum 0.9) on shuffled batches of 32, one
+# torch thread. Not in quick mode unless asked for, and then with half the epochs.
+TRAINED_LABEL = "deep_compression (torch): kmeans 4-bit, prune 0.9"
+TRAINED: dict = {"sparsity": 0.9, "allocate": "uniform", "bits": 4, "prune_rounds": 3,
+                 "retrain_epochs": 4, "finetune_epochs": 2, "lr": 0.05}
+TRAINED_QUICK: dict = {**TRAINED, "retrain_epochs": 2, "finetune_epochs": 1}
+TRAINED_BATCH = 32
+TORCH_EXTRA_INSTALL = 'pip install "qpack[torch]", in a source checkout pip install -e ".[torch]"'
+TORCH_SKIPPED = f"deep_compression row skipped: torch is not installed ({TORCH_EXTRA_INSTALL})"
+
 # scikit-learn (with scipy and threadpoolctl, which it installs) is not a dependency of
 # qpack itself: the demo and the examples get it from the "demo" extra.
 DEMO_EXTRA_INSTALL = 'pip install "qpack[demo]" (in a source checkout: pip install -e ".[demo]")'
@@ -86,7 +112,8 @@ class DigitsSplit:
 
 @dataclass
 class DemoResult:
-    """What ``run_demo`` measured: one dict per row (see ``format_table``) plus context."""
+    """What ``run_demo`` measured: one dict per row (see ``format_table``) plus context;
+    ``notes`` are lines printed under the table (a row that was left out, and why)."""
 
     rows: list[dict] = field(default_factory=list)
     float_accuracy: float = 0.0
@@ -94,6 +121,7 @@ class DemoResult:
     n_test: int = 0
     threads: int = 1
     workdir: str = ""
+    notes: list[str] = field(default_factory=list)
 
 
 def load_digits_split(seed: int = 0) -> DigitsSplit:
@@ -257,19 +285,19 @@ def paired_median_seconds(fn: Callable[[], object], reference: Callable[[], obje
     return statistics.median(a), statistics.median(b)
 
 
-def measure_setting(label: str, kwargs: dict, state: dict[str, np.ndarray],
-                    data: DigitsSplit, workdir: str, float_accuracy: float,
-                    float_layers: Sequence[Callable], repeat: int = 7) -> dict:
-    """Compress ``state`` with ``kwargs``, save and load the ``.qpk``, classify the test set.
+def qpk_path(workdir: str, label: str) -> str:
+    """``workdir/<label as a file name>.qpk`` (runs of other characters become ``_``)."""
+    return os.path.join(workdir, re.sub(r"[^\w.-]+", "_", label).strip("_") + ".qpk")
+
+
+def measure_file(label: str, path: str, data: DigitsSplit, float_accuracy: float,
+                 float_layers: Sequence[Callable], repeat: int = 7) -> dict:
+    """Load the saved MLP at ``path``, classify the test set with ``PackedLinear`` layers.
 
     ``float_layers``: the float32 reference layers, timed alternately with the packed ones.
-    Returns a row: setting, file_bytes, ratio, accuracy, accuracy_delta (vs float32),
-    time_ratio (packed inference time / float32 numpy time), path.
+    Returns a row: setting (``label``), file_bytes, ratio, accuracy, accuracy_delta (vs
+    float32), time_ratio (packed inference time / float32 numpy time), path.
     """
-    path = os.path.join(workdir, label.replace(" ", "_").replace(",", "").replace("/", "-")
-                        .replace("+", "") + ".qpk")
-    model = compress(state, **{"min_numel": 0, **kwargs})
-    model.save(path, metadata={"setting": label})
     loaded = load(path)
     layers = packed_layers(loaded)
     acc = accuracy(layers, data.x_test, data.y_test)
@@ -281,23 +309,116 @@ def measure_setting(label: str, kwargs: dict, state: dict[str, np.ndarray],
             "time_ratio": seconds / float_seconds, "path": path}
 
 
+def measure_setting(label: str, kwargs: dict, state: dict[str, np.ndarray],
+                    data: DigitsSplit, workdir: str, float_accuracy: float,
+                    float_layers: Sequence[Callable], repeat: int = 7) -> dict:
+    """Compress ``state`` with ``kwargs``, save the ``.qpk`` to ``workdir``, then
+    ``measure_file`` it (same arguments and row)."""
+    path = qpk_path(workdir, label)
+    model = compress(state, **{"min_numel": 0, **kwargs})
+    model.save(path, metadata={"setting": label})
+    return measure_file(label, path, data, float_accuracy, float_layers, repeat)
+
+
+def torch_available() -> bool:
+    """Whether PyTorch imports (it is imported here, so only call this when about to use it)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class ShuffledBatches:
+    """(x, y) mini-batches of torch tensors, in a new seeded order on each pass (an epoch):
+    what a DataLoader with shuffle=True gives, for ``deep_compression`` (any re-iterable)."""
+
+    def __init__(self, x, y, batch_size: int, seed: int):
+        import torch
+
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self._randperm = torch.randperm
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        order = self._randperm(len(self.y), generator=self._generator)
+        for i in range(0, len(order), self.batch_size):
+            take = order[i:i + self.batch_size]
+            yield self.x[take], self.y[take]
+
+
+def torch_mlp(state: dict[str, np.ndarray]):
+    """The MLP as a torch ``nn.Sequential`` (fc1, relu1, fc2, relu2, fc3) holding copies of
+    ``state``'s float32 weights; its state_dict names are those of ``mlp_state_dict``."""
+    from collections import OrderedDict
+
+    import torch
+    from torch import nn
+
+    shapes = [state[f"{n}.weight"].shape for n in LAYERS]
+    parts: list[tuple[str, nn.Module]] = []
+    for i, (name, (out_features, in_features)) in enumerate(zip(LAYERS, shapes, strict=True)):
+        parts.append((name, nn.Linear(in_features, out_features)))
+        if i < len(LAYERS) - 1:
+            parts.append((f"relu{i + 1}", nn.ReLU()))
+    net = nn.Sequential(OrderedDict(parts))
+    net.load_state_dict({k: torch.tensor(v) for k, v in state.items()})
+    return net
+
+
+def deep_compress_mlp(state: dict[str, np.ndarray], data: DigitsSplit, path: str,
+                      settings: dict | None = None, seed: int = 0) -> CompressedModel:
+    """Run ``qpack.torch.deep_compression`` on a torch copy of the MLP; save it to ``path``.
+
+    Trains on ``data``'s training split in shuffled batches of ``TRAINED_BATCH`` (order
+    seeded by ``seed``), with ``settings`` (default ``TRAINED``) as its keyword arguments
+    and cross-entropy loss, on one torch thread (restored afterwards; on a small, busy
+    machine two threads made this training over ten times slower) and under a forked RNG
+    (the caller's random state is left as it was). Needs torch. Returns the
+    CompressedModel (its ``history``: one dict per stage).
+    """
+    import torch
+
+    from qpack.torch import deep_compression
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = torch_mlp(state)
+            batches = ShuffledBatches(torch.from_numpy(data.x_train),
+                                       torch.from_numpy(data.y_train).long(),
+                                       TRAINED_BATCH, seed)
+            model = deep_compression(net, batches, torch.nn.functional.cross_entropy,
+                                     **(TRAINED if settings is None else settings))
+    finally:
+        torch.set_num_threads(threads)
+    model.save(path, metadata={"setting": TRAINED_LABEL})
+    return model
+
+
 def run_demo(quick: bool = False, workdir: str | None = None, seed: int = 0,
              settings: Sequence[tuple[str, dict]] | None = None, retrain: bool | None = None,
              log: Callable[[str], None] | None = None, data: DigitsSplit | None = None,
-             mlp=None, threads: int = 1) -> DemoResult:
+             mlp=None, threads: int = 1, trained: bool | None = None) -> DemoResult:
     """Train the digits MLP, then compress, save, load and evaluate it at each setting.
 
-    quick : fewer training iterations, three settings, no retraining row (for tests).
+    quick : fewer training iterations, three settings, no retraining rows (for tests).
     workdir : folder for the ``.qpk`` files (default: a fresh temporary folder, removed
         afterwards; a given folder is kept with its files).
     settings : (label, compress kwargs) pairs replacing the default list.
     retrain : add the prune-0.9-and-retrain row (default: not in quick mode).
+    trained : add the ``qpack.torch.deep_compression`` row (default: not in quick mode;
+        in quick mode with ``TRAINED_QUICK``'s fewer epochs) when torch is installed;
+        without torch, ``TORCH_SKIPPED`` goes to the result's notes instead.
     log : called with progress lines (e.g. ``print``); None for silence.
     data, mlp : an existing split and classifier trained on it (skips the training).
     threads : threads for numpy's BLAS and qpack's kernels while timing inference (1:
         the test set is small, and single-threaded times are the most repeatable).
 
-    Returns a DemoResult; its first row is the float32 reference.
+    Returns a DemoResult; its first row is the float32 reference. The deep_compression
+    row also has train_seconds (its training, torch import included).
     """
     say = log or (lambda line: None)
     if settings is None:
@@ -305,6 +426,8 @@ def run_demo(quick: bool = False, workdir: str | None = None, seed: int = 0,
                     else list(DEMO_SETTINGS))
     if retrain is None:
         retrain = not quick
+    if trained is None:
+        trained = not quick
     repeat = 3 if quick else 7
     if data is None or mlp is None:
         data = load_digits_split(seed)
@@ -342,6 +465,18 @@ def run_demo(quick: bool = False, workdir: str | None = None, seed: int = 0,
                 result.rows.append(measure_setting(label, kwargs, source, data, folder,
                                                    result.float_accuracy, float_layers,
                                                    repeat))
+        t0 = time.perf_counter()
+        if trained and not torch_available():
+            result.notes.append(TORCH_SKIPPED)
+        elif trained:
+            say(f"  {TRAINED_LABEL}")
+            path = qpk_path(folder, TRAINED_LABEL)
+            deep_compress_mlp(state, data, path, TRAINED_QUICK if quick else TRAINED, seed)
+            train_seconds = time.perf_counter() - t0
+            with same_threads(threads):
+                row = measure_file(TRAINED_LABEL, path, data, result.float_accuracy,
+                                   float_layers, repeat)
+            result.rows.append({**row, "train_seconds": train_seconds})
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -370,14 +505,22 @@ def format_table(result: DemoResult) -> str:
                "float32 model run with numpy (x @ W.T + b), both on "
                f"{result.threads} thread{'s' if result.threads > 1 else ''}; "
                "ratio = float32 bytes / file size.")
+    out.extend(result.notes)
     return "\n".join(out)
 
 
-def main(quick: bool = False, out=None) -> int:
-    """Run the demo and print its table to ``out`` (default stdout); return 0."""
+def main(quick: bool = False, out=None, trained: bool | None = None) -> int:
+    """Run the demo and print its table to ``out`` (default stdout); return 0.
+
+    ``trained``: as in ``run_demo``. Without torch the deep_compression row is left out
+    and the table ends with one line naming the ``torch`` extra (still 0).
+    """
     out = out or sys.stdout
-    result = run_demo(quick=quick, log=lambda line: print(line, file=out, flush=True))
-    print(f"trained in {result.train_seconds:.1f} s; float32 test accuracy "
+    result = run_demo(quick=quick, trained=trained,
+                      log=lambda line: print(line, file=out, flush=True))
+    dc = [r["train_seconds"] for r in result.rows if r["setting"] == TRAINED_LABEL]
+    dc_text = f" (the deep_compression row: {dc[0]:.1f} s more)" if dc else ""
+    print(f"trained in {result.train_seconds:.1f} s{dc_text}; float32 test accuracy "
           f"{100 * result.float_accuracy:.2f}%\n", file=out)
     print(format_table(result), file=out)
     return 0

@@ -1,4 +1,5 @@
-"""A one-line progress counter on stderr (what ``compress(progress=True)`` shows)."""
+"""Progress on stderr: a one-line counter (what ``compress(progress=True)`` shows), and
+``progress_bar``, tqdm's bar when tqdm is installed (``deep_compression(progress=True)``)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,13 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def progress_bar(total: int, desc: str, unit: str):
+    """A tqdm bar on stderr when tqdm is installed (it comes with the ``torch`` extra),
+    else a Progress counter; either has ``update(n=1)`` and ``close()``."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return Progress(total, desc, unit)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)

@@ -391,6 +391,39 @@ def test_demo_quick():
     assert all(r > 3 for r in ratios)
     accuracies = [float(ln.split("%")[0].split()[-1]) for ln in table]
     assert accuracies[0] > 85 and all(a > 80 for a in accuracies)
+    # quick mode has no retrained rows: neither the deep_compression row nor its skip line
+    assert "deep_compression" not in r.stdout and "torch" not in r.stdout
+
+
+def test_demo_deep_compression_row(tmp_path):
+    """With torch, qpack.torch.deep_compression's row beats post-training pruning at the
+    same sparsity and bits, and was measured from its .qpk in the demo's folder."""
+    torch = pytest.importorskip("torch", reason="the demo's deep_compression row needs the "
+                                "torch extra (pip install -e \".[torch]\")")
+    from qpack import demo
+
+    post = next(s for s in demo.DEMO_SETTINGS if s[0] == "kmeans 4-bit, prune 0.9")
+    threads, rng = torch.get_num_threads(), torch.random.get_rng_state()
+    result = demo.run_demo(quick=True, settings=[post], trained=True, workdir=tmp_path)
+    assert torch.get_num_threads() == threads  # restored, and the caller's RNG untouched
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    rows = {r["setting"]: r for r in result.rows}
+    assert list(rows) == ["float32 (numpy)", post[0], demo.TRAINED_LABEL]
+    dc, pt = rows[demo.TRAINED_LABEL], rows[post[0]]
+    # post-training pruning of 90% collapses the model (about 60%); the recipe does not
+    assert dc["accuracy"] > pt["accuracy"] + 0.2, (dc, pt)
+    assert dc["accuracy"] > result.float_accuracy - 0.03, (dc, result.float_accuracy)
+    assert dc["ratio"] > 0.95 * pt["ratio"] and dc["ratio"] > 20
+    assert dc["train_seconds"] > 0 and result.notes == []
+    # run from the file: the demo's folder holds it, with the MLP's names and encoding
+    assert os.path.dirname(dc["path"]) == str(tmp_path)
+    loaded = qpack.load(dc["path"])
+    assert loaded.nbytes == dc["file_bytes"]
+    for name in demo.LAYERS:
+        w = loaded[f"{name}.weight"]
+        assert (w.method, w.bits) == ("kmeans", 4)
+        assert w.sparsity == pytest.approx(0.9, abs=0.01)
+    assert demo.TRAINED_LABEL in demo.format_table(result)
 
 
 def _block_imports(*modules: str) -> str:
@@ -417,6 +450,31 @@ def test_demo_without_scikit_learn_names_the_extra(tmp_path):
     assert lines[0].startswith("qpack demo: error:") and "scikit-learn" in lines[0]
     assert 'pip install "qpack[demo]"' in lines[0] and 'pip install -e ".[demo]"' in lines[0]
     assert "training" not in r.stdout
+
+
+def test_demo_without_torch_prints_one_line(tmp_path):
+    # a blocking finder, not sys.modules["torch"] = None: scipy (under scikit-learn)
+    # looks torch up in sys.modules and fails on a None there
+    code = _block_imports("torch") + (
+        "from qpack import demo\n"
+        "rc = demo.main(quick=True, trained=True)\n"
+        "data = demo.load_digits_split()\n"
+        "mlp = demo.train_mlp(data, max_iter=2)\n"
+        "full = demo.run_demo(settings=[], retrain=False, data=data, mlp=mlp)\n"
+        "assert full.notes == [demo.TORCH_SKIPPED] and len(full.rows) == 1, full\n"
+        "assert demo.run_demo(quick=True, settings=[], data=data, mlp=mlp).notes == []\n"
+        "assert 'torch' not in sys.modules\n"
+        "sys.exit(rc)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = r.stdout.strip().splitlines()
+    torch_lines = [ln for ln in lines if "torch" in ln]
+    assert torch_lines == [lines[-1]], r.stdout  # one line, under the table
+    assert lines[-1].startswith("deep_compression row skipped: torch is not installed")
+    assert 'pip install "qpack[torch]"' in lines[-1] and 'pip install -e ".[torch]"' in lines[-1]
+    assert any(ln.startswith("kmeans 4-bit, prune 0.5") for ln in lines)
 
 
 @pytest.mark.parametrize("module", ["sklearn", "threadpoolctl"])

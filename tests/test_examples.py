@@ -280,4 +280,4 @@ def test_deep_compression_mnist_quick():
     cells = [c.strip() for c in row.strip("|").split("|")]
     float_err, err, ratio = float(cells[1]), float(cells[2]), float(cells[5])
     assert ratio > 10 and err < float_err + 10
-    assert "share weights + fine-tune centroids, export" in out
+    assert "share weights (K-means)" in out and "fine-tune centroids, export" in out

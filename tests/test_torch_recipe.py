@@ -67,7 +67,8 @@ def test_deep_compression_beats_post_training_pruning(digits, tmp_path):
     assert dc_acc > post_acc + 20, (dc_acc, post_acc, float_acc)
     assert dc_acc > float_acc - 3
     stages = [h["stage"] for h in cm.history]
-    assert stages[0] == "float" and len(stages) == 5
+    assert stages[0] == "float" and len(stages) == 6
+    assert cm.history[-2]["bytes"] == cm.nbytes  # fine-tuning moves no code
     assert cm.history[-1]["kept"] == pytest.approx(0.1, abs=0.01)
     assert cm.history[-1]["bytes"] == cm.nbytes
     assert cm.history[-1]["metric"] == pytest.approx(dc_acc, abs=1e-6)

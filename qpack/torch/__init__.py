@@ -11,7 +11,8 @@
 - ``share_weights(model, bits)``: K-means weight sharing with trainable centroids;
   ``quantize_aware(model, bits)``: fake-quantized training (straight-through);
   ``to_qpack(model)``: the trained state exported exactly;
-  ``deep_compression(model, data, loss_fn)``: the paper's three stages in one call.
+  ``deep_compression(model, data, loss_fn)``: the paper's three stages in one call;
+  ``sensitivity`` / ``allocate_sparsity``: the per-layer pruning scan it starts from.
 
 Needs PyTorch (the ``torch`` extra: ``pip install 'qpack[torch]'``, or
 ``pip install torch==2.13.0``); ``import qpack`` itself never imports torch.
@@ -31,8 +32,9 @@ from qpack.torch.loading import load_packed, state_dict  # noqa: E402
 from qpack.torch.modules import PackedConv2d, PackedLinear  # noqa: E402
 from qpack.torch.pruning import masks_of, prune  # noqa: E402
 from qpack.torch.recipe import deep_compression  # noqa: E402
+from qpack.torch.sensitivity import Sensitivity, allocate_sparsity, sensitivity  # noqa: E402
 from qpack.torch.sharing import quantize_aware, share_weights  # noqa: E402
 
-__all__ = ["PackedConv2d", "PackedLinear", "deep_compression", "load_packed", "masks_of",
-           "prune",
-           "quantize_aware", "share_weights", "state_dict", "to_qpack"]
+__all__ = ["PackedConv2d", "PackedLinear", "Sensitivity", "allocate_sparsity",
+           "deep_compression", "load_packed", "masks_of", "prune", "quantize_aware",
+           "sensitivity", "share_weights", "state_dict", "to_qpack"]

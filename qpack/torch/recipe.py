@@ -1,5 +1,7 @@
 """``deep_compression``: the paper's three stages in one call, on the building blocks.
 
+0. unless given per layer, choose each layer's sparsity from a sensitivity scan
+   (qpack.torch.sensitivity) and its bits as the paper did (8 for conv, 5 for fc);
 1. prune by magnitude in ``prune_rounds`` rounds up to the target sparsity, retraining
    after each round with the pruned weights held at zero (qpack.torch.prune);
 2. share weights by K-means and fine-tune the centroids (qpack.torch.share_weights);
@@ -9,18 +11,24 @@
 from __future__ import annotations
 
 import copy
+import glob
 import math
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
-from qpack.progress import Progress
+from qpack.progress import progress_bar
 from qpack.torch.export import to_qpack
-from qpack.torch.pruning import _fraction, prunable_weights, prune
-from qpack.torch.sharing import share_weights
+from qpack.torch.pruning import _amounts, _fraction, prunable_weights, prune
+from qpack.torch.sensitivity import sensitivity
+from qpack.torch.sharing import _bits_for, share_weights
 
 REGULARIZERS = (None, "l1", "l2")
+ALLOCATIONS = ("sensitivity", "uniform")
+# Deep Compression's code widths: 8 bits for conv layers, 5 for fully connected ones
+# (AlexNet, Table 4; LeNet-5, Table 3)
+CONV_BITS, FC_BITS = 8, 5
 
 
 def _sgd(params, lr: float) -> torch.optim.Optimizer:
@@ -38,8 +46,21 @@ def _scaled(sparsity, fraction: float):
     return one(sparsity)
 
 
-def _check(sparsity, bits, prune_rounds, epochs: dict, lr, regularization, strength,
-           distill_temperature, optimizer) -> None:
+def _exact(per_name: dict) -> dict:
+    """{name: value} as globs that match just that name (a name may hold [, * or ?)."""
+    return {glob.escape(n): v for n, v in per_name.items()}
+
+
+def default_bits(model: nn.Module, names) -> dict[str, int]:
+    """The paper's bits per weight name: CONV_BITS for conv layers, FC_BITS for Linear."""
+    return {n: FC_BITS if isinstance(model.get_submodule(n.rpartition(".")[0]), nn.Linear)
+            else CONV_BITS for n in names}
+
+
+def _check(sparsity, prune_rounds, epochs: dict, lr, regularization, strength,
+           distill_temperature, optimizer, allocate) -> None:
+    if allocate not in ALLOCATIONS:
+        raise ValueError(f"allocate must be one of {ALLOCATIONS}, got {allocate!r}")
     values = sparsity.values() if isinstance(sparsity, Mapping) else [sparsity]
     for v in values:
         _fraction(v, "sparsity")
@@ -61,7 +82,6 @@ def _check(sparsity, bits, prune_rounds, epochs: dict, lr, regularization, stren
                          f"{distill_temperature!r}")
     if not callable(optimizer):
         raise ValueError("optimizer must be a callable (params, lr) -> torch optimizer")
-    del bits  # checked by share_weights before any training
 
 
 def _train(model, data, loss_fn, opt, epochs, teacher, temperature, reg, strength,
@@ -89,11 +109,12 @@ def _train(model, data, loss_fn, opt, epochs, teacher, temperature, reg, strengt
 
 def deep_compression(model: nn.Module, data: Iterable, loss_fn: Callable, *,
                      evaluate: Callable[[nn.Module], float] | None = None,
-                     sparsity=0.9, bits=5, prune_rounds: int = 3, retrain_epochs: int = 2,
+                     sparsity=0.9, bits=None, allocate: str = "sensitivity",
+                     prune_rounds: int = 3, retrain_epochs: int = 2,
                      finetune_epochs: int = 1, lr: float = 0.01,
                      finetune_lr: float | None = None,
                      optimizer: Callable = _sgd, regularization: str | None = "l2",
-                     regularization_strength: float = 1e-5,
+                     regularization_strength: float = 5e-5,
                      distill_temperature: float | None = None, include=None, exclude=None,
                      entropy: str | None = "huffman", progress: bool = False):
     """Deep Compression of a trained torch model: prune + retrain, share + fine-tune, export.
@@ -108,25 +129,48 @@ def deep_compression(model: nn.Module, data: Iterable, loss_fn: Callable, *,
     sparsity : final fraction pruned, a float or {glob on parameter name: float}; reached
         in ``prune_rounds`` rounds that each remove the same share of the survivors, each
         followed by ``retrain_epochs`` of training.
-    bits : K-means code width, an int or {glob: int}; ``finetune_epochs`` of centroid
+    allocate : for a float ``sparsity``: "sensitivity" (default) prunes that fraction of
+        all selected weights together, split over the layers by a sensitivity scan
+        (``qpack.torch.sensitivity`` on the first batches of ``data``, then
+        ``allocate_sparsity``: layers that suffer least lose most); "uniform" prunes every
+        layer by the same fraction. A dict ``sparsity`` is used as given.
+    bits : K-means code width, an int or {glob: int}; None (default) is the paper's choice,
+        8 bits for conv layers and 5 for Linear ones. ``finetune_epochs`` of centroid
         fine-tuning (at ``finetune_lr``, default lr / 10) follow the sharing.
     optimizer : optimizer(params, lr) -> torch optimizer (default SGD, momentum 0.9).
     regularization, regularization_strength : "l2" (as the paper retrains), "l1" or None,
-        added to the loss on the pruned layers' weights while retraining.
+        added to the loss on the pruned layers' weights while retraining: strength * sum
+        of w**2 (L2; the default 5e-5 is SGD's weight_decay=1e-4) or of |w| (L1).
     distill_temperature : if set, retraining adds the KL divergence to the original
         model's softened logits (knowledge distillation) at that temperature.
     include, exclude : globs choosing the layers; entropy : as in qpack.compress.
-    progress : count the training epochs on stderr.
+    progress : a progress bar over the training epochs on stderr (tqdm's, which comes
+        with the ``torch`` extra, or qpack's own one-line counter without tqdm).
 
     Returns the CompressedModel (``qpack.torch.to_qpack`` of the result), with a
     ``history`` attribute: one dict per stage (stage, kept, bits, bytes, metric; bytes is
-    the .qpk size once weights are shared, None before). Raises ValueError for bad
-    arguments, before any training.
+    the .qpk size once weights are shared, None before; the stages are "float", one per
+    prune round, "share weights (K-means)" and "fine-tune centroids, export"), and a
+    ``schedule`` attribute: {"sparsity": {weight name: fraction pruned}, "bits": {weight
+    name: bits}}, with the scan under "sensitivity" when one ran. Raises ValueError for
+    bad arguments, before any training.
     """
-    _check(sparsity, bits, prune_rounds, {"retrain_epochs": retrain_epochs,
+    _check(sparsity, prune_rounds, {"retrain_epochs": retrain_epochs,
                                           "finetune_epochs": finetune_epochs},
-           lr, regularization, regularization_strength, distill_temperature, optimizer)
+           lr, regularization, regularization_strength, distill_temperature, optimizer,
+           allocate)
     names = list(prunable_weights(model, include, exclude))
+    # {weight name: bits} and, for a dict, {weight name: sparsity}: checked here, before
+    # any training (globs naming no selected weight, bits outside 1..8)
+    bits = _bits_for(default_bits(model, names) if bits is None else bits, names)
+    scan = None
+    if isinstance(sparsity, Mapping):
+        sparsity = _amounts(sparsity, names)
+    elif allocate == "sensitivity":
+        scan = sensitivity(model, data, loss_fn, include=include, exclude=exclude)
+        sparsity = scan.allocate(sparsity)
+    else:
+        sparsity = dict.fromkeys(names, float(sparsity))
     teacher = copy.deepcopy(model).eval() if distill_temperature else None
     history: list[dict] = []
 
@@ -140,9 +184,10 @@ def deep_compression(model: nn.Module, data: Iterable, loss_fn: Callable, *,
 
     record("float", None, None)
     total_epochs = prune_rounds * retrain_epochs + finetune_epochs
-    bar = Progress(total_epochs, "deep_compression", "epochs") if progress else None
+    bar = progress_bar(total_epochs, "deep_compression", "epochs") if progress else None
     for r in range(1, prune_rounds + 1):
-        prune(model, _scaled(sparsity, r / prune_rounds), include=include, exclude=exclude)
+        prune(model, _exact(_scaled(sparsity, r / prune_rounds)), include=include,
+              exclude=exclude)
         weights = [p for n, p in model.named_parameters() if n in names]
         opt = optimizer(model.parameters(), lr)
         for _ in range(retrain_epochs):
@@ -151,7 +196,8 @@ def deep_compression(model: nn.Module, data: Iterable, loss_fn: Callable, *,
             if bar is not None:
                 bar.update()
         record(f"prune round {r}/{prune_rounds} + retrain", None, None)
-    share_weights(model, bits, include=include, exclude=exclude)
+    share_weights(model, _exact(bits), include=include, exclude=exclude)
+    record("share weights (K-means)", bits, None)
     opt = optimizer(model.parameters(), finetune_lr if finetune_lr is not None else lr / 10)
     for _ in range(finetune_epochs):
         _train(model, data, loss_fn, opt, 1, None, None, None, 0.0, [])
@@ -160,6 +206,12 @@ def deep_compression(model: nn.Module, data: Iterable, loss_fn: Callable, *,
     if bar is not None:
         bar.close()
     cm = to_qpack(model, entropy=entropy)
-    record("share weights + fine-tune centroids, export", bits, cm.nbytes)
+    # fine-tuning moves centroids only, not codes or masks: the file before it is the
+    # same size (the Huffman tables see the same codes)
+    history[-1]["bytes"] = cm.nbytes
+    record("fine-tune centroids, export", bits, cm.nbytes)
     cm.history = history
+    cm.schedule = {"sparsity": sparsity, "bits": bits}
+    if scan is not None:
+        cm.schedule["sensitivity"] = scan
     return cm
