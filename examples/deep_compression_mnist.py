@@ -212,14 +212,16 @@ def main(argv: list[str] | None = None) -> int:
         nets = args.nets
     rows = [run_net(torch, n, data, args.quick) for n in nets]
     print("| network | float error % | compressed error % | float bytes | .qpk bytes | "
-          "ratio | kept % | paper: error float -> compressed, size, ratio | seconds |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "ratio | kept % | bits per layer | paper: error float -> compressed, size, ratio "
+          "| seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         p = PAPER[r["net"]]
+        bits = "/".join(str(b) for b in r["schedule"]["bits"].values())
         print(f"| {r['net']} | {r['float_err']:.2f} | {r['err']:.2f} | "
               f"{r['float_bytes']:,} | {r['bytes']:,} | {r['ratio']:.1f} | "
-              f"{100 * r['kept']:.1f} | {p[0]} -> {p[1]}, {p[2]} -> {p[3]}, {p[4]}x | "
-              f"{r['seconds']:.0f} |")
+              f"{100 * r['kept']:.1f} | {bits} | {p[0]} -> {p[1]}, {p[2]} -> {p[3]}, "
+              f"{p[4]}x | {r['seconds']:.0f} |")
     for r in rows:
         print(f"\n{r['net']} stages:")
         for h in r["history"]:
