@@ -16,6 +16,8 @@ error against ratio for every schedule and stage, with Deep Compression's and So
 Weight-Sharing's published points.
 
 Full mode needs the four MNIST idx files in the folder named by ``QPACK_MNIST_DIR``;
+``QPACK_BENCH_TRAINED_NETS=lenet5`` reruns one network and keeps the other's rows from
+the last full run (said in the notes);
 quick mode (CI) runs LeNet-300-100's shape on scikit-learn's 8x8 digits with short
 schedules. Needs torch (skipped otherwise); the PNG needs matplotlib (the bench extra).
 """
@@ -46,24 +48,26 @@ L1 = {"regularization": "l1", "regularization_strength": 5e-6}
 
 
 def schedules(mnist, net: str, quick: bool) -> list[tuple[str, dict]]:
-    """(label, deep_compression keyword arguments) for every recipe run on ``net``."""
+    """(label, deep_compression keyword arguments) for every recipe run on ``net``; the
+    first is the example's recipe (its Table 1 row)."""
     if quick:
         base = dict(prune_rounds=2, retrain_epochs=2, finetune_epochs=1, lr=0.01)
         return [("scan 90%, L2", dict(base, sparsity=0.9)),
                 ("scan 90%, L1", dict(base, sparsity=0.9, **L1))]
-    base = dict(prune_rounds=4, retrain_epochs=3, finetune_epochs=2, lr=0.01)
-    example = ("per-layer settings of the example, L2", mnist.recipe_settings(net, False))
+    example = mnist.recipe_settings(net, False)
+    kept = f"{100 * example['sparsity']:.3g}%"
+    hand = dict(example, **mnist.HAND_PICKED[net])
     if net == "lenet5":
-        # the scan at the example's overall sparsity (93.6% of LeNet-5's weights)
-        scan = dict(mnist.recipe_settings(net, False), sparsity=0.936)
-        del scan["bits"]  # the default: 8 bits conv, 5 bits fc, as the example
-        return [example, ("scan 93.6%, L2", scan)]
-    return [("scan 92%, L2 5e-5", dict(base, sparsity=0.92)),
-            example,
-            ("scan 92%, L1 5e-6", dict(base, sparsity=0.92, **L1)),
-            ("scan 92%, no regularization", dict(base, sparsity=0.92, regularization=None)),
-            ("scan 95%, 4-bit, distilled (T=4)",
-             dict(base, sparsity=0.95, bits=4, distill_temperature=4.0))]
+        return [(f"scan {kept}, L2 (the example)", example),
+                ("hand-picked per-layer sparsity and bits, L2", hand)]
+    distil = dict(example, bits=4, distill_temperature=4.0)
+    return [(f"scan {kept}, L2 5e-5 (the example)", example),
+            ("hand-picked per-layer sparsity and bits, L2", hand),
+            (f"scan {kept}, L1 5e-6", dict(example, **L1)),
+            (f"scan {kept}, no regularization", dict(example, regularization=None)),
+            ("scan 95%, 4-bit", dict(example, sparsity=0.95, bits=4)),
+            ("scan 95%, 4-bit, distilled (T=4)", dict(distil, sparsity=0.95)),
+            ("scan 96%, 4-bit, distilled (T=4)", dict(distil, sparsity=0.96))]
 
 
 def _bits_label(bits: dict) -> str:
@@ -95,6 +99,8 @@ def recipe_rows(torch, mnist, net: str, model, t: dict, float_err: float,
         sched = out["schedule"]
         sparsity = ", ".join(f"{n.split('.')[0]}:{100 * (1 - a):.0f}%"
                              for n, a in sched["sparsity"].items())
+        print(f"  {net}, {label}: {out['err']:.2f}% error at "
+              f"{float_bytes / out['bytes']:.1f}x ({seconds:.0f} s)", flush=True)
         rows.append([NET_TITLES[net], f"deep_compression: {label}", f"{float_err:.2f}",
                      f"{out['err']:.2f}", f"{out['err'] - float_err:+.2f}",
                      f"{out['bytes']:,}", f"{float_bytes / out['bytes']:.1f}",
@@ -245,7 +251,34 @@ def load_data(quick: bool, mnist) -> tuple[dict, list[str]]:
     if not folder:
         raise ValueError("full mode needs MNIST: set QPACK_MNIST_DIR to the folder of the "
                          "four idx files (or run with --quick)")
-    return mnist.load_mnist(folder), ["lenet300", "lenet5"]
+    nets = [n for n in os.environ.get("QPACK_BENCH_TRAINED_NETS", "lenet300,lenet5")
+            .split(",") if n]
+    if not nets or set(nets) - set(NET_TITLES):
+        raise ValueError(f"QPACK_BENCH_TRAINED_NETS must name some of {sorted(NET_TITLES)}")
+    return mnist.load_mnist(folder), nets
+
+
+def earlier_rows(nets: list[str]) -> tuple[list, list, dict, list[str]]:
+    """Rows, points and float errors of the networks *not* in ``nets`` from the last full
+    run's JSON (when only some networks are rerun), with a note saying so."""
+    import json
+
+    from harness import RESULTS_DIR
+
+    path = os.path.join(RESULTS_DIR, "trained.json")
+    others = [n for n in NET_TITLES if n not in nets]
+    if not others or not os.path.exists(path):
+        return [], [], {}, []
+    with open(path) as fh:
+        old = json.load(fh)
+    titles = {NET_TITLES[n] for n in others}
+    rows = [r for r in old["rows"] if r[0] in titles and not r[1].startswith("published")]
+    points = [p for p in old.get("points", []) if p["net"] in others]
+    float_errors = {n: float(r[2]) for n in others for r in rows
+                    if r[0] == NET_TITLES[n] and r[1] == "float32 (trained here)"}
+    note = (f"{', '.join(NET_TITLES[n] for n in others)}: rows from the run of "
+            f"{old['date']} (only {', '.join(NET_TITLES[n] for n in nets)} rerun here).")
+    return rows, points, float_errors, [note] if rows else []
 
 
 def run(quick: bool = False) -> dict:
@@ -279,13 +312,19 @@ def run(quick: bool = False) -> dict:
                                              float_bytes, 0.9 if quick else 0.92)
         rows.append(row)
         points.append(point)
+        print(f"  {net}: float {float_err:.2f}% error", flush=True)
         r, p = recipe_rows(torch, mnist, net, model, t, float_err, float_bytes, quick)
+        if net == "lenet300":
+            rq, pq = qat_rows(torch, mnist, net, model, t, float_err, float_bytes, quick)
+            r, p = r + rq, p + pq
         rows += r
         points += p
-        if net == "lenet300":
-            r, p = qat_rows(torch, mnist, net, model, t, float_err, float_bytes, quick)
-            rows += r
-            points += p
+    if not quick:
+        old_rows, old_points, old_errors, old_notes = earlier_rows(nets)
+        rows, points = old_rows + rows, old_points + points
+        float_errors = {**old_errors, **float_errors}
+        notes += old_notes
+        nets = [n for n in NET_TITLES if n in float_errors]
     for method, net, f_err, err, ratio in PUBLISHED:
         if net in nets:
             rows.append([NET_TITLES[net], f"published: {method}", f"{f_err:.2f}",

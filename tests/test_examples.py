@@ -280,5 +280,5 @@ def test_deep_compression_mnist_quick():
     cells = [c.strip() for c in row.strip("|").split("|")]
     float_err, err, ratio = float(cells[1]), float(cells[2]), float(cells[5])
     assert ratio > 10 and err < float_err + 10
-    assert cells[7] == "5/5/6"  # the example's bits for fc1/fc2/fc3
+    assert cells[7] == "5/5/5"  # the default bits of deep_compression for fc layers
     assert "share weights (K-means)" in out and "fine-tune centroids, export" in out
