@@ -177,59 +177,88 @@ def post_training_prune_row(torch, mnist, net: str, model, t: dict, float_err: f
                  "error": err, "ratio": float_bytes / size}
 
 
+RATIO_TICKS = [5, 7, 10, 15, 20, 30, 40, 50, 70, 100, 150, 200]
+ERROR_TICKS = [0.5, 0.7, 0.8, 0.9, 1, 1.2, 1.5, 1.7, 2, 2.5, 3, 5, 10, 20, 30]
+KEPT_TICKS = [100, 50, 30, 20, 10, 7, 5, 3]
+
+
+def _log_axis(axis, ticks, lo: float, hi: float) -> None:
+    """A log axis labelled with the plain numbers of ``ticks`` that fall in [lo, hi]."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
+
+    axis.set_major_locator(FixedLocator([t for t in ticks if lo <= t <= hi]))
+    axis.set_major_formatter(ScalarFormatter())
+    axis.set_minor_formatter(NullFormatter())
+
+
 def plot(points: list[dict], float_errors: dict[str, float], path: str) -> str | None:
-    """Test error against compression ratio (top) and against kept % over the prune
-    rounds (bottom), one column per network; returns the path, or None without
-    matplotlib."""
+    """Test error against compression ratio (top: every saved model, the stage before
+    centroid fine-tuning joined to the final one) and against kept % over the prune rounds
+    (bottom), one column per network; the top panels stop at 2.5x the float error.
+    Returns the path, or None without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.ticker import ScalarFormatter
     except ImportError:
         print("  [skip] plot: matplotlib is not installed (pip install -e '.[bench]')")
         return None
     nets = list(float_errors)
-    fig, axes = plt.subplots(2, len(nets), figsize=(6.5 * len(nets), 9), squeeze=False)
+    fig, axes = plt.subplots(2, len(nets), figsize=(7.5 * len(nets), 15), squeeze=False,
+                             height_ratios=[1.6, 1])
+    markers = "osD^vP<>Xh"
     for col, net in enumerate(nets):
         top, bottom = axes[0][col], axes[1][col]
         mine = [p for p in points if p["net"] == net]
-        for label in dict.fromkeys(p["schedule"] for p in mine):
+        ceiling = 2.5 * float_errors[net]
+        for i, label in enumerate(dict.fromkeys(p["schedule"] for p in mine)):
             pts = [p for p in mine if p["schedule"] == label]
             sized = [p for p in pts if p["ratio"] is not None]
-            top.plot([p["ratio"] for p in sized], [p["error"] for p in sized], "o-",
-                     label=label, alpha=0.8)
+            style = dict(marker=markers[i % len(markers)], alpha=0.85, label=label)
+            # errors beyond the top of the panel (post-training pruning's collapse) are
+            # drawn on its edge, with their value written beside them
+            shown = [min(p["error"], ceiling) for p in sized]
+            top.plot([p["ratio"] for p in sized], shown, "-", **style)
+            for p in sized:
+                if p["error"] > ceiling:
+                    top.annotate(f"{p['error']:.1f}% (off the scale)", (p["ratio"], ceiling),
+                                 textcoords="offset points", xytext=(6, -12), fontsize=8)
             rounds = [p for p in pts if p["ratio"] is None or p["stage"].startswith("share")]
             if len(rounds) > 2:
                 bottom.plot([100 * p["kept"] for p in rounds], [p["error"] for p in rounds],
-                            "o-", label=label, alpha=0.8)
+                            "-", **style)
         for method, pnet, f_err, err, ratio in PUBLISHED:
             if pnet == net:
-                top.plot([ratio], [err], "*", markersize=14,
-                         label=f"{method}: {err}% (float {f_err}%)")
+                top.plot([ratio], [err], "*", markersize=15, markeredgecolor="black",
+                         label=f"{method}: {err}% (its float: {f_err}%)")
         fe = float_errors[net]
         for ax in (top, bottom):
             ax.axhline(fe, color="gray", lw=0.8)
             ax.axhline(fe + 0.1, color="gray", lw=0.8, ls="--")
-            ax.grid(alpha=0.3, which="both")
-            # log axes (post-training pruning collapses to ~10x the float error) with
-            # plain numbers on the ticks
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            for axis in (ax.xaxis, ax.yaxis):
-                axis.set_major_formatter(ScalarFormatter())
-                axis.set_minor_formatter(ScalarFormatter())
-                axis.get_minor_formatter().set_scientific(False)
-        top.set_xlabel("compression ratio (float32 bytes / .qpk bytes)")
+            ax.grid(alpha=0.3)
+        # log scales: post-training pruning lands at ~10-25x the float error
+        ratios = [p["ratio"] for p in mine if p["ratio"]] + \
+            [r for _, n, _, _, r in PUBLISHED if n == net]
+        errors = [p["error"] for p in mine if p["error"] is not None]
+        errors += [e for _, n, _, e, _ in PUBLISHED if n == net]
+        low = min(errors + [fe]) / 1.1
+        top.set_xscale("log")
+        top.set_yscale("log")
+        top.set_ylim(low, ceiling * 1.05)
+        _log_axis(top.xaxis, RATIO_TICKS, min(ratios) / 1.2, max(ratios) * 1.2)
+        _log_axis(top.yaxis, ERROR_TICKS, low, ceiling * 1.05)
+        top.set_xlabel("compression ratio (float32 bytes / .qpk bytes), log")
         top.set_ylabel("test error %, log (solid: float; dashed: float + 0.1 pt)")
-        top.set_title(f"{NET_TITLES[net]}: compressed models")
-        top.legend(fontsize=7, loc="best")
+        top.set_title(f"{NET_TITLES[net]}: every compressed model")
+        top.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1)
+        bottom.set_xscale("log")
+        _log_axis(bottom.xaxis, KEPT_TICKS, 2, 100)
         bottom.invert_xaxis()
-        bottom.set_xlabel("weights kept % (prune rounds + retraining)")
+        bottom.set_xlabel("weights kept %, log (prune rounds + retraining, then sharing)")
         bottom.set_ylabel("test error %")
         bottom.set_title(f"{NET_TITLES[net]}: deep_compression stages")
-        bottom.legend(fontsize=7, loc="best")
+        bottom.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -338,9 +367,28 @@ def run(quick: bool = False) -> dict:
             "rows": rows, "notes": notes, "points": points}
 
 
-if __name__ == "__main__":
+def replot(quick: bool = False) -> str | None:
+    """Redraw the PNG from the saved results JSON (no training); returns its path."""
     import json
+
+    from harness import RESULTS_DIR
+
+    suffix = "_quick" if quick else ""
+    with open(os.path.join(RESULTS_DIR, f"trained{suffix}.json")) as fh:
+        result = json.load(fh)
+    float_errors = {n: float(r[2]) for n, title in NET_TITLES.items() for r in result["rows"]
+                    if r[0] == title and r[1] == "float32 (trained here)"}
+    return plot(result["points"], float_errors, os.path.join(DOCS_DIR,
+                                                             f"trained{suffix}.png"))
+
+
+if __name__ == "__main__":
     import sys
 
-    result = run(quick="--quick" in sys.argv)
-    print(json.dumps(result["rows"], indent=1))
+    # python benchmarks/bench_trained.py --replot [--quick]: the PNG from the saved JSON
+    # (the run itself goes through benchmarks/run_all.py --only trained)
+    if "--replot" in sys.argv:
+        print(replot(quick="--quick" in sys.argv))
+    else:
+        sys.exit("run it with: python benchmarks/run_all.py --only trained [--quick]; "
+                 "or --replot [--quick] to redraw the PNG from the saved JSON")
