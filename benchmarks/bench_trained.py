@@ -65,9 +65,7 @@ def schedules(mnist, net: str, quick: bool) -> list[tuple[str, dict]]:
             ("hand-picked per-layer sparsity and bits, L2", hand),
             (f"scan {kept}, L1 5e-6", dict(example, **L1)),
             (f"scan {kept}, no regularization", dict(example, regularization=None)),
-            ("scan 95%, 4-bit", dict(example, sparsity=0.95, bits=4)),
-            ("scan 95%, 4-bit, distilled (T=4)", dict(distil, sparsity=0.95)),
-            ("scan 96%, 4-bit, distilled (T=4)", dict(distil, sparsity=0.96))]
+            ("scan 95%, 4-bit, distilled (T=4)", dict(distil, sparsity=0.95))]
 
 
 def _bits_label(bits: dict) -> str:
