@@ -16,11 +16,13 @@ from qpack._version import __version__
 # public name -> the module that defines it
 _EXPORTS = {
     "pack": "qpack.bitpack", "packed_nbytes": "qpack.bitpack", "unpack": "qpack.bitpack",
+    "HessianStats": "qpack.calibration",
     "KMeansQuantized": "qpack.cluster", "codebook_gradient": "qpack.cluster",
     "kmeans_1d": "qpack.cluster", "quantize_kmeans": "qpack.cluster",
     "HuffmanCode": "qpack.entropy", "huffman_decode": "qpack.entropy",
     "huffman_encode": "qpack.entropy", "huffman_stream_info": "qpack.entropy",
     "FormatError": "qpack.errors", "QpackError": "qpack.errors",
+    "quantize_kmeans_gptq": "qpack.gptq", "quantize_linear_gptq": "qpack.gptq",
     "read_model": "qpack.inputs",
     "CodebookWeights": "qpack.matmul", "LinearWeights": "qpack.matmul",
     "SparseWeights": "qpack.matmul",
@@ -57,6 +59,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from qpack import metrics  # noqa: F401
     from qpack.bitpack import pack, packed_nbytes, unpack  # noqa: F401
+    from qpack.calibration import HessianStats  # noqa: F401
     from qpack.cluster import (  # noqa: F401
         KMeansQuantized,
         codebook_gradient,
@@ -70,6 +73,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         huffman_stream_info,
     )
     from qpack.errors import FormatError, QpackError  # noqa: F401
+    from qpack.gptq import quantize_kmeans_gptq, quantize_linear_gptq  # noqa: F401
     from qpack.inputs import read_model  # noqa: F401
     from qpack.matmul import CodebookWeights, LinearWeights, SparseWeights  # noqa: F401
     from qpack.model import CompressedModel, compress, load, save  # noqa: F401

@@ -331,6 +331,8 @@ def kmeans_1d(values, k: int, *, init="linear", max_iter: int = 300, tol: float 
     tol : 0.0 = stop only at convergence; > 0 = also stop once the summed squared centroid
         shift is <= tol * variance(values) (scikit-learn's rule).
     sample_weight : optional non-negative finite weights of values' shape (positive sum).
+        Points of weight 0 take no part in the fit (nor in empty-cluster relocation);
+        they still get labels.
     random_state : None, int >= 0 or numpy Generator (used by init="random").
 
     Returns
@@ -368,8 +370,12 @@ def kmeans_1d(values, k: int, *, init="linear", max_iter: int = 300, tol: float 
         sw = sw.reshape(-1)
         if not np.isfinite(sw).all() or (sw < 0).any() or sw.sum() <= 0:
             raise ValueError("sample_weight must be finite, >= 0 and have a positive sum")
-        order = np.argsort(flat, kind="stable")
-        xs, ws = flat[order], sw[order]
+        # Zero-weight points change no mean and no inertia; fitting without them keeps an
+        # empty cluster from being relocated onto one (where it would stay empty).
+        pos = sw > 0
+        fit, fit_w = (flat, sw) if pos.all() else (flat[pos], sw[pos])
+        order = np.argsort(fit, kind="stable")
+        xs, ws = fit[order], fit_w[order]
     centroids = _lloyd_sorted(xs, ws, k, init, max_iter, tol, rng)
     labels = assign_nearest(flat.reshape(1, -1), centroids.reshape(1, -1))
     return centroids, labels.reshape(arr.shape)

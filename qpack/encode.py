@@ -14,7 +14,9 @@ import numpy as np
 from qpack import dtypes
 from qpack._kernels import errstats as _errstats
 from qpack._validate import matrix_shape
+from qpack.calibration import Calibration
 from qpack.cluster import quantize_kmeans
+from qpack.gptq import quantize_calibrated
 from qpack.prune import prune_magnitude
 from qpack.quantize import quantize_linear
 from qpack.sections import coded_nbytes, encode_codes, encode_raw, encode_varint
@@ -75,12 +77,30 @@ def _informative(x: float) -> float | None:
     return float(f"{float(x):.6g}") if math.isfinite(x) else None
 
 
+def _quantize(w2: np.ndarray, settings: TensorSettings, mask: np.ndarray | None,
+              calibration: Calibration | None):
+    """The transform object of float32 ``w2`` (rows, cols): error-compensated when the
+    tensor has calibration (recording the damping used in ``calibration.chosen``)."""
+    if calibration is not None:
+        q, calibration.chosen = quantize_calibrated(w2, settings, mask, calibration)
+        return q
+    if settings.method == "linear":
+        src = w2 if mask is None else np.where(mask, w2, 0).astype(w2.dtype, copy=False)
+        return quantize_linear(src, settings.bits, group_size=settings.group_size,
+                               symmetric=settings.symmetric, clip=settings.clip)
+    return quantize_kmeans(w2, settings.bits, mask=mask, init=settings.init,
+                           per_channel=settings.per_channel)
+
+
 def encode_tensor(arr: np.ndarray, settings: TensorSettings,
-                  mask: np.ndarray | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+                  mask: np.ndarray | None = None,
+                  calibration: Calibration | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """Compress one floating tensor; return (header entry, {role: uint8 blob}).
 
     ``mask`` (bool, arr's shape) is a keep-mask computed elsewhere (global pruning);
-    otherwise ``settings.prune`` prunes this tensor by magnitude.
+    otherwise ``settings.prune`` prunes this tensor by magnitude. ``calibration`` (checked
+    by the plan) quantizes with error compensation (qpack/gptq.py) and records the damping
+    used in ``calibration.chosen``.
     """
     shape = arr.shape
     rows, cols = matrix_shape(shape)
@@ -98,16 +118,12 @@ def encode_tensor(arr: np.ndarray, settings: TensorSettings,
                   "method": settings.method, "bits": bits}
     blobs: dict[str, np.ndarray] = {}
     sections: dict[str, dict] = {}
+    q = _quantize(w2, settings, mask, calibration)
     if settings.method == "linear":
-        src = w2 if mask is None else np.where(mask, w2, 0).astype(w2.dtype, copy=False)
-        q = quantize_linear(src, bits, group_size=settings.group_size,
-                            symmetric=settings.symmetric, clip=settings.clip)
         spec.update(group_size=settings.group_size, symmetric=settings.symmetric)
         for role, param in (("scales", q.scales), ("zeros", q.zeros)):
             sections[role], blobs[role] = encode_raw(np.asarray(param))
     else:
-        q = quantize_kmeans(w2, bits, mask=mask, init=settings.init,
-                            per_channel=settings.per_channel)
         spec.update(per_channel=settings.per_channel,
                     zero_code=None if q.zero_code is None else int(q.zero_code))
         sections["codebook"], blobs["codebook"] = encode_raw(

@@ -198,11 +198,11 @@ def _memory_tensor(name: str, spec: dict, blobs: dict[str, np.ndarray]) -> Compr
                             section_nbytes=lambda role: int(blobs[role].nbytes))
 
 
-def _encode_one(value, settings, mask, reference):
+def _encode_one(value, settings, mask, reference, calibration):
     """Encode one tensor by what it is: an array to compress or a pre-quantized object."""
     if is_prequantized(value):
         return encode_prequantized(value, settings.entropy, mask, reference)
-    return encode_tensor(value, settings, mask)
+    return encode_tensor(value, settings, mask, calibration)
 
 
 def _encode_all(arrays: dict, plan, progress: bool) -> dict[str, tuple[dict, dict]]:
@@ -241,7 +241,7 @@ def _encode_all(arrays: dict, plan, progress: bool) -> dict[str, tuple[dict, dic
                 while pending and in_flight + size > budget:
                     collect_one()
                 fut = pool.submit(_encode_one, value, settings[name], plan.masks.get(name),
-                                  plan.references.get(name))
+                                  plan.references.get(name), plan.calibration.get(name))
                 pending[fut] = (name, size)
                 in_flight += size
             while pending:
@@ -260,6 +260,7 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
              per_channel: bool = False, init: str = "linear",
              metadata: Mapping[str, str] | None = None,
              masks: Mapping | None = None, float_weights: Mapping | None = None,
+             calibration: Mapping | None = None, calibration_damping: float | None = None,
              progress: bool = False) -> CompressedModel:
     """Compress a model's weights: prune, quantize (K-means or linear), pack, entropy-code.
 
@@ -291,12 +292,26 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
         tensor the removed positions must already decode to 0.0.
     float_weights : {name: float array} the weights a pre-quantized tensor approximates,
         for its error stats in ``report()`` (without them only its sparsity is known).
+    calibration : {name: inputs} quantizes those tensors with error compensation (GPTQ,
+        qpack/gptq.py) for their outputs on the given inputs: each value is a float array
+        (n_samples, in_features) of the layer's inputs (torch tensors work; for a conv
+        weight, the unfolded patches: qpack.calibration) or a ``HessianStats`` of them;
+        in_features is the weight's matrix-view column count, prod(shape[1:]). Works with
+        method "linear" (every group_size, symmetric, clip) and "kmeans" (one codebook per
+        tensor, not per_channel), with pruning and masks. The codes are ordinary: the file
+        and matmul are as without calibration. The damping used is recorded per tensor in
+        the metadata's compress_args ("calibrated").
+    calibration_damping : relative damping (a fraction of mean(diag(X^T X / n)), in
+        [1e-6, 1e6]) for every calibrated tensor, or None: chosen per tensor on held-back
+        rows of raw inputs, in_features / n_samples clipped to [0.1, 1] for HessianStats
+        (qpack.gptq.calibrated, qpack.calibration.default_damping).
     progress : count tensors on stderr.
 
     Returns a CompressedModel. Raises ValueError, before any encoding, naming any bad
     argument, NaN/Inf weights, an empty model, a pattern that matches no tensor or only
     tensors stored exactly, an option that no tensor uses (e.g. group_size with kmeans),
-    a mask of the wrong shape or given together with prune.
+    a mask of the wrong shape or given together with prune, calibration naming no tensor
+    or one stored exactly, of the wrong width, non-finite or with per_channel K-means.
     """
     meta = {"qpack_version": __version__}
     meta.update(_check_metadata(metadata, "metadata"))
@@ -308,7 +323,8 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
             "per_channel": per_channel, "init": init}
     plan = make_plan(arrays, base, include=include, exclude=exclude, overrides=overrides,
                      min_numel=min_numel, prune_scope=prune_scope, masks=masks,
-                     float_weights=float_weights)
+                     float_weights=float_weights, calibration=calibration,
+                     calibration_damping=calibration_damping)
 
     if prune_scope == "global":
         from qpack.prune import prune_global
@@ -326,7 +342,9 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
          "include": patterns(include, "include"), "exclude": patterns(exclude, "exclude"),
          "overrides": plan.overrides,
          "handed_over": sorted(set(plan.masks) | {n for n, v in arrays.items()
-                                                  if is_prequantized(v)})},
+                                                  if is_prequantized(v)}),
+         **({"calibrated": {n: c.chosen for n, c in plan.calibration.items()}}
+            if plan.calibration else {})},
         default=str)
     return CompressedModel(tensors, meta, source_metadata=source_metadata)
 

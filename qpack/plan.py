@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qpack import dtypes
-from qpack._validate import check_bits, check_group_size, check_int
+from qpack._validate import check_bits, check_group_size, check_int, matrix_shape
+from qpack.calibration import Calibration, check_damping, check_source
 from qpack.cluster import INIT_METHODS as INITS
 from qpack.encode import TensorSettings
 from qpack.handover import check_mask, check_prequantized, is_prequantized
@@ -123,6 +124,8 @@ class Plan:
     base : the validated top-level settings. overrides : {glob: dict}.
     masks : the keep-masks handed over, by tensor name.
     references : float weights given for pre-quantized tensors (their error stats).
+    calibration : the checked calibration of the tensors quantized with error
+        compensation (qpack/gptq.py), by tensor name.
     """
 
     settings: dict[str, TensorSettings | None]
@@ -130,18 +133,20 @@ class Plan:
     overrides: dict[str, dict]
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     references: dict[str, np.ndarray] = field(default_factory=dict)
+    calibration: dict[str, Calibration] = field(default_factory=dict)
 
 
 def make_plan(arrays: Mapping, base: Mapping, *, include, exclude, overrides,
-              min_numel: int, prune_scope: str, masks=None, float_weights=None) -> Plan:
+              min_numel: int, prune_scope: str, masks=None, float_weights=None,
+              calibration=None, calibration_damping=None) -> Plan:
     """Decide every tensor's settings; validate every argument first.
 
     ``arrays`` maps names to arrays or pre-quantized objects (KMeansQuantized /
     LinearQuantized, stored as given); ``base`` holds the top-level keywords
     (OVERRIDABLE keys). Raises ValueError naming the argument for any bad value, a pattern
     that matches nothing or only tensors stored exactly, an option that no tensor uses, a
-    mask that does not fit its tensor or comes with pruning, or NaN/Inf in a tensor that
-    is quantized.
+    mask that does not fit its tensor or comes with pruning, NaN/Inf in a tensor that
+    is quantized, or calibration that does not fit (``_check_calibration``).
     """
     base_settings = check_settings(base, "")
     if base_settings.method == "raw":
@@ -220,7 +225,46 @@ def make_plan(arrays: Mapping, base: Mapping, *, include, exclude, overrides,
                                  "is compressed with it")
     return Plan(plan, base_settings, overrides,
                 masks=_check_masks(masks, arrays, plan, pre),
-                references=_check_references(float_weights, arrays, pre))
+                references=_check_references(float_weights, arrays, pre),
+                calibration=_check_calibration(calibration, calibration_damping, arrays,
+                                               plan, pre, reasons))
+
+
+def _check_calibration(calibration, damping, arrays: Mapping, plan: dict, pre: set,
+                       reasons: dict) -> dict[str, Calibration]:
+    """Checked calibration: each name is a tensor that is quantized here (not stored
+    exactly nor handed over pre-quantized), with settings error compensation honours
+    (not a per-channel K-means), and inputs of the weight's matrix-view width."""
+    damping = check_damping(damping, "calibration_damping")
+    if calibration is None:
+        if damping is not None:
+            raise ValueError("calibration_damping does nothing without calibration")
+        return {}
+    if not isinstance(calibration, Mapping):
+        raise ValueError("calibration must map tensor names to input arrays (n_samples, "
+                         f"in_features) or HessianStats, got {type(calibration).__name__}")
+    if not calibration:
+        raise ValueError("calibration is empty: name the tensors to calibrate, or pass None")
+    out = {}
+    for name, value in calibration.items():
+        where = f"calibration[{name!r}]"
+        if not isinstance(name, str) or name not in arrays:
+            raise ValueError(f"{where} matches no tensor of the model")
+        if name in pre:
+            raise ValueError(f"{where}: the tensor is handed over pre-quantized and stored "
+                             "as given, so calibration would do nothing")
+        settings = plan[name]
+        if settings is None:
+            why = reasons[name] or "is left uncompressed by include/exclude/overrides"
+            raise ValueError(f"{where}: the tensor is stored exactly ({why}), so "
+                             "calibration would do nothing")
+        if settings.method == "kmeans" and settings.per_channel:
+            raise ValueError(f"{where}: error-compensated quantization has one codebook "
+                             "per tensor; per_channel K-means cannot be calibrated (set "
+                             "per_channel=False for this tensor)")
+        cols = matrix_shape(arrays[name].shape)[1]
+        out[name] = Calibration(check_source(value, cols, where), damping)
+    return out
 
 
 def _check_masks(masks, arrays: Mapping, plan: dict, pre: set) -> dict[str, np.ndarray]:

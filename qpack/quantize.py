@@ -202,9 +202,14 @@ def _codes_for(blk: np.ndarray, s: np.ndarray, zero: np.ndarray, bits: int,
     return q.astype(np.uint8)
 
 
-def _quantize_block(blk: np.ndarray, bits: int, symmetric: bool, clip: str,
-                    percentile: float, sdt: np.dtype):
-    """Quantize a block (rows, ngroups, G) group by group: returns codes, scales, zeros."""
+def group_params(blk: np.ndarray, bits: int, symmetric: bool, clip: str,
+                 percentile: float, sdt: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Stored scales (``sdt``) and int32 zero-points of the groups of ``blk`` (..., G).
+
+    The one rule for a group's parameters under every clip mode (arguments already
+    validated): quantize_linear uses it, and so does error-compensated quantization
+    (qpack/gptq.py), which fits each group on its error-updated weights.
+    """
     work = blk.dtype
     gmin = blk.min(axis=-1)
     gmax = blk.max(axis=-1)
@@ -220,27 +225,54 @@ def _quantize_block(blk: np.ndarray, bits: int, symmetric: bool, clip: str,
     else:
         lo = np.minimum(gmin, 0)
         hi = np.maximum(gmax, 0)
-    if clip == "mse":
-        # Every clipping ratio of the min/max range is a candidate (scale, zero-point),
-        # rounded exactly as it would be stored; the kernel measures each candidate's
-        # decoded squared error and each group keeps its best (ratio 1.0 wins ties).
-        ratios = MSE_RATIOS.astype(work)
-        cand_s, _, cand_z = _group_params(gmin, gmax, lo[..., None] * ratios,
-                                          hi[..., None] * ratios, bits, symmetric, sdt, work)
-        nc = ratios.size
-        err = np.empty((gmin.size, nc))
-        groups = np.ascontiguousarray(blk).reshape(gmin.size, -1)
-        cmin = 1 if symmetric else 0
-        _kq.candidate_errors(groups, cand_s.astype(np.float32).reshape(-1, nc),
-                             cand_z.astype(np.float32).reshape(-1, nc), err, cmin,
-                             (1 << bits) - 1, get_num_threads() if blk.size >= 1 << 16 else 1)
-        best = np.argmin(err, axis=1).reshape(gmin.shape)[..., None]
-        s_store = np.take_along_axis(cand_s, best, axis=-1)[..., 0]
-        zero = np.take_along_axis(cand_z, best, axis=-1)[..., 0]
-        s = s_store.astype(work)
-    else:
-        s_store, s, zero = _group_params(gmin, gmax, lo, hi, bits, symmetric, sdt, work)
-    return _codes_for(blk, s, zero, bits, symmetric), s_store, zero
+    if clip != "mse":
+        s_store, _, zero = _group_params(gmin, gmax, lo, hi, bits, symmetric, sdt, work)
+        return s_store, zero
+    # Every clipping ratio of the min/max range is a candidate (scale, zero-point),
+    # rounded exactly as it would be stored; the kernel measures each candidate's
+    # decoded squared error and each group keeps its best (ratio 1.0 wins ties).
+    ratios = MSE_RATIOS.astype(work)
+    cand_s, _, cand_z = _group_params(gmin, gmax, lo[..., None] * ratios,
+                                      hi[..., None] * ratios, bits, symmetric, sdt, work)
+    nc = ratios.size
+    err = np.empty((gmin.size, nc))
+    groups = np.ascontiguousarray(blk).reshape(gmin.size, -1)
+    cmin = 1 if symmetric else 0
+    _kq.candidate_errors(groups, cand_s.astype(np.float32).reshape(-1, nc),
+                         cand_z.astype(np.float32).reshape(-1, nc), err, cmin,
+                         (1 << bits) - 1, get_num_threads() if blk.size >= 1 << 16 else 1)
+    best = np.argmin(err, axis=1).reshape(gmin.shape)[..., None]
+    s_store = np.take_along_axis(cand_s, best, axis=-1)[..., 0]
+    zero = np.take_along_axis(cand_z, best, axis=-1)[..., 0]
+    return s_store, zero
+
+
+def _quantize_block(blk: np.ndarray, bits: int, symmetric: bool, clip: str,
+                    percentile: float, sdt: np.dtype):
+    """Quantize a block (rows, ngroups, G) group by group: returns codes, scales, zeros."""
+    s_store, zero = group_params(blk, bits, symmetric, clip, percentile, sdt)
+    return _codes_for(blk, s_store.astype(blk.dtype), zero, bits, symmetric), s_store, zero
+
+
+def check_linear_options(bits, symmetric, clip, percentile, scale_dtype
+                         ) -> tuple[int, bool, str, float, np.dtype]:
+    """Validated (bits, symmetric, clip, percentile, scale dtype) of a linear quantizer.
+
+    Raises ValueError naming the argument, with the rules of ``quantize_linear``.
+    """
+    bits = check_bits(bits)
+    if symmetric not in (True, False):
+        raise ValueError(f"symmetric must be a bool, got {symmetric!r}")
+    symmetric = bool(symmetric)
+    if symmetric and bits == 1:
+        raise ValueError("bits=1 has no symmetric range +-(2**(bits-1)-1) = 0; use "
+                         "symmetric=False or bits >= 2")
+    if clip not in CLIP_METHODS:
+        raise ValueError(f"clip must be one of {CLIP_METHODS}, got {clip!r}")
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float, np.number)) \
+            or not 50.0 < float(percentile) <= 100.0:
+        raise ValueError(f"percentile must be a number in (50, 100], got {percentile!r}")
+    return bits, symmetric, clip, float(percentile), _check_scale_dtype(scale_dtype)
 
 
 def quantize_linear(w, bits: int, *, group_size: int | None = None, symmetric: bool = False,
@@ -281,19 +313,8 @@ def quantize_linear(w, bits: int, *, group_size: int | None = None, symmetric: b
     (for float16 scales, e.g. 0.5 or 3.0, not 0.3); all-zero groups always decode to 0.
     """
     arr = check_weights(w)
-    bits = check_bits(bits)
-    if symmetric not in (True, False):
-        raise ValueError(f"symmetric must be a bool, got {symmetric!r}")
-    symmetric = bool(symmetric)
-    if symmetric and bits == 1:
-        raise ValueError("bits=1 has no symmetric range +-(2**(bits-1)-1) = 0; use "
-                         "symmetric=False or bits >= 2")
-    if clip not in CLIP_METHODS:
-        raise ValueError(f"clip must be one of {CLIP_METHODS}, got {clip!r}")
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float, np.number)) \
-            or not 50.0 < float(percentile) <= 100.0:
-        raise ValueError(f"percentile must be a number in (50, 100], got {percentile!r}")
-    sdt = _check_scale_dtype(scale_dtype)
+    bits, symmetric, clip, percentile, sdt = check_linear_options(bits, symmetric, clip,
+                                                                  percentile, scale_dtype)
     rows, cols = matrix_shape(arr.shape)
     group_size = check_group_size(group_size)
     work = np.float64 if arr.dtype == np.float64 else np.float32

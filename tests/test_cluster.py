@@ -104,6 +104,42 @@ def test_sample_weight_matches_sklearn_and_repetition():
     np.testing.assert_allclose(c, c_rep, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("dist", ["normal", "laplace", "bimodal", "outliers", "duplicates"])
+@pytest.mark.parametrize("kind", ["per_column", "lognormal", "some_zero"])
+def test_sample_weight_inertia_equals_sklearn(dist, kind):
+    """Weighted Lloyd from the same start reaches sklearn's weighted inertia. "per_column"
+    is the weighting error-compensated K-means uses (qpack.gptq): one importance per input
+    column of a (30, 40) weight matrix, repeated down the rows."""
+    x = distribution(dist, 1200, seed=7)
+    rng = np.random.default_rng(8)
+    if kind == "per_column":
+        wt = np.broadcast_to(rng.uniform(0.01, 5.0, 40), (30, 40)).reshape(-1)
+    elif kind == "lognormal":
+        wt = rng.lognormal(0.0, 1.5, 1200)
+    else:
+        wt = np.where(rng.random(1200) < 0.3, 0.0, rng.uniform(0.5, 2.0, 1200))
+    init = np.linspace(x.min(), x.max(), 8)
+    c, labels = qpack.kmeans_1d(x, 8, init=init, sample_weight=wt, max_iter=MAX_ITER)
+    assert brute_labels_ok(x, c, labels)
+    # Weight-0 points are left out of the fit (documented): sklearn keeps them, and when
+    # it relocates an empty cluster onto one, that centroid jumps to the origin.
+    pos = wt > 0
+    theirs = sklearn_fit(x[pos], init, wt[pos])
+    assert inertia(x, c, labels, wt) == pytest.approx(theirs, rel=1e-6)
+
+
+def test_zero_weight_points_cannot_capture_a_relocated_cluster():
+    """An empty cluster relocated onto a weight-0 point stayed empty forever (a centroid
+    wasted at its initial value); such points are now outside the fit."""
+    x = distribution("outliers", 1200, seed=7)
+    wt = np.where(np.random.default_rng(8).random(1200) < 0.3, 0.0, 1.0)
+    init = np.linspace(x.min(), x.max(), 8)
+    c, labels = qpack.kmeans_1d(x, 8, init=init, sample_weight=wt, max_iter=MAX_ITER)
+    owned = np.bincount(labels.reshape(-1), weights=wt, minlength=8)
+    assert (owned > 0).all()
+    assert brute_labels_ok(x, c, labels)
+
+
 def test_converged_centroids_are_cluster_means():
     x = distribution("laplace", 5000, seed=1)
     c, labels = qpack.kmeans_1d(x, 8, max_iter=MAX_ITER)
