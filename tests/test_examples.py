@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -240,6 +241,21 @@ def test_readme_from_pytorch_snippet_runs_word_for_word(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)
     assert type(namespace["packed"][0]).__name__ == "PackedConv2d"
     assert tuple(namespace["y"].shape) == (2, 10)
+
+
+def test_readme_calibration_snippet_runs_word_for_word():
+    """The README's "Calibration" code block, run as it is printed."""
+    pytest.importorskip("torch", reason="the snippet needs the torch extra")
+    readme = open(os.path.join(os.path.dirname(EXAMPLES), "README.md")).read()
+    section = readme[readme.index("## Calibration"):]
+    code = section[section.index("```python") + len("```python"):]
+    code = code[:code.index("```")]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert set(namespace["stats"]) == {"0.weight", "2.weight"}
+    assert namespace["stats"]["0.weight"].n_samples == 256
+    args = json.loads(namespace["cm"].metadata["compress_args"])
+    assert set(args["calibrated"]) == {"0.weight", "2.weight"}
 
 
 def _write_idx(path, arr: np.ndarray, gz: bool) -> None:

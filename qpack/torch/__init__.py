@@ -13,6 +13,8 @@
   ``to_qpack(model)``: the trained state exported exactly;
   ``deep_compression(model, data, loss_fn)``: the paper's three stages in one call;
   ``sensitivity`` / ``allocate_sparsity``: the per-layer pruning scan it starts from.
+- ``calibrate(model, batches)``: each layer's input statistics (forward hooks), for
+  ``qpack.compress(model, calibration=...)``.
 
 Needs PyTorch (the ``torch`` extra: ``pip install 'qpack[torch]'``, or
 ``pip install torch==2.13.0``); ``import qpack`` itself never imports torch.
@@ -27,6 +29,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "qpack.torch needs PyTorch, which is not installed: pip install torch==2.13.0 "
         "(or install qpack with the torch extra: pip install 'qpack[torch]')") from exc
 
+from qpack.torch.calibration import calibrate  # noqa: E402
 from qpack.torch.export import to_qpack  # noqa: E402
 from qpack.torch.loading import load_packed, state_dict  # noqa: E402
 from qpack.torch.modules import PackedConv2d, PackedLinear  # noqa: E402
@@ -35,6 +38,6 @@ from qpack.torch.recipe import deep_compression  # noqa: E402
 from qpack.torch.sensitivity import Sensitivity, allocate_sparsity, sensitivity  # noqa: E402
 from qpack.torch.sharing import quantize_aware, share_weights  # noqa: E402
 
-__all__ = ["PackedConv2d", "PackedLinear", "Sensitivity", "allocate_sparsity",
+__all__ = ["PackedConv2d", "PackedLinear", "Sensitivity", "allocate_sparsity", "calibrate",
            "deep_compression", "load_packed", "masks_of", "prune", "quantize_aware",
            "sensitivity", "share_weights", "state_dict", "to_qpack"]
