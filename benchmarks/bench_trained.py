@@ -31,8 +31,6 @@ import time
 
 from harness import DOCS_DIR, PeakRSS, load_example, optional_peer
 
-from qpack.demo import ShuffledBatches
-
 # published points: (method, net, float error %, compressed error %, ratio)
 PUBLISHED = [
     ("Deep Compression (Han et al., ICLR 2016, Table 1)", "lenet300", 1.64, 1.58, 40),
@@ -139,15 +137,7 @@ def qat_rows(torch, mnist, net: str, model, t: dict, float_err: float, float_byt
         with PeakRSS() as mem:
             qt.quantize_aware(work, bits, group_size=QAT_GROUP)
             opt = torch.optim.SGD(work.parameters(), lr=0.01, momentum=0.9)
-            work.train()
-            batches = ShuffledBatches(t["x"], t["y"], 128, 1)  # a new order every epoch
-            for _ in range(epochs):
-                for xb, yb in batches:
-                    loss = torch.nn.functional.cross_entropy(work(xb), yb)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-            work.eval()
+            mnist.train_epochs(torch, work, t, opt, epochs, seed=1)
             err, size = _saved_error(torch, mnist, net, qt.to_qpack(work), t)
         qat = [NET_TITLES[net], f"QAT linear {bits}-bit g{QAT_GROUP}, {epochs} epochs",
                f"{float_err:.2f}", f"{err:.2f}", f"{err - float_err:+.2f}", f"{size:,}",

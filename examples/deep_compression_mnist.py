@@ -131,7 +131,14 @@ def train_float(torch, name: str, t: dict, quick: bool, seed: int = 0):
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     epochs = 30 if quick else 12  # the digits are 1,347 images: many cheap epochs
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    batches = ShuffledBatches(t["x"], t["y"], 128, seed)  # a new order every epoch
+    return train_epochs(torch, net, t, opt, epochs, seed, sched)
+
+
+def train_epochs(torch, net, t: dict, opt, epochs: int, seed: int, sched=None):
+    """``epochs`` passes of cross-entropy training over the training set, in batches of
+    128 in a new seeded order every epoch (``sched.step()`` after each); net in eval mode
+    afterwards, returned."""
+    batches = ShuffledBatches(t["x"], t["y"], 128, seed)
     for _ in range(epochs):
         net.train()
         for xb, yb in batches:
@@ -139,7 +146,8 @@ def train_float(torch, name: str, t: dict, quick: bool, seed: int = 0):
             opt.zero_grad()
             loss.backward()
             opt.step()
-        sched.step()
+        if sched is not None:
+            sched.step()
     return net.eval()
 
 
