@@ -57,6 +57,16 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _target_bpw(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 32], got {text!r}") from None
+    if not 0.0 < value <= 32.0:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 32], got {value:g}")
+    return value
+
+
 def _group_size(text: str) -> int:
     try:
         value = int(text)
@@ -168,7 +178,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
                      overrides=overrides or None, min_numel=args.min_numel,
                      prune_scope=args.prune_scope, per_channel=args.per_channel,
                      metadata={"source": os.path.basename(args.input)},
-                     progress=progress)
+                     target_bpw=args.target_bpw, progress=progress)
     size = model.save(args.output)
     if not args.quiet:
         print(model.report())
@@ -426,6 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-tensor settings, e.g. 'embed*:bits=8,method=linear' (keys: "
                         "method (kmeans|linear|raw), bits, prune, group_size, symmetric, "
                         "clip, entropy, per_channel, init; repeatable, later wins)")
+    p.add_argument("--target-bpw", type=_target_bpw, default=None, metavar="BPW",
+                   help="size budget in bits per quantized weight (codes, index, scales, "
+                        "codebooks and header included): each tensor's bits are chosen "
+                        "in 1-8 to minimize its relative weight error under it; tensors "
+                        "whose bits an --override sets keep them (--bits is then unused)")
     p.add_argument("--min-numel", type=_non_negative_int, default=1024, metavar="N",
                    help="smaller tensors are stored exactly (1024)")
     p.add_argument("--prune-scope", choices=("tensor", "global"), default="tensor",

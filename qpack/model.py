@@ -6,23 +6,22 @@ import copy
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
 from qpack import format
 from qpack._version import __version__
-from qpack.encode import encode_prequantized, encode_raw_tensor, encode_tensor
+from qpack.allocate import Allocation, allocate_bits, budget_bytes, check_targets
+from qpack.encode_jobs import EncodeJob, plan_jobs, run_jobs
 from qpack.errors import FormatError
-from qpack.handover import is_prequantized, numel
+from qpack.handover import is_prequantized
 from qpack.inputs import read_input
 from qpack.plan import make_plan, patterns
 from qpack.progress import Progress
 from qpack.report import Report
-from qpack.tensor import CompressedTensor
+from qpack.tensor import CompressedTensor, memory_tensor
 from qpack.tensor_spec import validate_spec
-from qpack.threads import get_num_threads
 
 DEFAULT_MIN_NUMEL = 1024
 
@@ -47,6 +46,9 @@ class CompressedModel(Mapping):
         self.source_metadata = dict(source_metadata or {})
         self._source = source
         self._nbytes: int | None = source.size if source is not None else None
+        # the bit allocation compress made under a size budget (qpack.allocate.Allocation:
+        # every candidate's bytes and score), None otherwise and after load
+        self.allocation = None
 
     # -- mapping -----------------------------------------------------------------
     def __getitem__(self, name: str) -> CompressedTensor:
@@ -84,7 +86,9 @@ class CompressedModel(Mapping):
     def report(self) -> Report:
         """One row per tensor: name, shape, method, bits, kept fraction, the bytes of its
         code stream, sparse index and parameters, stored bytes, ratio, relative error and
-        SQNR (dB) measured at compression time (see ``Report``). Prints as a table."""
+        SQNR (dB) measured at compression time (see ``Report``), and for a tensor whose
+        bits a size budget chose, its allocation ``score``. Prints as a table."""
+        scores = self._allocation_scores()
         rows = []
         for name, t in self._tensors.items():
             stats = t.stats
@@ -102,8 +106,20 @@ class CompressedModel(Mapping):
                 "rel_error": 0.0 if raw else stats.get("rel_error"),
                 "sqnr_db": math.inf if raw or stats.get("rel_error") == 0.0
                 else stats.get("sqnr_db"),
+                "score": scores.get(name),
             })
         return Report(rows, self.nbytes, self.original_nbytes)
+
+    def _allocation_scores(self) -> dict[str, float]:
+        """{name: allocation score} from compress_args, {} when no budget chose bits (or
+        the metadata is not qpack's own: it is informative, so a foreign shape is
+        ignored)."""
+        try:
+            tensors = json.loads(self.metadata.get("compress_args", "{}"))["allocation"][
+                "tensors"]
+            return {n: float(v[1]) for n, v in tensors.items()}
+        except (ValueError, KeyError, TypeError, IndexError):
+            return {}
 
     # -- conversion --------------------------------------------------------------
     def decompress(self) -> dict[str, np.ndarray]:
@@ -193,59 +209,19 @@ def _mapped_tensor(name: str, spec: dict, mapped: format.MappedFile) -> Compress
         section_nbytes=lambda role: sections[role]["length"])
 
 
-def _memory_tensor(name: str, spec: dict, blobs: dict[str, np.ndarray]) -> CompressedTensor:
-    return CompressedTensor(name, spec, read_section=blobs.__getitem__,
-                            section_nbytes=lambda role: int(blobs[role].nbytes))
-
-
-def _encode_one(value, settings, mask, reference, calibration):
-    """Encode one tensor by what it is: an array to compress or a pre-quantized object."""
-    if is_prequantized(value):
-        return encode_prequantized(value, settings.entropy, mask, reference)
-    return encode_tensor(value, settings, mask, calibration)
-
-
 def _encode_all(arrays: dict, plan, progress: bool) -> dict[str, tuple[dict, dict]]:
-    """Encode every tensor, several at once on a thread pool (the heavy steps release the
-    GIL). Memory stays bounded: tensors run concurrently only while the elements in flight
-    total at most the largest quantized tensor, so peak memory is about that of encoding
-    the largest tensor alone."""
-    settings = plan.settings
-    quantized = [numel(arrays[n]) for n, s in settings.items() if s is not None]
-    budget = max(quantized, default=0)
+    """Encode every tensor of the plan (qpack/encode_jobs.py: several at once, memory
+    bounded by about the largest tensor); {name: (header entry, blobs)}."""
     bar = Progress(len(arrays), "compress", "tensors") if progress else None
     results: dict[str, tuple[dict, dict]] = {}
-    pending: dict = {}
-    in_flight = 0
 
-    def collect_one() -> None:
-        """Wait for at least one pending tensor and store what finished."""
-        nonlocal in_flight
-        done, _ = wait(pending, return_when=FIRST_COMPLETED)
-        for fut in done:
-            name, size = pending.pop(fut)
-            results[name] = fut.result()
-            in_flight -= size
-            if bar is not None:
-                bar.update()
+    def done(job: EncodeJob, result) -> None:
+        results[job.key] = result
+        if bar is not None:
+            bar.update()
 
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(get_num_threads(), 4))) as pool:
-            for name, value in arrays.items():
-                if settings[name] is None:
-                    results[name] = encode_raw_tensor(value)
-                    if bar is not None:
-                        bar.update()
-                    continue
-                size = numel(value)
-                while pending and in_flight + size > budget:
-                    collect_one()
-                fut = pool.submit(_encode_one, value, settings[name], plan.masks.get(name),
-                                  plan.references.get(name), plan.calibration.get(name))
-                pending[fut] = (name, size)
-                in_flight += size
-            while pending:
-                collect_one()
+        run_jobs(plan_jobs(arrays, plan), done)
     finally:
         if bar is not None:
             bar.close()
@@ -261,6 +237,8 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
              metadata: Mapping[str, str] | None = None,
              masks: Mapping | None = None, float_weights: Mapping | None = None,
              calibration: Mapping | None = None, calibration_damping: float | None = None,
+             target_bpw: float | None = None, target_bytes: int | None = None,
+             evaluate: Callable[[dict[str, np.ndarray]], float] | None = None,
              progress: bool = False) -> CompressedModel:
     """Compress a model's weights: prune, quantize (K-means or linear), pack, entropy-code.
 
@@ -305,18 +283,41 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
         [1e-6, 1e6]) for every calibrated tensor, or None: chosen per tensor on held-back
         rows of raw inputs, in_features / n_samples clipped to [0.1, 1] for HessianStats
         (qpack.gptq.calibrated, qpack.calibration.default_damping).
-    progress : count tensors on stderr.
+    target_bpw / target_bytes : a size budget (give one): the bits of every tensor
+        quantized here, except those whose bits an override sets, are chosen from 1..8
+        (2..8 for symmetric linear codes) to minimize the summed error score under it
+        (qpack/allocate.py). ``target_bpw`` counts 8 * (file bytes - bytes of the tensors
+        stored exactly) / the number of quantized weights, so codes, sparse index, scales,
+        codebooks, Huffman tables and the header are all paid from it; ``target_bytes``
+        is the whole file. The file never exceeds it. A tensor's score is, with
+        ``evaluate``, the increase of the model's output error when that tensor alone is
+        replaced by its decoded approximation; else with calibration its relative output
+        error tr(dW X^T X dW^T) / tr(W X^T X W^T); else its relative weight error. The
+        choice is stored in compress_args ("allocation") and shown by ``report()``
+        ("score"); ``CompressedModel.allocation`` holds every candidate's bytes and score.
+        Every allocated tensor is encoded at each candidate width, so this costs about
+        eight plain compressions (plus the evaluate calls).
+    evaluate : callable(replaced) -> float, the model's output error (lower is better)
+        with the tensors in ``replaced`` ({name: decoded array of the tensor's shape and
+        dtype}) put in place of the given ones, all others as given. Called once with {}
+        (the baseline) and once per tensor and candidate, in this thread.
+    progress : count tensors (or, with a budget, candidate encodings) on stderr.
 
     Returns a CompressedModel. Raises ValueError, before any encoding, naming any bad
     argument, NaN/Inf weights, an empty model, a pattern that matches no tensor or only
     tensors stored exactly, an option that no tensor uses (e.g. group_size with kmeans),
     a mask of the wrong shape or given together with prune, calibration naming no tensor
-    or one stored exactly, of the wrong width, non-finite or with per_channel K-means.
+    or one stored exactly, of the wrong width, non-finite or with per_channel K-means, a
+    target_bpw outside (0, 32] or below what 1-bit codes allow (1 bit per weight of the
+    tensors not pruned), both targets, a target that no tensor's bits can serve, or an
+    evaluate that is not callable or given without a target. A budget that the smallest
+    encodings still exceed (known once they are encoded) raises ValueError too.
     """
     meta = {"qpack_version": __version__}
     meta.update(_check_metadata(metadata, "metadata"))
     if not isinstance(progress, bool):
         raise ValueError(f"progress must be True or False, got {progress!r}")
+    target = check_targets(target_bpw, target_bytes, evaluate)
     arrays, source_metadata = read_input(model_dict)
     base = {"method": method, "bits": bits, "prune": prune, "group_size": group_size,
             "symmetric": symmetric, "clip": clip, "entropy": entropy,
@@ -335,18 +336,61 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
         if pool:
             plan.masks.update(prune_global(pool, plan.base.prune))
 
-    encoded = _encode_all(arrays, plan, progress)
-    tensors = {name: _memory_tensor(name, *encoded[name]) for name in arrays}
-    meta["compress_args"] = json.dumps(
-        {**plan.base.as_json(), "min_numel": min_numel, "prune_scope": prune_scope,
-         "include": patterns(include, "include"), "exclude": patterns(exclude, "exclude"),
-         "overrides": plan.overrides,
-         "handed_over": sorted(set(plan.masks) | {n for n, v in arrays.items()
-                                                  if is_prequantized(v)}),
-         **({"calibrated": {n: c.chosen for n, c in plan.calibration.items()}}
-            if plan.calibration else {})},
-        default=str)
-    return CompressedModel(tensors, meta, source_metadata=source_metadata)
+    args = {**plan.base.as_json(), "min_numel": min_numel, "prune_scope": prune_scope,
+            "include": patterns(include, "include"), "exclude": patterns(exclude, "exclude"),
+            "overrides": plan.overrides,
+            "handed_over": sorted(set(plan.masks) | {n for n, v in arrays.items()
+                                                     if is_prequantized(v)})}
+
+    def assemble(encoded: dict, allocation: Allocation | None) -> CompressedModel:
+        tensors = {name: memory_tensor(name, *encoded[name]) for name in arrays}
+        extra = {"calibrated": {n: c.chosen for n, c in plan.calibration.items()}} \
+            if plan.calibration else {}
+        if allocation is not None:
+            extra["allocation"] = allocation.as_json()
+        model = CompressedModel(tensors, {**meta, "compress_args": json.dumps(
+            {**args, **extra}, default=str)}, source_metadata=source_metadata)
+        model.allocation = allocation
+        return model
+
+    if target is None:
+        return assemble(_encode_all(arrays, plan, progress), None)
+    names = _allocatable(arrays, plan, target)
+    bar = Progress(len(arrays) + 7 * len(names), "compress", "encodings") \
+        if progress else None
+    try:
+        encoded, allocation = allocate_bits(
+            arrays, plan, names, target, evaluate,
+            lambda enc, alloc: assemble(enc, alloc).nbytes,
+            None if bar is None else bar.update)
+    finally:
+        if bar is not None:
+            bar.close()
+    return assemble(encoded, allocation)
+
+
+def _allocatable(arrays: Mapping, plan, target: tuple[str, float]) -> list[str]:
+    """The tensors whose bits a size budget chooses: quantized here, bits not set by an
+    override. Raises ValueError when there are none, or when the budget is below what
+    1-bit codes allow (a bit per weight of every quantized tensor that is not pruned)."""
+    names = [n for n, s in plan.settings.items()
+             if s is not None and not is_prequantized(arrays[n]) and n not in plan.pinned_bits]
+    what = f"target_{target[0]}={target[1]:g}"
+    if not names:
+        raise ValueError(f"{what} has no tensor whose bits it could choose (every "
+                         "quantized tensor is pre-quantized or has bits set by an override)")
+    quantized = [n for n, s in plan.settings.items() if s is not None]
+    numel_q = sum(int(np.prod(np.shape(arrays[n]))) for n in quantized)
+    raw_bytes = sum(np.asarray(arrays[n]).nbytes for n, s in plan.settings.items()
+                    if s is None)
+    floor = raw_bytes + sum(int(np.prod(np.shape(arrays[n]))) / 8.0 for n in quantized
+                            if plan.settings[n].prune == 0 and n not in plan.masks)
+    if budget_bytes(target, numel_q, raw_bytes) < floor:
+        need = (f"{8.0 * (floor - raw_bytes) / numel_q:.3f} bits per weight"
+                if target[0] == "bpw" else f"{floor:,.0f} bytes")
+        raise ValueError(f"{what} is below what 1-bit codes allow: tensors that are not "
+                         f"pruned cost at least 1 bit per weight, here {need}")
+    return names
 
 
 def _check_metadata(metadata, what: str) -> dict[str, str]:

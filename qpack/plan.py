@@ -126,6 +126,7 @@ class Plan:
     references : float weights given for pre-quantized tensors (their error stats).
     calibration : the checked calibration of the tensors quantized with error
         compensation (qpack/gptq.py), by tensor name.
+    pinned_bits : tensors whose bits an override sets (a size budget leaves them as set).
     """
 
     settings: dict[str, TensorSettings | None]
@@ -134,6 +135,7 @@ class Plan:
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     references: dict[str, np.ndarray] = field(default_factory=dict)
     calibration: dict[str, Calibration] = field(default_factory=dict)
+    pinned_bits: set[str] = field(default_factory=set)
 
 
 def make_plan(arrays: Mapping, base: Mapping, *, include, exclude, overrides,
@@ -179,11 +181,14 @@ def make_plan(arrays: Mapping, base: Mapping, *, include, exclude, overrides,
                                                           for p in inc))
                 and not any(fnmatch.fnmatchcase(n, p) for p in exc)}
     plan: dict[str, TensorSettings | None] = {}
+    pinned = set()
     for name in names:
         settings = dict(base)
         for pat, kw in overrides.items():
             if fnmatch.fnmatchcase(name, pat):
                 settings.update(kw)
+                if "bits" in kw:
+                    pinned.add(name)
         tensor_settings = check_settings(settings, f"override for {name!r}: ")
         if name in pre:
             q = arrays[name]
@@ -227,7 +232,8 @@ def make_plan(arrays: Mapping, base: Mapping, *, include, exclude, overrides,
                 masks=_check_masks(masks, arrays, plan, pre),
                 references=_check_references(float_weights, arrays, pre),
                 calibration=_check_calibration(calibration, calibration_damping, arrays,
-                                               plan, pre, reasons))
+                                               plan, pre, reasons),
+                pinned_bits=pinned)
 
 
 def _check_calibration(calibration, damping, arrays: Mapping, plan: dict, pre: set,

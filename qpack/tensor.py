@@ -245,3 +245,9 @@ class CompressedTensor:
             raise ValueError(f"tensor {self.name!r} has dtype {self.spec['dtype']}; "
                              "matmul needs a floating tensor")
         return self.kernel_weights().matmul(x, act_quant=act_quant)
+
+
+def memory_tensor(name: str, spec: dict, blobs: dict[str, np.ndarray]) -> CompressedTensor:
+    """A CompressedTensor whose sections are the encoder's in-memory blobs {role: uint8}."""
+    return CompressedTensor(name, spec, read_section=blobs.__getitem__,
+                            section_nbytes=lambda role: int(blobs[role].nbytes))

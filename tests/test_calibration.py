@@ -504,8 +504,8 @@ def arrays():
 def no_encoding(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("encoding started before the arguments were checked")
-    monkeypatch.setattr("qpack.model.encode_tensor", boom)
-    monkeypatch.setattr("qpack.model.encode_raw_tensor", boom)
+    monkeypatch.setattr("qpack.encode_jobs.encode_tensor", boom)
+    monkeypatch.setattr("qpack.encode_jobs.encode_raw_tensor", boom)
 
 
 X64 = np.ones((10, 64), np.float32)

@@ -27,8 +27,8 @@ def no_encoding(monkeypatch):
     """Make any encoding work fail loudly: the checks under test must come first."""
     def boom(*args, **kwargs):
         raise AssertionError("encoding started before the arguments were checked")
-    monkeypatch.setattr("qpack.model.encode_tensor", boom)
-    monkeypatch.setattr("qpack.model.encode_raw_tensor", boom)
+    monkeypatch.setattr("qpack.encode_jobs.encode_tensor", boom)
+    monkeypatch.setattr("qpack.encode_jobs.encode_raw_tensor", boom)
 
 
 # -- C16: every argument before any work --------------------------------------------
