@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qpack._validate import check_int
+from qpack.act_range import ActivationHistogram, static_scale
 
 # The largest in_features accepted: X^T X is in_features**2 float64, and choosing the
 # damping on held-back rows holds about eight such matrices at its peak (statistics of
@@ -122,7 +123,8 @@ class HessianStats:
     the number of rows.
 
     Attributes: ``in_features`` (int), ``n_samples`` (rows seen so far), ``xtx`` (a
-    read-only view of the accumulated float64 (in_features, in_features) X^T X).
+    read-only view of the accumulated float64 (in_features, in_features) X^T X),
+    ``activations`` (an ActivationHistogram of |x|, for a static int8 activation scale).
     """
 
     def __init__(self, in_features: int):
@@ -133,6 +135,8 @@ class HessianStats:
         self.in_features = check_int(in_features, "in_features", 1, MAX_FEATURES)
         self._xtx = np.zeros((self.in_features, self.in_features))
         self._n = 0
+        # the distribution of |x|, for a static int8 activation range (qpack/act_range.py)
+        self.activations = ActivationHistogram()
 
     @classmethod
     def from_inputs(cls, x) -> HessianStats:
@@ -164,6 +168,7 @@ class HessianStats:
             raise ValueError("x is too large: X^T X overflows float64")
         self._xtx += add
         self._n += arr.shape[0]
+        self.activations.update(arr)
         return self
 
     def combine(self, other: HessianStats) -> HessianStats:
@@ -176,6 +181,7 @@ class HessianStats:
         out = HessianStats(self.in_features)
         out._xtx = self._xtx + other._xtx
         out._n = self._n + other._n
+        out.activations = self.activations.combine(other.activations)
         return out
 
     def hessian(self, damping: float | None = None) -> np.ndarray:
@@ -211,12 +217,22 @@ class Calibration:
     source : the (n, in_features) inputs (a checked ndarray) or a HessianStats.
     damping : the caller's relative damping, or None (chosen on held-back rows for raw
         inputs, default_damping for HessianStats).
+    act_range : how the static int8 activation scale is chosen (qpack/act_range.py), or
+        None to store none; act_percentile : for act_range="percentile".
     chosen : the damping actually used, filled in by the encoder.
     """
 
     source: np.ndarray | HessianStats
     damping: float | None = None
+    act_range: str | None = None
+    act_percentile: float = 99.99
     chosen: float | None = None
+
+    def act_scale(self) -> float:
+        """The static int8 activation scale of the calibration inputs (0.0 if all zero)."""
+        hist = self.source.activations if isinstance(self.source, HessianStats) \
+            else ActivationHistogram().update(self.source)
+        return static_scale(hist, self.act_range, self.act_percentile)
 
 
 def check_source(value, in_features: int, where: str) -> np.ndarray | HessianStats:

@@ -99,8 +99,9 @@ def encode_tensor(arr: np.ndarray, settings: TensorSettings,
 
     ``mask`` (bool, arr's shape) is a keep-mask computed elsewhere (global pruning);
     otherwise ``settings.prune`` prunes this tensor by magnitude. ``calibration`` (checked
-    by the plan) quantizes with error compensation (qpack/gptq.py) and records the damping
-    used in ``calibration.chosen``.
+    by the plan) quantizes with error compensation (qpack/gptq.py), records the damping
+    used in ``calibration.chosen`` and stores the static int8 activation scale
+    (``act_scale``) its act_range rule picks.
     """
     shape = arr.shape
     rows, cols = matrix_shape(shape)
@@ -119,6 +120,10 @@ def encode_tensor(arr: np.ndarray, settings: TensorSettings,
     blobs: dict[str, np.ndarray] = {}
     sections: dict[str, dict] = {}
     q = _quantize(w2, settings, mask, calibration)
+    if calibration is not None and calibration.act_range is not None:
+        act_scale = calibration.act_scale()
+        if act_scale > 0:  # all-zero inputs have no range to store
+            spec["act_scale"] = act_scale
     if settings.method == "linear":
         spec.update(group_size=settings.group_size, symmetric=settings.symmetric)
         for role, param in (("scales", q.scales), ("zeros", q.zeros)):

@@ -16,10 +16,15 @@ Accuracy modes of ``matmul``: ``act_quant=None`` keeps x in float32 (the result 
 ``x @ W_hat.T`` to float32 rounding); ``act_quant="int8"`` quantizes x per block to int8
 with one float scale per block and uses integer dot products, with the error bound
 ``|y - x @ W_hat.T| <= sum_c |W_hat[r, c]| * scale_x(c) / 2`` (+ the codebook term for
-codebooks, see ``int8_error_bound``).
+codebooks, see ``int8_error_bound``). ``act_quant="int8-static"`` is the int8 mode with
+one scale for every block, the weight's ``act_scale`` calibrated beforehand
+(qpack/act_range.py); activations beyond 127 * act_scale clip, so the bound holds only
+for activations within that range.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -248,32 +253,62 @@ def _begin_product(x, out, shape: tuple[int, int]):
     return x2, y, y2
 
 
+ACT_QUANT_MODES = (None, "int8", "int8-static")
+
+
 def _check_act_quant(act_quant) -> bool:
-    if act_quant is None:
-        return False
-    if act_quant == "int8":
-        return True
-    raise ValueError(f"act_quant must be None or 'int8', got {act_quant!r}")
+    """Whether ``act_quant`` is an int8 mode; ValueError for an unknown one."""
+    if act_quant not in ACT_QUANT_MODES:
+        raise ValueError(f"act_quant must be None, 'int8' or 'int8-static', got "
+                         f"{act_quant!r}")
+    return act_quant is not None
 
 
-def _quantize_x(x2: np.ndarray, block: int, permute_bits: int, nt: int):
-    """int8 blocks of x2: (xq (batch, n_in) int8, scales (batch, nb) f32, sums (batch, nb))."""
+def check_act_scale(act_scale) -> float | None:
+    """A static activation scale: None, or a finite float32 > 0 (ValueError otherwise)."""
+    if act_scale is None:
+        return None
+    if isinstance(act_scale, bool) or not isinstance(act_scale, (int, float, np.floating)) \
+            or not (math.isfinite(float(act_scale)) and float(act_scale) > 0
+                    and float(np.float32(act_scale)) > 0):
+        raise ValueError(f"act_scale must be a finite number > 0, got {act_scale!r}")
+    return float(np.float32(act_scale))
+
+
+def _static_scale(weights, act_quant) -> float:
+    """The int8 scale every activation block uses: 0 (dynamic, per block) unless
+    act_quant is "int8-static", which needs the weight's calibrated ``act_scale``."""
+    if act_quant != "int8-static":
+        return 0.0
+    if weights.act_scale is None:
+        raise ValueError("act_quant='int8-static' needs a static activation scale: compress "
+                         "the tensor with calibration (its act_range is stored then), or "
+                         "use act_quant='int8'")
+    return weights.act_scale
+
+
+def _quantize_x(x2: np.ndarray, block: int, permute_bits: int, nt: int,
+                static_scale: float = 0.0):
+    """int8 blocks of x2: (xq (batch, n_in) int8, scales (batch, nb) f32, sums (batch, nb)),
+    every block at ``static_scale`` when it is > 0."""
     batch, n_in = x2.shape
     nb = -(-n_in // block)
     xq = np.empty((batch, n_in), dtype=np.int8)
     xs = np.empty((batch, nb), dtype=np.float32)
     xsum = np.empty((batch, nb), dtype=np.int32)
     tmp = np.empty((batch, n_in), dtype=np.int8) if permute_bits else xq
-    _k.quantize_activations(x2, block, xq, xs, xsum, permute_bits, tmp, min(nt, batch))
+    _k.quantize_activations(x2, block, xq, xs, xsum, permute_bits, tmp, min(nt, batch),
+                            static_scale)
     return xq, xs, xsum
 
 
-def dequantized_activations(x, block: int) -> np.ndarray:
+def dequantized_activations(x, block: int, static_scale: float = 0.0) -> np.ndarray:
     """What the int8 mode sees instead of x: x quantized per ``block`` columns to int8 and
-    scaled back (float32, same shape as x). For tests and error analysis."""
+    scaled back (float32, same shape as x); with ``static_scale`` > 0 every block uses that
+    scale (values beyond 127 * static_scale clip). For tests and error analysis."""
     arr = np.asarray(x)
     x2 = np.ascontiguousarray(arr.reshape(-1, arr.shape[-1]), dtype=np.float32)
-    xq, xs, _ = _quantize_x(x2, block, 0, 1)
+    xq, xs, _ = _quantize_x(x2, block, 0, 1, static_scale)
     per_col = np.repeat(xs, block, axis=1)[:, :x2.shape[1]]
     return (xq.astype(np.float32) * per_col).reshape(arr.shape)
 
@@ -291,6 +326,7 @@ class FloatWeights:
             raise ValueError(f"w must be 2-D (n_out, n_in), got shape {self.w.shape}")
         self.shape = self.w.shape
         self.nbytes = self.w.nbytes
+        self.act_scale: float | None = None  # unused: float weights take float x
 
     def dequantize(self) -> np.ndarray:
         """The float32 matrix (a copy)."""
@@ -329,6 +365,8 @@ class _DenseWeights:
         self._block = int8_block_size(group_columns, n_in)
         self._fast_float = bool(self._aligned and _k.fast_float_available(bits, self._kind))
         self._fast_int8 = bool(self._aligned and _k.fast_int8_available(bits, self._kind))
+        # static int8 activation scale (act_quant="int8-static"), set by the owner
+        self.act_scale: float | None = None
 
     def _args(self):
         return (self._packed, self.bits, self._kind, self.shape[1], self._scales, self._zeros,
@@ -380,6 +418,7 @@ class _DenseWeights:
             or out.
         """
         int8 = _check_act_quant(act_quant)
+        static = _static_scale(self, act_quant)
         n_out, n_in = self.shape
         x2, y, y2 = _begin_product(x, out, self.shape)
         if y2 is None:
@@ -388,14 +427,15 @@ class _DenseWeights:
         if self._use_tiles(batch, int8):
             # the int8 mode means int8-rounded activations on every path, so results do not
             # depend on which kernels this CPU has
-            self._matmul_tiled(dequantized_activations(x2, self._block) if int8 else x2, y2)
+            self._matmul_tiled(dequantized_activations(x2, self._block, static) if int8
+                               else x2, y2)
             return y
         nt = _threads_for(batch * n_out * n_in)
         scratch = np.empty((nt, n_in + 64), dtype=np.uint8)
         if int8:
             fast = self._fast_int8
             permute = self.bits if fast and self.bits in (2, 4) else 0
-            xq, xs, xsum = _quantize_x(x2, self._block, permute, nt)
+            xq, xs, xsum = _quantize_x(x2, self._block, permute, nt, static)
             _k.dense_matmul_int8(*self._args(), xq, xs, xsum, self._block, y2, fast, scratch, nt)
         else:
             fast = self._fast_float
@@ -650,6 +690,7 @@ class SparseWeights:
                 scales, zeros, group_size, n_out, n_in)
             g = column_group(group_size)
             self._block = int8_block_size(g, n_in)
+        self.act_scale: float | None = None  # as for dense weights
         # Empty matrices still hand the kernel one valid element to point at.
         self._row_ptr = rp
         self._cols = np.ascontiguousarray(c, dtype=np.int32) if nnz else np.zeros(1, np.int32)
@@ -701,13 +742,14 @@ class SparseWeights:
         arithmetic would not make it faster.
         """
         int8 = _check_act_quant(act_quant)
+        static = _static_scale(self, act_quant)
         n_out, n_in = self.shape
         x2, y, y2 = _begin_product(x, out, self.shape)
         if y2 is None:
             return y
         batch = x2.shape[0]
         if int8:  # before choosing a path: every path sees the same rounded activations
-            x2 = dequantized_activations(x2, self._block)
+            x2 = dequantized_activations(x2, self._block, static)
         gain_per_row = self.density * SPARSE_NS_PER_KEPT_MAC - BLAS_NS_PER_MAC
         if gain_per_row > 0 and batch * gain_per_row > TILE_FILL_NS_PER_WEIGHT:
             args = self._args()

@@ -237,6 +237,7 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
              metadata: Mapping[str, str] | None = None,
              masks: Mapping | None = None, float_weights: Mapping | None = None,
              calibration: Mapping | None = None, calibration_damping: float | None = None,
+             act_range: str | None = "mse", act_percentile: float = 99.99,
              target_bpw: float | None = None, target_bytes: int | None = None,
              evaluate: Callable[[dict[str, np.ndarray]], float] | None = None,
              progress: bool = False) -> CompressedModel:
@@ -283,6 +284,12 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
         [1e-6, 1e6]) for every calibrated tensor, or None: chosen per tensor on held-back
         rows of raw inputs, in_features / n_samples clipped to [0.1, 1] for HessianStats
         (qpack.gptq.calibrated, qpack.calibration.default_damping).
+    act_range : how each calibrated tensor's static int8 activation scale is chosen from
+        its calibration inputs and stored (its ``act_scale``, used by
+        ``matmul(x, act_quant="int8-static")``): "mse" (default; least expected squared
+        rounding and clipping error), "minmax", "percentile" (``act_percentile`` of |x|)
+        or "kl" (entropy calibration); None stores none. Only with calibration.
+    act_percentile : in (50, 100], for act_range="percentile" (99.99).
     target_bpw / target_bytes : a size budget (give one): the bits of every tensor
         quantized here, except those whose bits an override sets, are chosen from 1..8
         (2..8 for symmetric linear codes) to minimize the summed error score under it
@@ -325,7 +332,8 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
     plan = make_plan(arrays, base, include=include, exclude=exclude, overrides=overrides,
                      min_numel=min_numel, prune_scope=prune_scope, masks=masks,
                      float_weights=float_weights, calibration=calibration,
-                     calibration_damping=calibration_damping)
+                     calibration_damping=calibration_damping, act_range=act_range,
+                     act_percentile=act_percentile)
 
     if prune_scope == "global":
         from qpack.prune import prune_global

@@ -8,7 +8,19 @@ import numpy as np
 from qpack import conv as _conv
 from qpack import dtypes
 from qpack._validate import check_int, matrix_shape
+from qpack.matmul import ACT_QUANT_MODES
 from qpack.tensor import CompressedTensor
+
+
+def check_layer_act_quant(tensor: CompressedTensor, act_quant) -> None:
+    """ValueError unless ``act_quant`` is a mode of qpack.matmul (None, "int8",
+    "int8-static") that ``tensor`` can run; "int8-static" needs its ``act_scale``."""
+    if act_quant not in ACT_QUANT_MODES:
+        raise ValueError(f"act_quant must be None, 'int8' or 'int8-static', got "
+                         f"{act_quant!r}")
+    if act_quant == "int8-static" and tensor.spec.get("act_scale") is None:
+        raise ValueError(f"act_quant='int8-static' needs tensor {tensor.name!r} to have a "
+                         "static activation scale (act_scale): compress it with calibration")
 
 
 class PackedLinear:
@@ -19,8 +31,10 @@ class PackedLinear:
     tensor : CompressedTensor of shape (out_features, in_features) (from ``compress`` or
         ``load``; a tensor of more dims is viewed as (shape[0], prod(rest))).
     bias : optional array of shape (out_features,), kept as float32.
-    act_quant : None (float32 activations; matches x @ dequantize().T to ~1e-5 relative)
-        or "int8" (activations quantized per block to int8, integer dot products).
+    act_quant : None (float32 activations; matches x @ dequantize().T to ~1e-5 relative),
+        "int8" (activations quantized per block to int8, integer dot products) or
+        "int8-static" (the same with the tensor's calibrated ``act_scale`` for every
+        block; the tensor must have one).
 
     Calling it on x of shape (..., in_features) returns float32 of shape (..., out_features).
     Raises ValueError for a wrong inner size or bias shape.
@@ -30,8 +44,7 @@ class PackedLinear:
         if not isinstance(tensor, CompressedTensor):
             raise ValueError(f"tensor must be a qpack.CompressedTensor, got "
                              f"{type(tensor).__name__}")
-        if act_quant not in (None, "int8"):
-            raise ValueError(f"act_quant must be None or 'int8', got {act_quant!r}")
+        check_layer_act_quant(tensor, act_quant)
         self.tensor = tensor
         self.out_features, self.in_features = matrix_shape(tensor.shape)
         self.act_quant = act_quant
@@ -109,9 +122,10 @@ class PackedConv2d:
     groups : int >= 1 dividing out_channels; the input has groups * tensor.shape[1]
         channels, and output channels [g*out/groups, (g+1)*out/groups) see only input
         channels [g*C/groups, (g+1)*C/groups).
-    act_quant : None (float32; matches conv2d on the decoded weight to ~1e-6 relative) or
+    act_quant : None (float32; matches conv2d on the decoded weight to ~1e-6 relative),
         "int8" (each patch row quantized per block to int8, as PackedLinear does with a
-        row of x; needs groups == 1).
+        row of x; needs groups == 1) or "int8-static" (with the tensor's calibrated
+        ``act_scale``, as PackedLinear).
 
     Calling it on x of shape (N, C, H, W) or (C, H, W), any floating dtype (float16,
     bfloat16, float64 are converted to float32) and any strides, returns a new float32
@@ -135,8 +149,7 @@ class PackedConv2d:
         if not dtypes.is_floating_name(tensor.spec["dtype"]):
             raise ValueError(f"tensor {tensor.name!r} has dtype {tensor.spec['dtype']}; a "
                              "convolution needs a floating weight")
-        if act_quant not in (None, "int8"):
-            raise ValueError(f"act_quant must be None or 'int8', got {act_quant!r}")
+        check_layer_act_quant(tensor, act_quant)
         out, cin_g, kh, kw = tensor.shape
         self.groups = check_int(groups, "groups", 1)
         if out % self.groups:

@@ -16,6 +16,7 @@ import numpy as np
 
 from qpack import dtypes
 from qpack._validate import check_bits, check_group_size, check_int, matrix_shape
+from qpack.act_range import check_act_range
 from qpack.calibration import Calibration, check_damping, check_source
 from qpack.cluster import INIT_METHODS as INITS
 from qpack.encode import TensorSettings
@@ -140,7 +141,8 @@ class Plan:
 
 def make_plan(arrays: Mapping, base: Mapping, *, include, exclude, overrides,
               min_numel: int, prune_scope: str, masks=None, float_weights=None,
-              calibration=None, calibration_damping=None) -> Plan:
+              calibration=None, calibration_damping=None, act_range="mse",
+              act_percentile=99.99) -> Plan:
     """Decide every tensor's settings; validate every argument first.
 
     ``arrays`` maps names to arrays or pre-quantized objects (KMeansQuantized /
@@ -232,20 +234,31 @@ def make_plan(arrays: Mapping, base: Mapping, *, include, exclude, overrides,
                 masks=_check_masks(masks, arrays, plan, pre),
                 references=_check_references(float_weights, arrays, pre),
                 calibration=_check_calibration(calibration, calibration_damping, arrays,
-                                               plan, pre, reasons),
+                                               plan, pre, reasons, act_range,
+                                               act_percentile),
                 pinned_bits=pinned)
 
 
 def _check_calibration(calibration, damping, arrays: Mapping, plan: dict, pre: set,
-                       reasons: dict) -> dict[str, Calibration]:
+                       reasons: dict, act_range="mse", act_percentile=99.99
+                       ) -> dict[str, Calibration]:
     """Checked calibration: each name is a tensor that is quantized here (not stored
     exactly nor handed over pre-quantized), with settings error compensation honours
-    (not a per-channel K-means), and inputs of the weight's matrix-view width."""
+    (not a per-channel K-means), and inputs of the weight's matrix-view width; and the
+    static activation range rule (act_range None: none stored)."""
     damping = check_damping(damping, "calibration_damping")
+    if act_range is not None:
+        act_range, act_percentile = check_act_range(act_range, act_percentile)
     if calibration is None:
         if damping is not None:
             raise ValueError("calibration_damping does nothing without calibration")
+        if act_range not in (None, "mse") or act_percentile != 99.99:
+            raise ValueError(f"act_range={act_range!r} (act_percentile={act_percentile}) "
+                             "does nothing without calibration: activation ranges come "
+                             "from the calibration inputs")
         return {}
+    if act_range != "percentile" and act_percentile != 99.99:
+        raise ValueError(f"act_percentile does nothing with act_range={act_range!r}")
     if not isinstance(calibration, Mapping):
         raise ValueError("calibration must map tensor names to input arrays (n_samples, "
                          f"in_features) or HessianStats, got {type(calibration).__name__}")
@@ -269,7 +282,8 @@ def _check_calibration(calibration, damping, arrays: Mapping, plan: dict, pre: s
                              "per tensor; per_channel K-means cannot be calibrated (set "
                              "per_channel=False for this tensor)")
         cols = matrix_shape(arrays[name].shape)[1]
-        out[name] = Calibration(check_source(value, cols, where), damping)
+        out[name] = Calibration(check_source(value, cols, where), damping, act_range,
+                                act_percentile)
     return out
 
 

@@ -184,9 +184,12 @@ class CompressedTensor:
 
     # -- inference ---------------------------------------------------------------
     def kernel_weights(self):
-        """The in-memory form the matmul kernels run on (built once, then cached)."""
+        """The in-memory form the matmul kernels run on (built once, then cached), with
+        the tensor's static activation scale (``act_scale``, if calibrated)."""
         if self._kernel is None:
-            self._kernel = self._build_kernel_weights()
+            kernel = self._build_kernel_weights()
+            kernel.act_scale = self.spec.get("act_scale")
+            self._kernel = kernel
         return self._kernel
 
     def _build_kernel_weights(self):
@@ -238,8 +241,10 @@ class CompressedTensor:
 
         x: float array of shape (cols,) or (batch, cols). Returns float32 (rows,) or
         (batch, rows). ``act_quant="int8"`` quantizes x per block to int8 and uses integer
-        dot products (faster, slightly less accurate: docs/KERNELS.md). Raises ValueError
-        for a wrong inner size, a non-floating tensor or an unknown act_quant.
+        dot products (faster, slightly less accurate: docs/KERNELS.md); "int8-static" does
+        so with the tensor's calibrated activation scale ``act_scale`` for every block
+        (compress with calibration stores it). Raises ValueError for a wrong inner size, a
+        non-floating tensor, an unknown act_quant, or "int8-static" without act_scale.
         """
         if not dtypes.is_floating_name(self.spec["dtype"]):
             raise ValueError(f"tensor {self.name!r} has dtype {self.spec['dtype']}; "

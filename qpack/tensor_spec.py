@@ -260,6 +260,8 @@ def validate_spec(name: str, spec, data_size: int | None = None,
         raise FormatError(f"{where}: a {method} tensor must have a floating dtype, got {dtype}")
     bits = json_int(spec, "bits", where, 1, 8)
     clean.update(bits=bits, layout=layout)
+    if "act_scale" in spec:
+        clean["act_scale"] = _act_scale(spec["act_scale"], where)
     rows, cols = matrix_shape(shape)
     if layout == "dense":
         _codes_section(sections, "codes", where, bits, rows, cols)
@@ -298,6 +300,16 @@ def validate_spec(name: str, spec, data_size: int | None = None,
             raise FormatError(f"{where}: a sparse kmeans tensor needs a zero_code")
         clean.update(per_channel=per_channel, zero_code=zero_code)
     return _in_order(clean, spec)
+
+
+def _act_scale(value, where: str) -> float:
+    """A static int8 activation scale: a finite number > 0 that float32 holds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or not 0 < value <= float(np.finfo(np.float32).max) \
+            or np.float32(value) == 0:
+        raise FormatError(f"{where}: 'act_scale' must be a finite number > 0 (a float32), "
+                          f"got {_short(value)}")
+    return float(value)
 
 
 def _check_stats(stats, where: str) -> dict:

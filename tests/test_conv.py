@@ -261,7 +261,7 @@ def test_attributes_and_repr():
     (dict(groups=0), "groups must be an integer >= 1"),
     (dict(groups=4), "groups=4 must divide out_channels=6"),
     (dict(groups=2.0), "groups must be an integer"),
-    (dict(act_quant="int4"), "act_quant must be None or 'int8'"),
+    (dict(act_quant="int4"), "act_quant must be None, 'int8' or 'int8-static'"),
     (dict(act_quant="int8", groups=2), "act_quant='int8' needs groups=1"),
     (dict(bias=np.ones(5)), r"bias must have shape \(6,\)"),
 ])

@@ -205,8 +205,11 @@ cdef extern from *:
        xq = round(x / scale). A block holding NaN or +-inf gets a NaN scale so the
        result is NaN (the float mode would give NaN or +-inf). Writes xq in the layout of
        'bits' (permuted when bits is 2 or 4 and the caller asked for the fast layout). */
+    /* static_scale > 0: every block uses it (a range calibrated beforehand; values
+       beyond 127 * static_scale clip), else each block its own max|x| / 127. */
     static void qk_quantize_row(const float *x, int64_t n, int64_t B, int8_t *xq, float *xs,
-                                int32_t *xsum, int permute_bits, int8_t *tmp) {
+                                int32_t *xsum, int permute_bits, int8_t *tmp,
+                                float static_scale) {
         int64_t nblocks = (n + B - 1) / B;
         int8_t *dst = permute_bits ? tmp : xq;
         for (int64_t k = 0; k < nblocks; k++) {
@@ -218,6 +221,7 @@ cdef extern from *:
                 bad |= !(a <= 3.4028234663852886e38f);   /* NaN or inf */
                 amax = a > amax ? a : amax;
             }
+            if (static_scale > 0.0f && amax != 0.0f) amax = static_scale * 127.0f;
             int32_t sum = 0;
             if (bad || amax == 0.0f) {
                 for (int64_t c = c0; c < c1; c++) dst[c] = 0;
@@ -230,7 +234,7 @@ cdef extern from *:
                     dst[c] = (int8_t)v;
                     sum += (int32_t)v;
                 }
-                xs[k] = amax / 127.0f;
+                xs[k] = static_scale > 0.0f ? static_scale : amax / 127.0f;
             }
             xsum[k] = sum;
         }
@@ -880,7 +884,8 @@ cdef extern from *:
     void qk_dequant_row(const qk_dense *w, int64_t r, uint8_t *codes, float *out) nogil
     void qk_permute_row(const float *x, float *xp, int64_t n, int bits) nogil
     void qk_quantize_row(const float *x, int64_t n, int64_t B, int8_t *xq, float *xs,
-                         int32_t *xsum, int permute_bits, int8_t *tmp) nogil
+                         int32_t *xsum, int permute_bits, int8_t *tmp,
+                         float static_scale) nogil
     void qk_sparse_row(const qk_sparse *w, int64_t r, const float *x, int64_t batch,
                        float *y) nogil
     void qk_sparse_row_batched(const qk_sparse *w, int64_t r, const float *xt, int64_t batch,
@@ -1050,17 +1055,19 @@ def permute_activations(const float[:, ::1] x, float[:, ::1] xp, int bits, int n
 
 def quantize_activations(const float[:, ::1] x, int64_t block, int8_t[:, ::1] xq,
                          float[:, ::1] xs, int32_t[:, ::1] xsum, int permute_bits,
-                         int8_t[:, ::1] tmp, int num_threads):
-    """int8 per-block quantization of each row of x (scale = max|x|/127).
+                         int8_t[:, ::1] tmp, int num_threads, float static_scale=0.0):
+    """int8 per-block quantization of each row of x: scale max|x|/127 per block, or
+    ``static_scale`` for every block when > 0 (values beyond 127 * static_scale clip).
 
     Trusts the caller: xq (batch, n_in); xs, xsum (batch, ceil(n_in/block)); tmp
-    (batch, n_in) scratch used only when permute_bits is 2 or 4 (then block == 128).
+    (batch, n_in) scratch used only when permute_bits is 2 or 4 (then block == 128);
+    static_scale finite and >= 0.
     """
     cdef int64_t i
     with nogil:
         for i in prange(x.shape[0], num_threads=num_threads, schedule="static"):
             qk_quantize_row(&x[i, 0], x.shape[1], block, &xq[i, 0], &xs[i, 0], &xsum[i, 0],
-                            permute_bits, &tmp[i, 0])
+                            permute_bits, &tmp[i, 0], static_scale)
 
 
 cdef qk_sparse _sparse(const int64_t[::1] row_ptr, const int32_t[::1] cols,

@@ -29,6 +29,7 @@ import warnings
 import torch
 from torch import nn
 
+from qpack.matmul import ACT_QUANT_MODES
 from qpack.model import CompressedModel, load
 from qpack.torch.convert import to_torch
 from qpack.torch.modules import PackedConv2d, PackedLinear
@@ -155,7 +156,8 @@ def load_packed(model: nn.Module, source, *, strict: bool = True,
     source : a .qpk path or a qpack.CompressedModel.
     strict : True raises ValueError when a file name matches no model entry or a model
         entry is not in the file; False warns (warnings.warn, listing them) and goes on.
-    act_quant : None or "int8", for every packed layer (see qpack.nn.PackedLinear).
+    act_quant : None, "int8" or "int8-static", for every packed layer (see
+        qpack.nn.PackedLinear; "int8-static" needs every packed tensor calibrated).
 
     Returns ``model``, changed in place (the module rules are in this module's doc); if
     ``model`` itself is an nn.Linear / nn.Conv2d with a quantized weight, the packed module
@@ -168,8 +170,9 @@ def load_packed(model: nn.Module, source, *, strict: bool = True,
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(strict, bool):
         raise ValueError(f"strict must be True or False, got {strict!r}")
-    if act_quant not in (None, "int8"):
-        raise ValueError(f"act_quant must be None or 'int8', got {act_quant!r}")
+    if act_quant not in ACT_QUANT_MODES:
+        raise ValueError(f"act_quant must be None, 'int8' or 'int8-static', got "
+                         f"{act_quant!r}")
     cm = _open(source)
     plan = _Plan(model, cm)
     if plan.errors:

@@ -44,7 +44,8 @@ class PackedLinear(_PackedModule):
     tensor : CompressedTensor of shape (out_features, in_features) (more dims are viewed
         as (shape[0], prod(rest)), as qpack.nn.PackedLinear does).
     bias : optional tensor or array of shape (out_features,), stored as a float32 buffer.
-    act_quant : None (float32 activations) or "int8" (see qpack.nn.PackedLinear).
+    act_quant : None (float32 activations), "int8" or "int8-static" (see
+        qpack.nn.PackedLinear).
 
     forward(x): x a CPU tensor of shape (..., in_features) and a floating dtype. float32
     is read in place (no copy when contiguous; a non-contiguous x is copied once, to
