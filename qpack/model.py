@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -114,11 +113,8 @@ class CompressedModel(Mapping):
         tensors_header = {}
         blobs = []
         for name, t in self._tensors.items():
-            spec = copy.deepcopy(t.spec)
-            for role, desc in spec["sections"].items():
-                for key in ("offset", "length", "crc32"):
-                    desc.pop(key, None)
-                blobs.append((desc, t._read_section(role)))
+            spec, sections = t.entry_to_write()
+            blobs.extend((spec["sections"][role], sections[role]) for role in spec["sections"])
             tensors_header[name] = spec
         data_size = format.layout_sections(blobs)
         header = {"format": "qpk", "metadata": metadata, "tensors": tensors_header}
