@@ -38,6 +38,8 @@ class TensorSettings:
     entropy: bool = True
     per_channel: bool = False
     init: str = "linear"
+    scale_dtype: str = "float16"
+    codebook_dtype: str = "auto"
 
     def as_json(self) -> dict:
         """The settings as a JSON-ready dict (stored in the file's metadata)."""
@@ -87,9 +89,11 @@ def _quantize(w2: np.ndarray, settings: TensorSettings, mask: np.ndarray | None,
     if settings.method == "linear":
         src = w2 if mask is None else np.where(mask, w2, 0).astype(w2.dtype, copy=False)
         return quantize_linear(src, settings.bits, group_size=settings.group_size,
-                               symmetric=settings.symmetric, clip=settings.clip)
+                               symmetric=settings.symmetric, clip=settings.clip,
+                               scale_dtype=settings.scale_dtype)
     return quantize_kmeans(w2, settings.bits, mask=mask, init=settings.init,
-                           per_channel=settings.per_channel)
+                           per_channel=settings.per_channel,
+                           codebook_dtype=settings.codebook_dtype)
 
 
 def encode_tensor(arr: np.ndarray, settings: TensorSettings,

@@ -460,9 +460,9 @@ def quantize_calibrated(w: np.ndarray, settings, mask: np.ndarray | None,
 
     ``settings`` is the tensor's TensorSettings (method "linear" or "kmeans", checked by
     the plan, not per_channel); ``mask`` a keep-mask of w's shape or None; ``calibration``
-    the plan's checked Calibration. Uses quantize_linear's / quantize_kmeans' defaults for
-    what compress does not set (percentile 99.9, float16 scales, max_iter 300, seed 0,
-    codebook_dtype "auto").
+    the plan's checked Calibration. Takes the scale and codebook dtypes from ``settings``
+    and quantize_linear's / quantize_kmeans' defaults for what compress does not set
+    (percentile 99.9, max_iter 300, seed 0).
     Returns (LinearQuantized or KMeansQuantized, the damping used).
     """
     keep = None if mask is None else np.asarray(mask, dtype=bool).reshape(w.shape)
@@ -470,6 +470,7 @@ def quantize_calibrated(w: np.ndarray, settings, mask: np.ndarray | None,
         return _linear_calibrated(w, calibration.source, keep, calibration.damping,
                                   DEFAULT_BLOCK, settings.bits, settings.group_size,
                                   settings.symmetric, settings.clip, 99.9,
-                                  np.dtype(np.float16))
+                                  np.dtype(settings.scale_dtype))
     return _kmeans_calibrated(w, calibration.source, keep, calibration.damping,
-                              DEFAULT_BLOCK, settings.bits, settings.init, 300, 0, "auto")
+                              DEFAULT_BLOCK, settings.bits, settings.init, 300, 0,
+                              settings.codebook_dtype)

@@ -254,6 +254,7 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
              overrides: Mapping[str, Mapping] | None = None,
              min_numel: int = DEFAULT_MIN_NUMEL, prune_scope: str = "tensor",
              per_channel: bool = False, init: str = "linear",
+             scale_dtype=np.float16, codebook_dtype="auto",
              metadata: Mapping[str, str] | None = None,
              masks: Mapping | None = None, float_weights: Mapping | None = None,
              calibration: Mapping | None = None, calibration_damping: float | None = None,
@@ -276,12 +277,17 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
     include / exclude : glob pattern(s) on tensor names choosing what is quantized.
     overrides : {glob: {keyword: value}} per-layer settings; later patterns win. Keys:
         method (also "raw": store exactly), bits, prune, group_size, symmetric, clip,
-        entropy, per_channel, init.
+        entropy, per_channel, init, scale_dtype, codebook_dtype.
     min_numel : floating tensors with >= 2 dims and at least this many elements are
         quantized; every other tensor is stored exactly.
     prune_scope : "tensor" (each tensor loses ``prune`` of its weights) or "global" (one
         magnitude threshold across the quantized tensors that use the top-level prune).
     per_channel, init : kmeans only: one codebook per output row; centroid initialization.
+    scale_dtype : linear only: np.float16 (default) or np.float32 scales (the file holds
+        no float64 ones: ValueError). Calibrated tensors use it too.
+    codebook_dtype : kmeans only: "auto" (default: float16 codebooks unless rounding the
+        centroids raises the squared error by more than 1e-3, relative; see
+        qpack.quantize_kmeans), np.float16 or np.float32.
     metadata : extra string key/values for the file header.
     masks : {name: bool keep-mask of the tensor's shape}: exactly these weights are kept
         (no magnitude pruning for that tensor, whose prune must be 0). For a pre-quantized
@@ -316,7 +322,8 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
     arrays, source_metadata = read_input(model_dict)
     base = {"method": method, "bits": bits, "prune": prune, "group_size": group_size,
             "symmetric": symmetric, "clip": clip, "entropy": entropy,
-            "per_channel": per_channel, "init": init}
+            "per_channel": per_channel, "init": init, "scale_dtype": scale_dtype,
+            "codebook_dtype": codebook_dtype}
     plan = make_plan(arrays, base, include=include, exclude=exclude, overrides=overrides,
                      min_numel=min_numel, prune_scope=prune_scope, masks=masks,
                      float_weights=float_weights, calibration=calibration,
