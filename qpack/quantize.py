@@ -329,7 +329,8 @@ def quantize_linear(w, bits: int, *, group_size: int | None = None, symmetric: b
         |w| when symmetric), "mse" (searches clipping ratios 1.0..0.3 of the minmax range per
         group and keeps the one with the smallest squared error).
     percentile : float in (50, 100], used by clip="percentile".
-    scale_dtype : float16 (default), float32 or float64.
+    scale_dtype : float16 (default), float32 or float64 (a .qpk file holds float16 or
+        float32 scales only, so ``compress`` refuses float64).
 
     Returns
     -------
