@@ -182,12 +182,13 @@ def quality_table(quick: bool, notes: list) -> dict:
     rows.append(["gguf Q4_K (reference figure, not measured here)", 4, 4.5, 0.079, "-"])
     notes.append(f"Quality: {w.shape[0]}x{w.shape[1]} float32 matrix, Normal(0, 0.02) with "
                  "0.1% outliers at 20-50x std. bits/weight counts codes plus every stored "
-                 "parameter (float16 scales, uint8 zero-points when asymmetric, float32 "
-                 "codebooks); relative error = ||w - w_hat||_F / ||w||_F. Percentile 99.9 "
-                 "clips exactly the 0.1% outliers, which carry much of the energy, hence its "
-                 "poor figures here; linear K-means init spends centroids on the outlier "
-                 "range (Deep Compression's choice, kept as default), density init on the "
-                 "bulk.")
+                 "parameter as a format-3 file stores it (float16 scales, zero-points "
+                 "packed at the code width when asymmetric, none when symmetric, float16 "
+                 "codebooks within 1e-3 of float32's error); relative error = "
+                 "||w - w_hat||_F / ||w||_F. Percentile 99.9 clips exactly the 0.1% "
+                 "outliers, which carry much of the energy, hence its poor figures here; "
+                 "linear K-means init spends centroids on the outlier range (Deep "
+                 "Compression's choice, kept as default), density init on the bulk.")
     return {"title": "Error and size per method and width (weights with outliers)",
             "columns": ["method", "bits", "bits/weight", "relative error", "SQNR dB"],
             "rows": rows}

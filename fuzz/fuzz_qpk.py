@@ -1,6 +1,6 @@
 """Atheris harness: the .qpk loader and everything a loaded tensor can be asked to do.
 
-Each input is a whole .qpk file (version 1 or 2, header plain or zlib-compressed). libFuzzer
+Each input is a whole .qpk file (version 1, 2 or 3, header plain or zlib-compressed). libFuzzer
 cannot forge CRC-32s, so the harness first repairs them (``repair``): the header CRC always,
 and any section whose stored integer crc32 does not match its bytes (by rewriting the
 header JSON). A crash file therefore reproduces through this harness; ``python
@@ -29,7 +29,7 @@ qpack = _common.import_qpack()
 FormatError = qpack.FormatError
 
 PREAMBLE = struct.Struct("<8sIIII")  # magic, version, header length, header crc, flags
-ZLIB_FLAG = 1  # flags bit 0 (version 2): the stored header is zlib-compressed JSON
+ZLIB_FLAG = 1  # flags bit 0 (versions 2, 3): the stored header is zlib-compressed JSON
 FLOATING = ("float16", "float32", "float64", "bfloat16")
 X_MAX = 1 << 16  # widest x the harness allocates; wider tensors get a 1-element x (refused)
 PATH = os.path.join(tempfile.gettempdir(), f"qpack-fuzz-{os.getpid()}.qpk")
@@ -71,7 +71,7 @@ def _inflate(stored: bytes) -> bytes | None:
 def repair(data: bytes) -> bytes:
     """``data`` with its header CRC, and section CRCs where possible, made to match.
 
-    A zlib-compressed header (version 2, flag bit 0) is inflated to fix section CRCs and
+    A zlib-compressed header (version >= 2, flag bit 0) is inflated to fix section CRCs and
     compressed again; one that does not inflate keeps its bytes (and gets its CRC fixed).
     """
     if len(data) < PREAMBLE.size:

@@ -21,6 +21,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "corpus")
 FIXTURES = os.path.join(HERE, os.pardir, "tests", "data")
 V1_FIXTURES = ("kmeans2_prune90", "kmeans4_prune50_huffman")  # the two smallest, ~6 KB each
+# format-2 files (raw zero-points, symmetric ones included; float32 codebooks), ~3-6 KB
+V2_FIXTURES = ("kmeans2_prune90", "linear4_g64_sym")
 PREAMBLE = struct.Struct("<8sIIII")  # magic, version, header length, header crc, flags
 
 
@@ -48,6 +50,7 @@ def qpk_seeds(rng) -> dict[str, bytes]:
     def w(*shape, dtype=np.float32):
         return rng.standard_normal(shape).astype(dtype)
 
+    v3_rng = np.random.default_rng(3)
     raw = {"emb": w(6, 4), "half": w(3, 2, dtype=np.float16), "scalar": np.float64(2.5),
            "ids": np.arange(5, dtype=np.int32), "flag": np.array([True, False]),
            "empty": np.zeros((0, 8), np.float32)}
@@ -71,6 +74,14 @@ def qpk_seeds(rng) -> dict[str, bytes]:
                             "symmetric": True, "min_numel": 0}),
         "linear_sparse": ({"w": w(8, 30)}, {"method": "linear", "bits": 8, "prune": 0.5,
                                             "min_numel": 0, "entropy": None}),
+        # format 3: zero-points packed at the code width, and none for a symmetric tensor
+        # (their own generator, so that the seeds drawn after these stay as they were)
+        "linear_packed_zeros": ({"w": v3_rng.standard_normal((32, 256)).astype(np.float32)},
+                                {"method": "linear", "bits": 3, "group_size": 16,
+                                 "entropy": None, "min_numel": 0}),
+        "linear_group_sym": ({"w": v3_rng.standard_normal((16, 64)).astype(np.float32)},
+                             {"method": "linear", "bits": 4, "group_size": 16,
+                              "symmetric": True, "entropy": None, "min_numel": 0}),
     }
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,6 +95,9 @@ def qpk_seeds(rng) -> dict[str, bytes]:
     for name in V1_FIXTURES:  # version-1 files, which qpack keeps reading
         with open(os.path.join(FIXTURES, f"v0.1.0_{name}.qpk"), "rb") as fh:
             out[f"v1_{name}.qpk"] = fh.read()
+    for name in V2_FIXTURES:  # and version-2 ones
+        with open(os.path.join(FIXTURES, f"format2_{name}.qpk"), "rb") as fh:
+            out[f"v2_{name}.qpk"] = fh.read()
     return out
 
 

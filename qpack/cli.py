@@ -177,6 +177,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
                      include=args.include or None, exclude=args.exclude or None,
                      overrides=overrides or None, min_numel=args.min_numel,
                      prune_scope=args.prune_scope, per_channel=args.per_channel,
+                     scale_dtype=args.scale_dtype, codebook_dtype=args.codebook_dtype,
                      metadata={"source": os.path.basename(args.input)},
                      target_bpw=args.target_bpw, progress=progress)
     size = model.save(args.output)
@@ -423,8 +424,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--symmetric", action="store_true", help="linear: zero-point at 0")
     p.add_argument("--clip", choices=("minmax", "percentile", "mse"), default="minmax",
                    help="linear: how the quantization range is chosen (minmax)")
+    p.add_argument("--scale-dtype", choices=("float16", "float32"), default="float16",
+                   help="linear: dtype of the stored scales (float16)")
     p.add_argument("--per-channel", action="store_true",
                    help="kmeans: one codebook per output row")
+    p.add_argument("--codebook-dtype", choices=("auto", "float16", "float32"),
+                   default="auto",
+                   help="kmeans: dtype of the stored codebooks; auto = float16 unless it "
+                        "raises the squared error by more than 0.1%% (auto)")
     p.add_argument("--no-entropy", action="store_true",
                    help="skip Huffman coding (larger file, codes usable in place)")
     p.add_argument("--include", action="append", default=[], metavar="GLOB",
@@ -435,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="'GLOB:key=value,...'",
                    help="per-tensor settings, e.g. 'embed*:bits=8,method=linear' (keys: "
                         "method (kmeans|linear|raw), bits, prune, group_size, symmetric, "
-                        "clip, entropy, per_channel, init; repeatable, later wins)")
+                        "clip, entropy, per_channel, init, scale_dtype, codebook_dtype; "
+                        "repeatable, later wins)")
     p.add_argument("--target-bpw", type=_target_bpw, default=None, metavar="BPW",
                    help="size budget in bits per quantized weight (codes, index, scales, "
                         "codebooks and header included): each tensor's bits are chosen "

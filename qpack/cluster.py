@@ -7,8 +7,10 @@ sorted once, and each iteration finds the k-1 run boundaries by binary search
 of the O(nk) distance matrix of a general K-means. The result is the same Lloyd fixed
 point a general implementation reaches from the same initial centroids.
 
-``quantize_kmeans`` turns a weight tensor into uint8 codes plus a float32 codebook; with a
-pruning mask, pruned weights map to a reserved exact 0.0 entry and take no part in the fit.
+``quantize_kmeans`` turns a weight tensor into uint8 codes plus a codebook (float16 when
+rounding the centroids to it costs at most FP16_CODEBOOK_TOLERANCE of the squared error,
+else float32; the codes are assigned against the stored values); with a pruning mask,
+pruned weights map to a reserved exact 0.0 entry and take no part in the fit.
 """
 
 from __future__ import annotations
@@ -24,12 +26,97 @@ from qpack.threads import get_num_threads
 
 INIT_METHODS = ("linear", "density", "random")
 MAX_K = 1 << 16
+CODEBOOK_DTYPES = ("auto", "float16", "float32")
+# codebook_dtype="auto" stores float16 centroids when, with every weight re-assigned to its
+# nearest rounded centroid, the squared error of the kept weights grows by at most this
+# fraction over float32 centroids. Measured on N(0, 0.05) matrices 384x384 and 1536x384
+# (docs/FORMAT.md, 4.3): at most 4.3e-4 with one codebook per tensor (bits 2..8), 7.7e-4
+# per channel up to 7 bits, 1.4e-2 per channel at 8 bits (which so stays float32).
+FP16_CODEBOOK_TOLERANCE = 1e-3
 
 
 def _check_k(k) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
         raise ValueError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
     return int(k)
+
+
+def check_codebook_dtype(codebook_dtype, name: str = "codebook_dtype") -> str:
+    """``codebook_dtype`` as one of CODEBOOK_DTYPES ("auto", "float16", "float32").
+
+    Accepts "auto" and anything numpy reads as float16 or float32 (np.float16, "float32",
+    ...). Raises ValueError naming ``name`` otherwise (float64 included: a .qpk file holds
+    float16 or float32 codebooks only).
+    """
+    if isinstance(codebook_dtype, str) and codebook_dtype == "auto":
+        return "auto"
+    try:
+        dt = None if codebook_dtype is None else np.dtype(codebook_dtype)
+    except (TypeError, ValueError):
+        dt = None
+    if dt not in (np.dtype(np.float16), np.dtype(np.float32)):
+        raise ValueError(f"{name} must be 'auto', float16 or float32, got {codebook_dtype!r}")
+    return dt.name
+
+
+def _squared_error(data: np.ndarray, book: np.ndarray, codes: np.ndarray,
+                   keep: np.ndarray | None) -> float:
+    """Sum over kept elements of (book[r, codes[r, c]] - data[r, c])**2 in float64.
+
+    data, codes, keep: (R, n); book (R, k). Runs in slices of about 2**20 elements, so it
+    needs no tensor-sized float64 temporaries.
+    """
+    rows, n = data.shape
+    step_c = 1 << 20
+    step_r = max(1, step_c // max(n, 1))
+    total = 0.0
+    for r0 in range(0, rows, step_r):
+        b = book[r0:r0 + step_r].astype(np.float64)
+        for c0 in range(0, n, step_c):
+            part = (slice(r0, r0 + step_r), slice(c0, c0 + step_c))
+            dec = np.take_along_axis(b, codes[part].astype(np.intp), axis=1)
+            err = np.square(dec - data[part])
+            total += float(err.sum() if keep is None else err[keep[part]].sum())
+    return total
+
+
+def stored_codebook(cents: np.ndarray, data: np.ndarray, keep: np.ndarray | None,
+                    codebook_dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """The codebook as stored and the uint8 codes of ``data`` against it.
+
+    cents : float64 (R, k) ascending centroids per row (R = 1: one codebook for all data).
+    data : float32/float64 (R, n), finite; keep : bool (R, n) or None, the elements whose
+        error counts (pruned ones are coded apart by the caller).
+    codebook_dtype : checked ("auto", "float16" or "float32"). "float16": the rounded
+        centroids; ValueError if one exceeds float16's range (65504). "auto": float16
+        unless a centroid overflows it or the kept elements' squared error, each element
+        re-assigned to its nearest rounded centroid, exceeds float32's by more than
+        FP16_CODEBOOK_TOLERANCE (relative); then float32.
+
+    Returns (codebook (R, k) float16/float32, codes (R, n) uint8). The codes are always
+    those of the returned values (nearest entry, ties to the lower index), so decoding the
+    stored codebook reproduces what was measured.
+    """
+    book32 = cents.astype(np.float32)
+    if codebook_dtype == "float32":
+        return book32, assign_nearest(data, book32.astype(np.float64), dtype=np.uint8)
+    with np.errstate(over="ignore"):  # reported below
+        book16 = cents.astype(np.float16)
+    if not np.isfinite(book16).all():
+        if codebook_dtype == "float16":
+            raise ValueError(f"codebook_dtype float16 cannot hold a centroid of "
+                             f"{float(np.abs(cents).max()):.6g} (float16 stops at 65504); "
+                             "use codebook_dtype='auto' or np.float32")
+        return book32, assign_nearest(data, book32.astype(np.float64), dtype=np.uint8)
+    codes16 = assign_nearest(data, book16.astype(np.float64), dtype=np.uint8)
+    if codebook_dtype == "float16":
+        return book16, codes16
+    codes32 = assign_nearest(data, book32.astype(np.float64), dtype=np.uint8)
+    err32 = _squared_error(data, book32, codes32, keep)
+    err16 = _squared_error(data, book16, codes16, keep)
+    if err16 <= err32 * (1.0 + FP16_CODEBOOK_TOLERANCE):
+        return book16, codes16
+    return book32, codes32
 
 
 def _check_init(init, k: int):
@@ -388,7 +475,9 @@ class KMeansQuantized:
     Fields
     ------
     codes : uint8 ndarray of ``shape``; codes < k = 2**bits.
-    codebook : float32 (k,), or (rows, k) when ``per_channel`` (rows as in quantize_linear).
+    codebook : float16 or float32 (k,), or (rows, k) when ``per_channel`` (rows as in
+        quantize_linear). A .qpk file stores a float16 codebook as float16, any other as
+        float32.
     zero_code : index of the reserved exact 0.0 codebook entry when a pruning mask was given
         (pruned positions have this code; the same index in every row), else None.
     bits : code width, 1..8.
@@ -413,8 +502,10 @@ class KMeansQuantized:
 
     @property
     def nbytes_params(self) -> int:
-        """Bytes of the codebook(s)."""
-        return int(self.codebook.nbytes)
+        """Bytes a ``.qpk`` file pays for the codebook(s): 2 per entry for a float16
+        codebook, else 4 (the file stores any other dtype as float32)."""
+        book = np.asarray(self.codebook)
+        return int(book.size * (2 if book.dtype == np.float16 else 4))
 
     @property
     def bits_per_weight(self) -> float:
@@ -467,7 +558,8 @@ def _fit_sorted_rows(srt: np.ndarray, k: int, init, max_iter: int, rng) -> np.nd
 
 
 def quantize_kmeans(w, bits: int, *, mask=None, init="linear", per_channel: bool = False,
-                    max_iter: int = 300, random_state=0) -> KMeansQuantized:
+                    max_iter: int = 300, random_state=0,
+                    codebook_dtype="auto") -> KMeansQuantized:
     """Weight sharing: cluster the weights into 2**bits shared values (exact 1-D K-means).
 
     Parameters
@@ -480,14 +572,22 @@ def quantize_kmeans(w, bits: int, *, mask=None, init="linear", per_channel: bool
         out of the fit, so the k-1 other centroids describe the kept weights only.
     init : "linear", "density", "random" or an array of initial centroids (k, or k-1 with a
         mask), as in kmeans_1d.
-    per_channel : fit one codebook per row instead of one for the tensor.
+    per_channel : fit one codebook per row instead of one for the tensor (a codebook of
+        2**bits entries per row can outweigh the codes: compress warns when it does).
     max_iter, random_state : as in kmeans_1d.
+    codebook_dtype : "auto" (default): float16 when rounding the centroids to float16
+        raises the squared error of the kept weights by at most FP16_CODEBOOK_TOLERANCE =
+        1e-3 (relative; measured increase on Gaussian weights: <= 4.3e-4 with one codebook,
+        <= 7.7e-4 per channel up to 7 bits), else float32; np.float16 or np.float32 to
+        force one (float16 raises ValueError for a centroid beyond 65504).
 
     Returns
     -------
-    KMeansQuantized. Codes are assigned against the float32 codebook that is stored.
+    KMeansQuantized. Codes are assigned against the codebook values that are stored (the
+    rounded ones when float16), so decoding reproduces exactly what was measured.
 
-    Raises ValueError naming the argument for bad w, bits, mask, init, max_iter.
+    Raises ValueError naming the argument for bad w, bits, mask, init, max_iter,
+    codebook_dtype.
     """
     arr = check_weights(w)
     bits = check_bits(bits)
@@ -502,6 +602,7 @@ def quantize_kmeans(w, bits: int, *, mask=None, init="linear", per_channel: bool
     init = _check_init(init, k_fit)
     max_iter, _ = _check_iter_tol(max_iter, 0.0)
     rng = _rng(random_state)
+    codebook_dtype = check_codebook_dtype(codebook_dtype)
     mat = as_matrix(arr).astype(_work_dtype(arr), copy=False)
     mmat = None if mask is None else as_matrix(mask)
     if per_channel:
@@ -517,15 +618,15 @@ def quantize_kmeans(w, bits: int, *, mask=None, init="linear", per_channel: bool
         vals = mat.reshape(-1) if mmat is None else mat[mmat]
         cents = _fit_values(vals, k_fit, init, max_iter, rng).reshape(1, -1)
         data = mat.reshape(1, -1)
-    book = cents.astype(np.float32)
-    # Assign against the stored float32 codebook, so decoding reproduces what was measured.
-    codes = assign_nearest(data, book.astype(np.float64), dtype=np.uint8)
+    keep = None if mmat is None else mmat.reshape(data.shape)
+    # the codes are those of the stored (possibly float16-rounded) codebook
+    book, codes = stored_codebook(cents, data, keep, codebook_dtype)
     zero_code = None
-    if mmat is not None:
+    if keep is not None:
         zero_code = 0
         codes += 1
-        codes[~mmat.reshape(codes.shape)] = zero_code
-        book = np.concatenate([np.zeros((book.shape[0], 1), np.float32), book], axis=1)
+        codes[~keep] = zero_code
+        book = np.concatenate([np.zeros((book.shape[0], 1), book.dtype), book], axis=1)
     if not per_channel:
         book = book[0]
     return KMeansQuantized(codes=codes.reshape(arr.shape), codebook=np.ascontiguousarray(book),

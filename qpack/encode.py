@@ -18,7 +18,7 @@ from qpack.calibration import Calibration
 from qpack.cluster import quantize_kmeans
 from qpack.gptq import quantize_calibrated
 from qpack.prune import prune_magnitude
-from qpack.quantize import quantize_linear
+from qpack.quantize import quantize_linear, zeros_storage
 from qpack.sections import coded_nbytes, encode_codes, encode_raw, encode_varint
 from qpack.sparse import encode_sparse_index
 from qpack.tensor_spec import element_limit
@@ -38,6 +38,8 @@ class TensorSettings:
     entropy: bool = True
     per_channel: bool = False
     init: str = "linear"
+    scale_dtype: str = "float16"
+    codebook_dtype: str = "auto"
 
     def as_json(self) -> dict:
         """The settings as a JSON-ready dict (stored in the file's metadata)."""
@@ -87,9 +89,11 @@ def _quantize(w2: np.ndarray, settings: TensorSettings, mask: np.ndarray | None,
     if settings.method == "linear":
         src = w2 if mask is None else np.where(mask, w2, 0).astype(w2.dtype, copy=False)
         return quantize_linear(src, settings.bits, group_size=settings.group_size,
-                               symmetric=settings.symmetric, clip=settings.clip)
+                               symmetric=settings.symmetric, clip=settings.clip,
+                               scale_dtype=settings.scale_dtype)
     return quantize_kmeans(w2, settings.bits, mask=mask, init=settings.init,
-                           per_channel=settings.per_channel)
+                           per_channel=settings.per_channel,
+                           codebook_dtype=settings.codebook_dtype)
 
 
 def encode_tensor(arr: np.ndarray, settings: TensorSettings,
@@ -126,13 +130,10 @@ def encode_tensor(arr: np.ndarray, settings: TensorSettings,
             spec["act_scale"] = act_scale
     if settings.method == "linear":
         spec.update(group_size=settings.group_size, symmetric=settings.symmetric)
-        for role, param in (("scales", q.scales), ("zeros", q.zeros)):
-            sections[role], blobs[role] = encode_raw(np.asarray(param))
     else:
         spec.update(per_channel=settings.per_channel,
                     zero_code=None if q.zero_code is None else int(q.zero_code))
-        sections["codebook"], blobs["codebook"] = encode_raw(
-            np.asarray(q.codebook, dtype=np.float32))
+    _param_sections(q, sections, blobs)
     codes = np.asarray(q.codes).reshape(rows, cols)
     w_hat = np.asarray(q.dequantize(np.float32)).reshape(rows, cols)
     spec["stats"] = _stats(w2, w_hat, mask)
@@ -166,12 +167,9 @@ def encode_prequantized(q, entropy: bool, mask: np.ndarray | None = None,
     if isinstance(q, KMeansQuantized):
         spec.update(method="kmeans", per_channel=bool(q.per_channel),
                     zero_code=None if q.zero_code is None else int(q.zero_code))
-        sections["codebook"], blobs["codebook"] = encode_raw(
-            np.asarray(q.codebook, dtype=np.float32))
     else:
         spec.update(method="linear", group_size=q.group_size, symmetric=bool(q.symmetric))
-        for role in ("scales", "zeros"):
-            sections[role], blobs[role] = encode_raw(np.asarray(getattr(q, role)))
+    _param_sections(q, sections, blobs)
     if reference is not None:
         w = np.asarray(reference).astype(np.float32, copy=False).reshape(rows, cols)
         spec["stats"] = _stats(w, np.asarray(q.dequantize(np.float32)).reshape(rows, cols),
@@ -183,6 +181,28 @@ def encode_prequantized(q, entropy: bool, mask: np.ndarray | None = None,
     _choose_layout(codes, int(q.bits), mask, entropy, spec, sections, blobs)
     spec["sections"] = sections
     return spec, blobs
+
+
+def _param_sections(q, sections: dict, blobs: dict) -> None:
+    """The parameter sections of a LinearQuantized / KMeansQuantized (format version 3).
+
+    Linear: ``scales`` raw in their dtype; ``zeros`` as ``quantize.zeros_storage`` says
+    (packed at the code width, raw uint8, or absent when symmetric: the zero-points are
+    then 2**(bits-1) by definition, which the quantizers and handover guarantee).
+    K-means: ``codebook`` raw float16 when it is float16, else float32.
+    """
+    if hasattr(q, "codebook"):
+        book = np.asarray(q.codebook)
+        stored = np.float16 if book.dtype == np.float16 else np.float32
+        sections["codebook"], blobs["codebook"] = encode_raw(book.astype(stored, copy=False))
+        return
+    sections["scales"], blobs["scales"] = encode_raw(np.asarray(q.scales))
+    zeros = np.ascontiguousarray(q.zeros, dtype=np.uint8)
+    codec, _ = zeros_storage(zeros, q.bits, q.symmetric)
+    if codec == "packed":
+        sections["zeros"], blobs["zeros"] = encode_codes(zeros, q.bits, False, "packed")
+    elif codec == "raw":
+        sections["zeros"], blobs["zeros"] = encode_raw(zeros)
 
 
 def _choose_layout(codes, bits, mask, entropy, spec, sections, blobs) -> None:

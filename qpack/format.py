@@ -3,10 +3,10 @@
 Layout (docs/FORMAT.md, section 4)::
 
     offset 0   8 bytes   magic  b"\\x89QPK\\r\\n\\x1a\\n"
-    offset 8   uint32    format version (2; version 1 files are read too)
+    offset 8   uint32    format version (3; versions 1 and 2 are read too)
     offset 12  uint32    header length H in bytes, as stored
     offset 16  uint32    CRC32 of the H stored header bytes
-    offset 20  uint32    flags: bit 0 = the header is zlib-compressed (version 2); else 0
+    offset 20  uint32    flags: bit 0 = the header is zlib-compressed (version >= 2); else 0
     offset 24  H bytes   header: UTF-8 JSON, zlib-compressed when flag bit 0 is set
     ...        zero padding up to the data start D = align64(24 + H)
     D + off    sections; each ``off`` a multiple of its codec's alignment (version 1: of
@@ -35,8 +35,8 @@ import numpy as np
 from qpack.errors import FormatError
 
 MAGIC = b"\x89QPK\r\n\x1a\n"
-FORMAT_VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+SUPPORTED_VERSIONS = (1, 2, 3)
 PREAMBLE = struct.Struct("<8sIIII")
 ALIGN = 64
 FLAG_ZLIB_HEADER = 1
@@ -65,9 +65,9 @@ def _dump_header(header: dict) -> bytes:
 def section_alignment(desc: dict, version: int = FORMAT_VERSION) -> int:
     """The alignment a reader requires of a section's offset (docs/FORMAT.md, 4.1).
 
-    Version 1: 64 for every section. Version 2: 64 for ``packed`` codes (the kernels use
-    them in place), the dtype's size for ``raw`` arrays (so a memory map gives aligned
-    views), 1 for ``huffman`` and ``varint`` streams (decoded into memory anyway).
+    Version 1: 64 for every section. Versions 2 and 3: 64 for ``packed`` codes (the
+    kernels use them in place), the dtype's size for ``raw`` arrays (so a memory map gives
+    aligned views), 1 for ``huffman`` and ``varint`` streams (decoded into memory anyway).
     """
     if version == 1 or desc["codec"] == "packed":
         return ALIGN
@@ -97,7 +97,7 @@ def layout_sections(blobs: Iterable[tuple[dict, np.ndarray]]) -> int:
 
 
 def encode_header(header: dict) -> bytes:
-    """The header as stored in a version-2 file: compact UTF-8 JSON, zlib level 9.
+    """The header as stored in a version-2 or -3 file: compact UTF-8 JSON, zlib level 9.
 
     Raises ValueError when the JSON exceeds MAX_HEADER_BYTES.
     """

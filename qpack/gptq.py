@@ -63,8 +63,10 @@ from qpack.cluster import (
     _check_init,
     _check_iter_tol,
     _rng,
+    check_codebook_dtype,
     check_mask,
     kmeans_1d,
+    stored_codebook,
 )
 from qpack.quantize import LinearQuantized, check_linear_options, check_weights, group_params
 from qpack.threads import get_num_threads
@@ -229,11 +231,13 @@ def _linear_codes(w: np.ndarray, r: np.ndarray, keep: np.ndarray | None, bits: i
 
 
 def _kmeans_codes(w: np.ndarray, r: np.ndarray, h_diag: np.ndarray, keep: np.ndarray | None,
-                  bits: int, init, max_iter: int, random_state, block: int):
+                  bits: int, init, max_iter: int, random_state, block: int,
+                  codebook_dtype: str = "auto"):
     """GPTQ with a shared codebook on float64 ``w`` (rows, cols), which it overwrites;
-    ``r`` from hessian_factor.
+    ``r`` from hessian_factor. ``codebook_dtype`` (checked) is decided as quantize_kmeans
+    decides it, on the nearest-centroid codes of the weights before compensation.
 
-    Returns (codes, codebook float32 (k,), zero_code or None).
+    Returns (codes, codebook float16/float32 (k,), zero_code or None).
     """
     rows, cols = w.shape
     k = 1 << bits
@@ -246,20 +250,22 @@ def _kmeans_codes(w: np.ndarray, r: np.ndarray, h_diag: np.ndarray, keep: np.nda
         sw = importance.reshape(-1) if keep is None else importance[keep]
         cents, _ = kmeans_1d(vals, k_fit, init=init, max_iter=max_iter, sample_weight=sw,
                              random_state=random_state)
-    book = cents.astype(np.float32)
-    # assign against the stored float32 codebook, with the fit's tie rule
-    bounds = np.ascontiguousarray(_boundaries(book.astype(np.float64)))
+    book = stored_codebook(cents.reshape(1, -1), w.reshape(1, -1),
+                           None if keep is None else keep.reshape(1, -1), codebook_dtype)[0][0]
+    # assign against the stored (possibly float16-rounded) values, with the fit's tie rule
+    values = book.astype(np.float32)
+    bounds = np.ascontiguousarray(_boundaries(values.astype(np.float64)))
     offset = 0 if keep is None else 1
     nt = _threads(rows * min(block, cols))
 
     def column_loop(i1, w1, w01, s1, c1, d1, k1, use_keep):
-        _kg.kmeans_columns(w1, w01, s1, c1, d1, k1, use_keep, 0, w1.shape[1], bounds, book,
+        _kg.kmeans_columns(w1, w01, s1, c1, d1, k1, use_keep, 0, w1.shape[1], bounds, values,
                            offset, 0, nt)
 
     codes = _run_blocks(w, w.copy(), update_matrix(r), keep, block, column_loop)
     if keep is None:
         return codes, book, None
-    return codes, np.concatenate([np.zeros(1, np.float32), book]), 0
+    return codes, np.concatenate([np.zeros(1, book.dtype), book]), 0
 
 
 def _heldout_error(w: np.ndarray, w_hat: np.ndarray, h_val: np.ndarray) -> float:
@@ -385,7 +391,8 @@ def _linear_calibrated(arr, source, keep, damping, block, bits, group_size, symm
 
 def quantize_kmeans_gptq(w, calibration, bits: int, *, mask=None, init="linear",
                          max_iter: int = 300, random_state=0, damping: float | None = None,
-                         block_size: int = DEFAULT_BLOCK) -> KMeansQuantized:
+                         block_size: int = DEFAULT_BLOCK,
+                         codebook_dtype="auto") -> KMeansQuantized:
     """K-means weight sharing with error compensation on calibration inputs (GPTQ).
 
     The codebook (one for the tensor) is a K-means of the weights weighted by their
@@ -403,6 +410,9 @@ def quantize_kmeans_gptq(w, calibration, bits: int, *, mask=None, init="linear",
         their error is compensated by the kept weights.
     init, max_iter, random_state : as in quantize_kmeans (init arrays have k entries, or
         k-1 with a mask).
+    codebook_dtype : "auto", np.float16 or np.float32, as in quantize_kmeans ("auto"
+        decides on the nearest-centroid codes of the uncompensated weights); the
+        compensated codes are assigned against the stored values.
 
     Returns a KMeansQuantized (per_channel=False; per-channel codebooks are not offered
     with calibration). Raises ValueError naming the argument, as quantize_kmeans and
@@ -411,8 +421,9 @@ def quantize_kmeans_gptq(w, calibration, bits: int, *, mask=None, init="linear",
     arr, source, keep, damping, block = _common(w, calibration, mask, damping, block_size)
     bits, init, max_iter = check_kmeans_options(bits, keep is not None, init, max_iter,
                                                 random_state)
+    codebook_dtype = check_codebook_dtype(codebook_dtype)
     return _kmeans_calibrated(arr, source, keep, damping, block, bits, init, max_iter,
-                              random_state)[0]
+                              random_state, codebook_dtype)[0]
 
 
 def check_kmeans_options(bits, masked: bool, init, max_iter,
@@ -429,13 +440,13 @@ def check_kmeans_options(bits, masked: bool, init, max_iter,
 
 
 def _kmeans_calibrated(arr, source, keep, damping, block, bits, init, max_iter,
-                       random_state) -> tuple[KMeansQuantized, float]:
+                       random_state, codebook_dtype) -> tuple[KMeansQuantized, float]:
     """quantize_kmeans_gptq on checked arguments; also returns the damping used."""
     def run(h):
         # random_state as given: an int seeds every damping candidate's fit alike
         codes, book, zero_code = _kmeans_codes(
             as_matrix(arr).astype(np.float64), hessian_factor(h), np.diag(h).copy(),
-            keep, bits, init, max_iter, random_state, block)
+            keep, bits, init, max_iter, random_state, block, codebook_dtype)
         return KMeansQuantized(codes=codes.reshape(arr.shape), codebook=book,
                                zero_code=zero_code, bits=bits, shape=tuple(arr.shape),
                                per_channel=False)
@@ -449,8 +460,9 @@ def quantize_calibrated(w: np.ndarray, settings, mask: np.ndarray | None,
 
     ``settings`` is the tensor's TensorSettings (method "linear" or "kmeans", checked by
     the plan, not per_channel); ``mask`` a keep-mask of w's shape or None; ``calibration``
-    the plan's checked Calibration. Uses quantize_linear's / quantize_kmeans' defaults for
-    what compress does not set (percentile 99.9, float16 scales, max_iter 300, seed 0).
+    the plan's checked Calibration. Takes the scale and codebook dtypes from ``settings``
+    and quantize_linear's / quantize_kmeans' defaults for what compress does not set
+    (percentile 99.9, max_iter 300, seed 0).
     Returns (LinearQuantized or KMeansQuantized, the damping used).
     """
     keep = None if mask is None else np.asarray(mask, dtype=bool).reshape(w.shape)
@@ -458,6 +470,7 @@ def quantize_calibrated(w: np.ndarray, settings, mask: np.ndarray | None,
         return _linear_calibrated(w, calibration.source, keep, calibration.damping,
                                   DEFAULT_BLOCK, settings.bits, settings.group_size,
                                   settings.symmetric, settings.clip, 99.9,
-                                  np.dtype(np.float16))
+                                  np.dtype(settings.scale_dtype))
     return _kmeans_calibrated(w, calibration.source, keep, calibration.damping,
-                              DEFAULT_BLOCK, settings.bits, settings.init, 300, 0)
+                              DEFAULT_BLOCK, settings.bits, settings.init, 300, 0,
+                              settings.codebook_dtype)

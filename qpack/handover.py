@@ -36,7 +36,8 @@ def check_prequantized(name: str, q) -> None:
 
     Raises ValueError naming the tensor for: bad bits or shape, codes that are not
     integers below 2**bits or do not fill the shape, a codebook / scales / zeros of the
-    wrong shape or dtype, or non-finite parameters.
+    wrong shape or dtype, non-finite parameters, or a symmetric LinearQuantized whose
+    zero-points are not all 2**(bits-1) (a .qpk stores none for it: docs/FORMAT.md 4.3).
     """
     where = f"tensor {name!r} (a {type(q).__name__})"
     bits = check_bits(q.bits, f"{where}: bits")
@@ -82,6 +83,14 @@ def check_prequantized(name: str, q) -> None:
         raise ValueError(f"{where}: scales hold NaN or Inf")
     if np.asarray(q.zeros).dtype != np.uint8:
         raise ValueError(f"{where}: zeros must be uint8, got {np.asarray(q.zeros).dtype}")
+    if q.symmetric not in (True, False):
+        raise ValueError(f"{where}: symmetric must be True or False, got {q.symmetric!r}")
+    if q.symmetric:
+        half = 1 << (bits - 1)
+        if bits < 2 or np.any(np.asarray(q.zeros) != half):
+            raise ValueError(f"{where}: a symmetric tensor's zero-points must all be "
+                             f"2**(bits-1) = {half} with bits >= 2 (the file stores none); "
+                             "use symmetric=False to store other zero-points")
 
 
 def check_mask(name: str, mask, value) -> np.ndarray:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
@@ -130,11 +130,8 @@ class CompressedModel(Mapping):
         tensors_header = {}
         blobs = []
         for name, t in self._tensors.items():
-            spec = copy.deepcopy(t.spec)
-            for role, desc in spec["sections"].items():
-                for key in ("offset", "length", "crc32"):
-                    desc.pop(key, None)
-                blobs.append((desc, t._read_section(role)))
+            spec, sections = t.entry_to_write()
+            blobs.extend((spec["sections"][role], sections[role]) for role in spec["sections"])
             tensors_header[name] = spec
         data_size = format.layout_sections(blobs)
         header = {"format": "qpk", "metadata": metadata, "tensors": tensors_header}
@@ -234,6 +231,7 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
              overrides: Mapping[str, Mapping] | None = None,
              min_numel: int = DEFAULT_MIN_NUMEL, prune_scope: str = "tensor",
              per_channel: bool = False, init: str = "linear",
+             scale_dtype=np.float16, codebook_dtype="auto",
              metadata: Mapping[str, str] | None = None,
              masks: Mapping | None = None, float_weights: Mapping | None = None,
              calibration: Mapping | None = None, calibration_damping: float | None = None,
@@ -259,12 +257,19 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
     include / exclude : glob pattern(s) on tensor names choosing what is quantized.
     overrides : {glob: {keyword: value}} per-layer settings; later patterns win. Keys:
         method (also "raw": store exactly), bits, prune, group_size, symmetric, clip,
-        entropy, per_channel, init.
+        entropy, per_channel, init, scale_dtype, codebook_dtype.
     min_numel : floating tensors with >= 2 dims and at least this many elements are
         quantized; every other tensor is stored exactly.
     prune_scope : "tensor" (each tensor loses ``prune`` of its weights) or "global" (one
         magnitude threshold across the quantized tensors that use the top-level prune).
-    per_channel, init : kmeans only: one codebook per output row; centroid initialization.
+    per_channel, init : kmeans only: one codebook per output row (a UserWarning names
+        every tensor whose codebooks take more bytes than its codes); centroid
+        initialization.
+    scale_dtype : linear only: np.float16 (default) or np.float32 scales (the file holds
+        no float64 ones: ValueError). Calibrated tensors use it too.
+    codebook_dtype : kmeans only: "auto" (default: float16 codebooks unless rounding the
+        centroids raises the squared error by more than 1e-3, relative; see
+        qpack.quantize_kmeans), np.float16 or np.float32.
     metadata : extra string key/values for the file header.
     masks : {name: bool keep-mask of the tensor's shape}: exactly these weights are kept
         (no magnitude pruning for that tensor, whose prune must be 0). For a pre-quantized
@@ -328,7 +333,8 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
     arrays, source_metadata = read_input(model_dict)
     base = {"method": method, "bits": bits, "prune": prune, "group_size": group_size,
             "symmetric": symmetric, "clip": clip, "entropy": entropy,
-            "per_channel": per_channel, "init": init}
+            "per_channel": per_channel, "init": init, "scale_dtype": scale_dtype,
+            "codebook_dtype": codebook_dtype}
     plan = make_plan(arrays, base, include=include, exclude=exclude, overrides=overrides,
                      min_numel=min_numel, prune_scope=prune_scope, masks=masks,
                      float_weights=float_weights, calibration=calibration,
@@ -350,8 +356,11 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
             "handed_over": sorted(set(plan.masks) | {n for n, v in arrays.items()
                                                      if is_prequantized(v)})}
 
-    def assemble(encoded: dict, allocation: Allocation | None) -> CompressedModel:
+    def assemble(encoded: dict, allocation: Allocation | None,
+                 final: bool = True) -> CompressedModel:
         tensors = {name: memory_tensor(name, *encoded[name]) for name in arrays}
+        if final:
+            _warn_costly_codebooks(tensors)
         extra = {"calibrated": {n: c.chosen for n, c in plan.calibration.items()}} \
             if plan.calibration else {}
         if allocation is not None:
@@ -369,7 +378,7 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
     try:
         encoded, allocation = allocate_bits(
             arrays, plan, names, target, evaluate,
-            lambda enc, alloc: assemble(enc, alloc).nbytes,
+            lambda enc, alloc: assemble(enc, alloc, final=False).nbytes,
             None if bar is None else bar.update)
     finally:
         if bar is not None:
@@ -399,6 +408,27 @@ def _allocatable(arrays: Mapping, plan, target: tuple[str, float]) -> list[str]:
         raise ValueError(f"{what} is below what 1-bit codes allow: tensors that are not "
                          f"pruned cost at least 1 bit per weight, here {need}")
     return names
+
+
+def _warn_costly_codebooks(tensors: dict[str, CompressedTensor]) -> None:
+    """Warn about each per-channel K-means tensor whose codebooks outweigh its codes.
+
+    One codebook of 2**bits entries per row costs more than the row's codes once 2**bits
+    entries (2 or 4 bytes each) exceed cols * bits / 8 bytes: 8-bit codebooks on a
+    384-wide matrix add 10.7 to 21.3 bits per weight. Emitted in the caller's thread,
+    after encoding, with the sizes as stored.
+    """
+    for name, t in tensors.items():
+        if t.method != "kmeans" or not t.spec["per_channel"]:
+            continue
+        book = t._section_nbytes("codebook")
+        codes = t._section_nbytes("codes")
+        if book > codes:
+            warnings.warn(
+                f"tensor {name!r}: per-channel codebooks take {book / 1024:.1f} KB, more "
+                f"than the {codes / 1024:.1f} KB of codes ({t.bits} bits, "
+                f"{8 * book / math.prod(t.shape):.1f} extra bits per weight); use "
+                "per_channel=False or fewer bits for it", UserWarning, stacklevel=3)
 
 
 def _check_metadata(metadata, what: str) -> dict[str, str]:

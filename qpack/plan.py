@@ -19,6 +19,7 @@ from qpack._validate import check_bits, check_group_size, check_int, matrix_shap
 from qpack.act_range import check_act_range
 from qpack.calibration import Calibration, check_damping, check_source
 from qpack.cluster import INIT_METHODS as INITS
+from qpack.cluster import check_codebook_dtype
 from qpack.encode import TensorSettings
 from qpack.handover import check_mask, check_prequantized, is_prequantized
 from qpack.inputs import to_array
@@ -28,14 +29,19 @@ from qpack.tensor_spec import MAX_EMPTY_EXTENT, extent
 METHODS = ("kmeans", "linear")
 # the keyword arguments an override may set; "method" may also be "raw" (store exactly)
 OVERRIDABLE = ("method", "bits", "prune", "group_size", "symmetric", "clip", "entropy",
-               "per_channel", "init")
+               "per_channel", "init", "scale_dtype", "codebook_dtype")
 # options that change nothing unless the tensor uses this method
 METHOD_ONLY = {"group_size": "linear", "symmetric": "linear", "clip": "linear",
-               "per_channel": "kmeans", "init": "kmeans"}
-# defaults of the method-specific options: a top-level value equal to its default was not
-# asked for, so it cannot be "an option that does nothing"
+               "per_channel": "kmeans", "init": "kmeans", "scale_dtype": "linear",
+               "codebook_dtype": "kmeans"}
+# defaults of the method-specific options (as validated by check_settings): a top-level
+# value equal to its default was not asked for, so it cannot be "an option that does
+# nothing"
 METHOD_ONLY_DEFAULTS = {"group_size": None, "symmetric": False, "clip": "minmax",
-                        "per_channel": False, "init": "linear"}
+                        "per_channel": False, "init": "linear", "scale_dtype": "float16",
+                        "codebook_dtype": "auto"}
+# the scale dtypes a .qpk file stores (docs/FORMAT.md, 4.3)
+SCALE_DTYPES = ("float16", "float32")
 
 
 def patterns(value, what: str) -> list[str]:
@@ -73,7 +79,27 @@ def check_settings(s: Mapping, where: str) -> TensorSettings:
     return TensorSettings(method=method, bits=bits, prune=float(prune), group_size=gs,
                           symmetric=s["symmetric"], clip=s["clip"],
                           entropy=s["entropy"] in ("huffman", True),
-                          per_channel=s["per_channel"], init=s["init"])
+                          per_channel=s["per_channel"], init=s["init"],
+                          scale_dtype=check_scale_dtype(s["scale_dtype"],
+                                                        f"{where}scale_dtype"),
+                          codebook_dtype=check_codebook_dtype(s["codebook_dtype"],
+                                                              f"{where}codebook_dtype"))
+
+
+def check_scale_dtype(value, name: str = "scale_dtype") -> str:
+    """A linear scale dtype that a .qpk stores, as its name ("float16" or "float32").
+
+    ``quantize_linear`` also computes float64 scales, but the file format has none:
+    ValueError naming ``name`` for float64 and anything else.
+    """
+    try:
+        dt = None if value is None else np.dtype(value)
+    except (TypeError, ValueError):
+        dt = None
+    if dt is None or dt.name not in SCALE_DTYPES:
+        raise ValueError(f"{name} must be float16 or float32 (the dtypes a .qpk file stores "
+                         f"scales in), got {value!r}")
+    return dt.name
 
 
 def stored_exactly_reason(arr: np.ndarray, min_numel: int) -> str | None:
@@ -208,7 +234,7 @@ def make_plan(arrays: Mapping, base: Mapping, *, include, exclude, overrides,
     made = {n: s for n, s in plan.items() if s is not None and n not in pre}
     used = {s.method for s in made.values()}
     for key, value in base.items():
-        if key in METHOD_ONLY and value != METHOD_ONLY_DEFAULTS[key] \
+        if key in METHOD_ONLY and getattr(base_settings, key) != METHOD_ONLY_DEFAULTS[key] \
                 and METHOD_ONLY[key] not in used:
             raise ValueError(f"{key}={value!r} applies only to method='{METHOD_ONLY[key]}', "
                              f"and no tensor is compressed with it")

@@ -9,8 +9,10 @@ integer zero-point, and one formula decodes every variant:
 
 Scales are stored in ``scale_dtype`` (float16 by default) and the codes are computed
 against the stored, rounded scales, so the error the caller measures is the error the
-decoder produces. This module also holds ``check_weights``, the input validation shared
-by every transform (pruning, linear and K-means quantization).
+decoder produces. A ``.qpk`` file (format version 3) stores asymmetric zero-points packed
+at the code width and symmetric ones not at all (``zeros_storage``). This module also
+holds ``check_weights``, the input validation shared by every transform (pruning, linear
+and K-means quantization).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 
 from qpack._kernels import quantize as _kq
 from qpack._validate import as_matrix, check_bits, check_group_size, group_layout, matrix_shape
+from qpack.bitpack import packed_nbytes
 from qpack.threads import get_num_threads
 
 CLIP_METHODS = ("minmax", "percentile", "mse")
@@ -55,6 +58,31 @@ def check_weights(w, name: str = "w") -> np.ndarray:
     return arr
 
 
+# A packed section is 64-byte aligned (docs/FORMAT.md, 4.1), so packing zero-points pays
+# only when it saves at least that much; else they stay raw uint8.
+PACKED_ZEROS_MIN_SAVING = 64
+
+
+def zeros_storage(zeros: np.ndarray, bits: int, symmetric: bool) -> tuple[str | None, int]:
+    """How a version-3 ``.qpk`` stores these zero-points: (codec, bytes).
+
+    ``(None, 0)`` when symmetric (the zero-points are 2**(bits-1) by definition);
+    ``("packed", prow * ceil(ngroups * bits / 8))`` for (prow, ngroups) zero-points that
+    all fit ``bits`` bits when that saves at least PACKED_ZEROS_MIN_SAVING bytes over raw;
+    else ``("raw", prow * ngroups)`` (uint8). The one rule for the writer and the
+    accounting (``LinearQuantized.nbytes_params``).
+    """
+    if symmetric:
+        return None, 0
+    z = np.asarray(zeros)
+    prow, ngroups = z.shape
+    raw = prow * ngroups
+    packed = prow * packed_nbytes(ngroups, bits)
+    if raw - packed >= PACKED_ZEROS_MIN_SAVING and (z.size == 0 or int(z.max()) < 1 << bits):
+        return "packed", packed
+    return "raw", raw
+
+
 def _check_scale_dtype(scale_dtype) -> np.dtype:
     try:
         dt = np.dtype(scale_dtype)
@@ -75,7 +103,8 @@ class LinearQuantized:
     codes : uint8 ndarray of ``shape``; every code < 2**bits.
     scales : ndarray (rows, ngroups) of the scale dtype (float16 by default).
     zeros : uint8 ndarray (rows, ngroups): integer zero-points (2**(bits-1) everywhere when
-        symmetric). 0.0 is always exactly representable: code == zero decodes to 0.0.
+        symmetric, which a .qpk file therefore does not store). 0.0 is always exactly
+        representable: code == zero decodes to 0.0.
     bits : code width, 1..8.
     group_size : None (one group for the tensor), -1 (one per row) or G (groups of G
         consecutive columns; group g covers columns [g*G, min((g+1)*G, cols))).
@@ -120,12 +149,15 @@ class LinearQuantized:
 
     @property
     def nbytes_params(self) -> int:
-        """Bytes of the parameters: scales plus zero-points.
+        """Bytes a ``.qpk`` file (format version 3) pays for the parameters.
 
-        Symmetric zero-points are the constant 2**(bits-1); they are counted anyway because
-        the .qpk container stores them (docs/FORMAT.md), so this is what a file pays.
+        The scales in their dtype (float16 or float32; a .qpk holds no float64 scales, which
+        count their own 8 bytes here) plus the zero-points as ``zeros_storage`` stores them:
+        packed at ``bits`` bits, raw uint8 when packing would not save a section's
+        alignment, nothing when symmetric (their zero-points are the constant 2**(bits-1)).
         """
-        return int(self.scales.nbytes + self.zeros.nbytes)
+        return int(self.scales.nbytes + zeros_storage(self.zeros, self.bits,
+                                                      self.symmetric)[1])
 
     @property
     def bits_per_weight(self) -> float:
@@ -297,7 +329,8 @@ def quantize_linear(w, bits: int, *, group_size: int | None = None, symmetric: b
         |w| when symmetric), "mse" (searches clipping ratios 1.0..0.3 of the minmax range per
         group and keeps the one with the smallest squared error).
     percentile : float in (50, 100], used by clip="percentile".
-    scale_dtype : float16 (default), float32 or float64.
+    scale_dtype : float16 (default), float32 or float64 (a .qpk file holds float16 or
+        float32 scales only, so ``compress`` refuses float64).
 
     Returns
     -------

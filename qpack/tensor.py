@@ -8,6 +8,7 @@ tensor decodes its sections only when asked (dequantize, matmul), and checks the
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -84,6 +85,29 @@ class CompressedTensor:
         return (f"CompressedTensor({self.name!r}, shape={self.shape}, "
                 f"method={self.method!r}{bits}, nbytes={self.nbytes})")
 
+    def entry_to_write(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(header entry without offsets, lengths and CRCs, {role: section bytes}) as a
+        file of the current format version stores this tensor.
+
+        An entry read from a version-1 or -2 file is a valid version-3 entry but in one
+        case: a symmetric linear tensor with a ``zeros`` section (version 3 has none, the
+        zero-points being 2**(bits-1)). Its zero-points are dropped when they are exactly
+        that (as qpack wrote them); otherwise ``symmetric`` (informative before version 3)
+        is cleared and they stay. Either way the tensor decodes as before.
+        """
+        spec = copy.deepcopy(self.spec)
+        for desc in spec["sections"].values():
+            for key in ("offset", "length", "crc32"):
+                desc.pop(key, None)
+        blobs = {role: self._read_section(role) for role in spec["sections"]}
+        if spec["method"] == "linear" and spec["symmetric"] and "zeros" in blobs:
+            half = 1 << (spec["bits"] - 1)
+            if spec["bits"] >= 2 and bool(np.all(self._zeros() == half)):
+                del spec["sections"]["zeros"], blobs["zeros"]
+            else:
+                spec["symmetric"] = False
+        return spec, blobs
+
     # -- decoding ----------------------------------------------------------------
     def _where(self, role: str) -> str:
         return f"tensor {self.name!r} section {role!r}"
@@ -98,6 +122,20 @@ class CompressedTensor:
             # pruned weights decode through this entry, and the kernels take them as 0.0
             raise FormatError(f"{self._where(role)}: entry zero_code={zero_code} is not 0.0")
         return arr
+
+    def _zeros(self) -> np.ndarray:
+        """The linear zero-points as uint8 (prow, ngroups), whichever way they are stored:
+        raw uint8, packed at the code width (version 3), or absent (a version-3 symmetric
+        tensor, whose zero-points are 2**(bits-1) by definition)."""
+        sections = self.spec["sections"]
+        if "zeros" not in sections:
+            rows, cols = matrix_shape(self.shape)
+            prow, ngroups, _ = group_layout(self.spec["group_size"], rows, cols)
+            return np.full((prow, ngroups), 1 << (self.bits - 1), dtype=np.uint8)
+        if sections["zeros"]["codec"] == "packed":
+            return decode_codes(sections["zeros"], self._read_section("zeros"),
+                                self._where("zeros"))
+        return self._raw("zeros")
 
     def verify(self) -> None:
         """Read every section (checking its CRC32) and check that scales and codebooks are
@@ -154,7 +192,7 @@ class CompressedTensor:
         codes, mask = self._dense_codes()
         rows, cols = matrix_shape(self.shape)
         if self.method == "linear":
-            zeros = self._raw("zeros")
+            zeros = self._zeros()
             if mask is not None:  # pruned positions take the zero-point: decodes to 0.0
                 _, ngroups, width = group_layout(self.spec["group_size"], rows, cols)
                 col_group = np.minimum(np.arange(cols) // width, ngroups - 1)
@@ -201,7 +239,7 @@ class CompressedTensor:
                                    .reshape(rows, cols))
         bits = self.bits
         if self.method == "linear":
-            params = {"scales": self._raw("scales"), "zeros": self._raw("zeros"),
+            params = {"scales": self._raw("scales"), "zeros": self._zeros(),
                       "group_size": self.spec["group_size"]}
         else:
             params = {"codebook": self._raw("codebook")}

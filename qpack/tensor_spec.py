@@ -38,12 +38,23 @@ STATS_KEYS = ("sparsity", "rel_error", "sqnr_db", "max_abs_error")
 # Section roles each kind of tensor has: exactly these, no more, no fewer.
 _LAYOUT_ROLES = {"dense": ("codes",), "sparse": ("gaps", "row_nsym", "codes")}
 _PARAM_ROLES = {"linear": ("scales", "zeros"), "kmeans": ("codebook",)}
+# Version 3: a symmetric linear tensor stores no zero-points (they are 2**(bits-1)).
+_SYMMETRIC_ROLES = ("scales",)
+# Parameter dtypes by format version: version 3 adds float16 codebooks.
+_CODEBOOK_DTYPES = {1: ("float32",), 2: ("float32",), 3: ("float16", "float32")}
 
 
-def roles_of(method: str, layout: str | None) -> tuple[str, ...]:
-    """The section roles a tensor of this method (and layout) must have."""
+def roles_of(method: str, layout: str | None, symmetric: bool = False,
+             version: int = FORMAT_VERSION) -> tuple[str, ...]:
+    """The section roles a tensor of this method (and layout) must have.
+
+    ``symmetric`` matters for linear tensors of format version 3 and later, which have no
+    ``zeros`` section when symmetric; in versions 1 and 2 every linear tensor has one.
+    """
     if method == "raw":
         return ("data",)
+    if method == "linear" and symmetric and version >= 3:
+        return _LAYOUT_ROLES[layout] + _SYMMETRIC_ROLES
     return _LAYOUT_ROLES[layout] + _PARAM_ROLES[method]
 
 
@@ -194,6 +205,19 @@ def _raw_section(sections: dict, role: str, where: str, dtype_names, shape) -> N
                           f"{desc.get('shape')}")
 
 
+def _zeros_section(sections: dict, where: str, bits: int, prow: int, ngroups: int,
+                   version: int) -> None:
+    """Linear zero-points: raw uint8 (prow, ngroups), or (version 3) ``packed`` at the
+    tensor's code width, one row of ngroups codes per parameter row."""
+    desc = sections["zeros"]
+    if version < 3 or desc["codec"] != "packed":
+        _raw_section(sections, "zeros", where, ("uint8",), [prow, ngroups])
+    elif (desc["bits"], desc["rows"], desc["count"]) != (bits, prow, ngroups):
+        raise FormatError(f"{where} section 'zeros': holds {desc['rows']} x {desc['count']} "
+                          f"{desc['bits']}-bit codes, the tensor needs {prow} x {ngroups} "
+                          f"{bits}-bit zero-points")
+
+
 # -- the tensor entry ------------------------------------------------------------------
 
 def _in_order(clean: dict, original: dict) -> dict:
@@ -226,11 +250,14 @@ def validate_spec(name: str, spec, data_size: int | None = None,
     raw_sections = spec.get("sections")
     if not isinstance(raw_sections, dict):
         raise FormatError(f"{where}: 'sections' must be a JSON object")
-    want = roles_of(method, layout)
+    # read before the roles: in version 3 it decides whether zero-points are stored
+    symmetric = method == "linear" and json_bool(spec, "symmetric", where, False)
+    want = roles_of(method, layout, symmetric, version)
     unknown = sorted(set(raw_sections) - set(want))
     missing = [r for r in want if r not in raw_sections]
     if unknown or missing:
-        raise FormatError(f"{where}: a {method} tensor{' (' + layout + ')' if layout else ''} "
+        kind = ", ".join(([layout] if layout else []) + (["symmetric"] if symmetric else []))
+        raise FormatError(f"{where}: a {method} tensor{' (' + kind + ')' if kind else ''} "
                           f"has sections {', '.join(want)}; "
                           + (f"unknown: {', '.join(map(_short, unknown))}" if unknown else "")
                           + ("; " if unknown and missing else "")
@@ -285,14 +312,17 @@ def validate_spec(name: str, spec, data_size: int | None = None,
                               f"got {_short(group_size)}")
         prow, ngroups, _ = group_layout(group_size, rows, cols)
         _raw_section(sections, "scales", where, ("float16", "float32"), [prow, ngroups])
-        _raw_section(sections, "zeros", where, ("uint8",), [prow, ngroups])
-        clean.update(group_size=group_size,
-                     symmetric=json_bool(spec, "symmetric", where, False))
+        if symmetric and version >= 3 and bits == 1:
+            # 2**(bits-1) = 1 leaves no symmetric range: qpack never writes it
+            raise FormatError(f"{where}: a symmetric linear tensor needs bits >= 2")
+        if "zeros" in sections:
+            _zeros_section(sections, where, bits, prow, ngroups, version)
+        clean.update(group_size=group_size, symmetric=symmetric)
     else:
         k = 1 << bits
         per_channel = json_bool(spec, "per_channel", where, False)
-        _raw_section(sections, "codebook", where, ("float32",), [rows, k] if per_channel
-                     else [k])
+        _raw_section(sections, "codebook", where, _CODEBOOK_DTYPES[version],
+                     [rows, k] if per_channel else [k])
         zero_code = spec.get("zero_code")
         if zero_code is not None:
             zero_code = json_int(spec, "zero_code", where, 0, k - 1)

@@ -25,7 +25,7 @@ def small_model(seed: int = 0) -> dict[str, np.ndarray]:
 # -- reading and building .qpk bytes by hand (an independent reader of FORMAT.md 4.1) ----
 
 def split_file(raw: bytes) -> tuple[dict, bytes]:
-    """(header dict, data region) of .qpk bytes, version 1 (plain JSON) or 2 (zlib)."""
+    """(header dict, data region) of .qpk bytes, version 1 (plain JSON) or 2-3 (zlib)."""
     import json
     import zlib
 
@@ -38,8 +38,9 @@ def split_file(raw: bytes) -> tuple[dict, bytes]:
     return json.loads(head), raw[-(-(24 + n) // 64) * 64:]
 
 
-def build_file(header, data: bytes, compress: bool = True) -> bytes:
-    """.qpk bytes (version 2) with this header (a dict, or exact JSON bytes) and data."""
+def build_file(header, data: bytes, compress: bool = True, version: int = 3) -> bytes:
+    """.qpk bytes of format ``version`` (2 or 3: the same container) with this header (a
+    dict, or exact JSON bytes) and data."""
     import json
     import struct
     import zlib
@@ -48,6 +49,6 @@ def build_file(header, data: bytes, compress: bool = True) -> bytes:
     if compress:
         head = zlib.compress(head)
     start = -(-(24 + len(head)) // 64) * 64
-    pre = struct.pack("<8sIIII", b"\x89QPK\r\n\x1a\n", 2, len(head), zlib.crc32(head),
+    pre = struct.pack("<8sIIII", b"\x89QPK\r\n\x1a\n", version, len(head), zlib.crc32(head),
                       1 if compress else 0)
     return pre + head + b"\0" * (start - 24 - len(head)) + data

@@ -236,18 +236,21 @@ def test_linear_other_clips_match_oracle(clip):
 
 @pytest.mark.parametrize("block", [7, 128])
 @pytest.mark.parametrize("bits", [2, 4])
-def test_kmeans_matches_oracle_given_its_codebook(block, bits):
+@pytest.mark.parametrize("book_dtype", [np.float32, np.float16])
+def test_kmeans_matches_oracle_given_its_codebook(block, bits, book_dtype):
     rng = np.random.default_rng(bits + block)
     w, x = layer(rng, 20, 45)
     stats = cal.HessianStats.from_inputs(x)
-    q = qpack.quantize_kmeans_gptq(w, stats, bits, damping=0.1, block_size=block)
+    q = qpack.quantize_kmeans_gptq(w, stats, bits, damping=0.1, block_size=block,
+                                   codebook_dtype=book_dtype)
     h = stats.hessian(0.1)
     assert isinstance(q, qpack.KMeansQuantized) and q.zero_code is None
-    assert q.codebook.shape == (1 << bits,) and q.codebook.dtype == np.float32
-    # the codebook is K-means weighted by diag(H) of each weight's column
+    assert q.codebook.shape == (1 << bits,) and q.codebook.dtype == book_dtype
+    # the codebook is K-means weighted by diag(H) of each weight's column, as stored;
+    # the compensated codes are those of the stored (rounded) values
     cents, _ = qpack.kmeans_1d(w, 1 << bits,
                                sample_weight=np.broadcast_to(np.diag(h), w.shape))
-    np.testing.assert_array_equal(q.codebook, cents.astype(np.float32))
+    np.testing.assert_array_equal(q.codebook, cents.astype(book_dtype))
     keep = None
     codes = oracle_kmeans(w, h, q.codebook, keep)
     np.testing.assert_array_equal(q.codes, codes)

@@ -235,20 +235,24 @@ def test_quantize_kmeans_codes_and_decode(bits, shape):
     q = qpack.quantize_kmeans(w, bits)
     k = 1 << bits
     assert q.codes.dtype == np.uint8 and q.codes.shape == w.shape
-    assert q.codebook.dtype == np.float32 and q.codebook.shape == (k,)
+    # "auto": float16 unless rounding costs more than the tolerance
+    assert q.codebook.dtype in (np.float16, np.float32) and q.codebook.shape == (k,)
     assert int(q.codes.max()) < k and q.zero_code is None
-    np.testing.assert_array_equal(q.dequantize(), q.codebook[q.codes])
-    # Each weight decodes to its nearest codebook entry.
+    np.testing.assert_array_equal(q.dequantize(), q.codebook[q.codes].astype(np.float32))
+    # Each weight decodes to its nearest stored codebook entry.
     assert brute_labels_ok(w.astype(np.float64), q.codebook.astype(np.float64), q.codes)
-    assert q.nbytes_params == 4 * k
-    assert q.bits_per_weight == pytest.approx(bits + 32 * k / w.size)
+    size = q.codebook.dtype.itemsize
+    assert q.nbytes_params == size * k
+    assert q.bits_per_weight == pytest.approx(bits + 8 * size * k / w.size)
 
 
 def test_quantize_kmeans_matches_kmeans_1d():
     w = weights((64, 64), seed=1)
-    q = qpack.quantize_kmeans(w, 4)
+    q = qpack.quantize_kmeans(w, 4, codebook_dtype=np.float32)
     c, _ = qpack.kmeans_1d(w, 16)
     np.testing.assert_array_equal(q.codebook, c.astype(np.float32))
+    q16 = qpack.quantize_kmeans(w, 4)
+    np.testing.assert_array_equal(q16.codebook, c.astype(np.float16))
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
@@ -270,13 +274,13 @@ def test_mask_maps_pruned_weights_to_exact_zero(per_channel, bits):
 def test_pruned_weights_do_not_pull_centroids():
     w = weights((50, 50), seed=3)
     mask = qpack.prune_magnitude(w, 0.5)
-    q = qpack.quantize_kmeans(w, 3, mask=mask)
+    q = qpack.quantize_kmeans(w, 3, mask=mask, codebook_dtype=np.float32)
     c, _ = qpack.kmeans_1d(w[mask], 7)
     np.testing.assert_array_equal(q.codebook[1:], c.astype(np.float32))
     # Large-magnitude pruned values would pull centroids if they took part.
     w2 = w.copy()
     w2[~mask] = 5.0
-    q2 = qpack.quantize_kmeans(w2, 3, mask=mask)
+    q2 = qpack.quantize_kmeans(w2, 3, mask=mask, codebook_dtype=np.float32)
     np.testing.assert_array_equal(q2.codebook, q.codebook)
     np.testing.assert_array_equal(q2.codes, q.codes)
 

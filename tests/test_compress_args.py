@@ -3,6 +3,7 @@ dtypes and the input's metadata kept, damaged inputs named."""
 
 from __future__ import annotations
 
+import json
 import zipfile
 
 import ml_dtypes
@@ -41,6 +42,16 @@ def no_encoding(monkeypatch):
     (dict(progress="yes"), "progress"),
     (dict(bits=9), "bits"),
     (dict(include="nothing*"), "matches no tensor"),
+    # a .qpk holds float16/float32 scales and codebooks only
+    (dict(method="linear", scale_dtype=np.float64), "scale_dtype must be float16 or float32"),
+    (dict(method="linear", scale_dtype="half-ish"), "scale_dtype"),
+    (dict(method="linear", scale_dtype=None), "scale_dtype"),
+    (dict(method="linear", scale_dtype=np.int8), "scale_dtype"),
+    (dict(codebook_dtype=np.float64), "codebook_dtype must be 'auto', float16 or float32"),
+    (dict(codebook_dtype="float"), "codebook_dtype"),
+    (dict(codebook_dtype=None), "codebook_dtype"),
+    (dict(method="linear", overrides={"emb.*": {"scale_dtype": "float64"}}),
+     "override for 'emb.weight': scale_dtype"),
 ])
 def test_bad_arguments_fail_before_any_encoding(arrays, monkeypatch, kwargs, match):
     no_encoding(monkeypatch)
@@ -63,6 +74,9 @@ def test_save_metadata_checked(arrays, tmp_path):
     (dict(method="kmeans", clip="mse"), "clip.*linear"),
     (dict(method="linear", per_channel=True), "per_channel.*kmeans"),
     (dict(method="linear", init="density"), "init.*kmeans"),
+    (dict(method="kmeans", scale_dtype=np.float32), "scale_dtype.*linear"),
+    (dict(method="linear", codebook_dtype=np.float16), "codebook_dtype.*'kmeans'"),
+    (dict(overrides={"emb.*": {"scale_dtype": "float32"}}), "override 'emb.\\*': scale_dtype"),
     (dict(include="fc.bias"), r"include pattern 'fc.bias'.*1-D"),
     (dict(include="step"), "include pattern 'step'.*not floating"),
     (dict(include="emb.weight", min_numel=10**6), "fewer than min_numel"),
@@ -92,6 +106,53 @@ def test_options_that_reach_some_tensor_are_accepted(arrays):
     # method=raw may name anything
     cm = qpack.compress(arrays, min_numel=0, overrides={"fc.*": {"method": "raw"}})
     assert cm["fc.weight"].method == "raw"
+
+
+def test_scale_dtype_is_stored_and_recorded(arrays, tmp_path):
+    """scale_dtype reaches the file (top level and per tensor) and compress_args."""
+    cm = qpack.compress(arrays, method="linear", bits=4, group_size=16, min_numel=0,
+                        scale_dtype=np.float32, overrides={"fc.*": {"scale_dtype": "float16"}})
+    cm.save(tmp_path / "s.qpk")
+    m = qpack.load(tmp_path / "s.qpk", verify=True)
+    assert m["emb.weight"].spec["sections"]["scales"]["dtype"] == "float32"
+    assert m["fc.weight"].spec["sections"]["scales"]["dtype"] == "float16"
+    for name in ("emb.weight", "fc.weight"):
+        want = qpack.quantize_linear(arrays[name], 4, group_size=16,
+                                     scale_dtype=np.float32 if name == "emb.weight"
+                                     else np.float16)
+        np.testing.assert_array_equal(m[name].dequantize(), want.dequantize())
+    args = json.loads(m.metadata["compress_args"])
+    assert args["scale_dtype"] == "float32" and args["codebook_dtype"] == "auto"
+    assert args["overrides"] == {"fc.*": {"scale_dtype": "float16"}}
+    # the defaults are not "options that do nothing", whatever the method
+    qpack.compress(arrays, method="kmeans", min_numel=0, scale_dtype=np.float16)
+    qpack.compress(arrays, method="linear", min_numel=0, codebook_dtype="auto")
+
+
+@pytest.mark.parametrize("book", [np.float16, "float32", "auto"])
+def test_codebook_dtype_is_stored(arrays, tmp_path, book):
+    cm = qpack.compress(arrays, bits=4, min_numel=0, codebook_dtype=book)
+    cm.save(tmp_path / "c.qpk")
+    m = qpack.load(tmp_path / "c.qpk", verify=True)
+    want = qpack.quantize_kmeans(arrays["fc.weight"], 4, codebook_dtype=book)
+    stored = m["fc.weight"].spec["sections"]["codebook"]["dtype"]
+    assert stored == want.codebook.dtype.name == ("float32" if book == "float32"
+                                                   else "float16")
+    np.testing.assert_array_equal(m["fc.weight"].dequantize(), want.dequantize())
+    recorded = json.loads(m.metadata["compress_args"])["codebook_dtype"]
+    assert recorded == ("auto" if book == "auto" else np.dtype(book).name)
+
+
+def test_scale_dtype_with_calibration(arrays):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((200, 64)).astype(np.float32)
+    cm = qpack.compress(arrays, method="linear", bits=4, group_size=16, min_numel=0,
+                        scale_dtype=np.float32, calibration={"fc.weight": x},
+                        calibration_damping=0.1)
+    assert cm["fc.weight"].spec["sections"]["scales"]["dtype"] == "float32"
+    want = qpack.quantize_linear_gptq(arrays["fc.weight"], x, 4, group_size=16,
+                                      scale_dtype=np.float32, damping=0.1)
+    np.testing.assert_array_equal(cm["fc.weight"].dequantize(), want.dequantize())
 
 
 def test_empty_tensor_with_a_huge_extent_is_refused(monkeypatch):

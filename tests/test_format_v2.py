@@ -39,11 +39,12 @@ def test_lenet_overhead_beyond_the_tensor_payload(tmp_path):
     assert size - payload <= 1536, size - payload
 
 
-def test_written_files_are_version_2_with_a_zlib_header(tmp_path):
+def test_written_files_are_the_current_version_with_a_zlib_header(tmp_path):
     qpack.compress({"w": np.ones((64, 64), np.float32)}).save(tmp_path / "a.qpk")
     raw = (tmp_path / "a.qpk").read_bytes()
     _, version, n, crc, flags = struct.unpack_from("<8sIIII", raw)
-    assert version == 2 and flags == 1 and crc == zlib.crc32(raw[24:24 + n])
+    assert version == qformat.FORMAT_VERSION == 3
+    assert flags == 1 and crc == zlib.crc32(raw[24:24 + n])
     header, _ = split_file(raw)
     assert header["format"] == "qpk"
 
@@ -131,10 +132,10 @@ def test_an_uncompressed_version_2_header_is_read(tmp_path, sparse_file):
     assert m["w"].layout == "sparse"
 
 
-def _mutate(sparse_file, tmp_path, mutate, version=2):
+def _mutate(sparse_file, tmp_path, mutate, version=3):
     header, data = split_file(sparse_file.read_bytes())
     mutate(header["tensors"])
-    raw = build_file(header, data, compress=version == 2)
+    raw = build_file(header, data, compress=version >= 2, version=max(version, 2))
     if version == 1:
         raw = raw[:8] + struct.pack("<I", 1) + raw[12:20] + struct.pack("<I", 0) + raw[24:]
     return _write(tmp_path, raw)
@@ -142,9 +143,9 @@ def _mutate(sparse_file, tmp_path, mutate, version=2):
 
 @pytest.mark.parametrize("mutate, version, match", [
     (lambda t: t["b"]["sections"]["data"].update(offset=t["b"]["sections"]["data"]["offset"]
-                                                 + 2), 2, "4-byte aligned"),
-    (lambda t: t["w"]["sections"]["row_nsym"].update(count=63), 2, "row_nsym|must be"),
-    (lambda t: t["w"]["sections"]["row_nsym"].update(count=10**6), 2, "cannot hold"),
+                                                 + 2), 3, "4-byte aligned"),
+    (lambda t: t["w"]["sections"]["row_nsym"].update(count=63), 3, "row_nsym|must be"),
+    (lambda t: t["w"]["sections"]["row_nsym"].update(count=10**6), 3, "cannot hold"),
     (lambda t: None, 1, "varint|aligned"),       # a version-1 file has no varint codec
 ])
 def test_version_rules(sparse_file, tmp_path, mutate, version, match):

@@ -46,6 +46,7 @@ def test_mask_is_stored_exactly(tmp_path, method, bits, entropy):
 @pytest.mark.parametrize("entropy", ["huffman", None])
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("pruned", [False, True])
+@pytest.mark.filterwarnings("ignore:.*per-channel codebooks take")
 def test_prequantized_kmeans_round_trip_is_bit_exact(tmp_path, bits, entropy, per_channel,
                                                      pruned):
     rng = np.random.default_rng(10 + bits)

@@ -222,11 +222,15 @@ def test_input_dtypes_and_lists(dtype):
 def test_bits_per_weight_counts_every_parameter():
     w = outlier_weights((16, 256), seed=12)
     q = qpack.quantize_linear(w, 4, group_size=32)
-    assert q.nbytes_params == 16 * 8 * 2 + 16 * 8
+    # float16 scales, and 8 zero-points a row packed at 4 bits (format version 3)
+    assert q.nbytes_params == 16 * 8 * 2 + 16 * 4
     assert q.bits_per_weight == pytest.approx(4 + 8 * q.nbytes_params / w.size)
     s = qpack.quantize_linear(w, 4, group_size=32, symmetric=True)
-    # Zero-points are counted even when symmetric (the container stores them).
-    assert s.bits_per_weight == pytest.approx(4.75)
+    # symmetric zero-points are 2**(bits-1) by definition: the file stores none
+    assert s.nbytes_params == 16 * 8 * 2
+    assert s.bits_per_weight == pytest.approx(4.5)
+    f = qpack.quantize_linear(w, 4, group_size=32, symmetric=True, scale_dtype=np.float32)
+    assert f.nbytes_params == 16 * 8 * 4
 
 
 def test_result_is_frozen():
