@@ -405,8 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=_bits, default=4, help="bits per weight code, 1-8 (4)")
     p.add_argument("--prune", type=_fraction, default=0.0,
                    help="fraction of smallest-magnitude weights removed, in [0, 1) (0)")
-    p.add_argument("--method", choices=("kmeans", "linear"), default="kmeans",
-                   help="kmeans: shared-weight codebook; linear: scale + zero-point (kmeans)")
+    p.add_argument("--method", choices=("kmeans", "linear", "log"), default="kmeans",
+                   help="kmeans: shared-weight codebook; linear: scale + zero-point; log: "
+                        "0 and +-m*2^-k (kmeans)")
     p.add_argument("--group-size", type=_group_size, default=None, metavar="N",
                    help="linear: one scale per N inputs of a row, -1 per row (default: "
                         "one per tensor)")
@@ -414,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", choices=("minmax", "percentile", "mse"), default="minmax",
                    help="linear: how the quantization range is chosen (minmax)")
     p.add_argument("--per-channel", action="store_true",
-                   help="kmeans: one codebook per output row")
+                   help="kmeans/log: one codebook per output row")
     p.add_argument("--no-entropy", action="store_true",
                    help="skip Huffman coding (larger file, codes usable in place)")
     p.add_argument("--include", action="append", default=[], metavar="GLOB",
@@ -424,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--override", action="append", default=[], type=parse_override,
                    metavar="'GLOB:key=value,...'",
                    help="per-tensor settings, e.g. 'embed*:bits=8,method=linear' (keys: "
-                        "method (kmeans|linear|raw), bits, prune, group_size, symmetric, "
+                        "method (kmeans|linear|log|raw), bits, prune, group_size, symmetric, "
                         "clip, entropy, per_channel, init; repeatable, later wins)")
     p.add_argument("--min-numel", type=_non_negative_int, default=1024, metavar="N",
                    help="smaller tensors are stored exactly (1024)")

@@ -1,7 +1,10 @@
-"""Logarithmic quantization (qpack.quantize_log): the grid, the scale choice and the
-nearest assignment against a plain-numpy reference, masks, per channel, bad inputs."""
+"""Logarithmic quantization (qpack.quantize_log, compress(method="log")): the grid, the
+scale choice and the nearest assignment against a plain-numpy reference, masks, per
+channel, the file round trip, matmul, calibration, bad inputs."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -10,7 +13,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import qpack
+from qpack.errors import FormatError
 from qpack.logquant import OCTAVES, STEPS_PER_OCTAVE
+from qpack.tensor_spec import validate_spec
 
 # -- the reference: every candidate scale, every split, nearest level by distance --------
 
@@ -259,3 +264,135 @@ def test_bad_input(kwargs, match):
     args = {"w": gaussian((4, 4)), "bits": 3, **kwargs}
     with pytest.raises(ValueError, match=match):
         qpack.quantize_log(args.pop("w"), args.pop("bits"), **args)
+
+
+# -- compress(method="log"): file, report, matmul, plan ---------------------------------
+
+@pytest.mark.parametrize("bits, prune, per_channel, entropy", [
+    (4, 0.0, False, "huffman"), (3, 0.7, False, "huffman"), (2, 0.0, True, None),
+    (5, 0.5, True, "huffman"), (1, 0.0, False, None), (1, 0.5, False, "huffman"),
+    (8, 0.9, False, "huffman"),
+])
+def test_compress_round_trip_decodes_to_quantize_log(tmp_path, bits, prune, per_channel,
+                                                     entropy):
+    w = gaussian((64, 48), seed=bits) * 0.1
+    cm = qpack.compress({"w": w}, bits=bits, prune=prune, method="log",
+                        per_channel=per_channel, entropy=entropy, min_numel=0)
+    mask = qpack.prune_magnitude(w, prune) if prune else None
+    expect = qpack.quantize_log(w, bits, mask=mask, per_channel=per_channel).dequantize()
+    path = tmp_path / "m.qpk"
+    cm.save(path)
+    for t in (cm["w"], qpack.load(path)["w"]):
+        assert t.method == "log" and t.spec["method"] == "kmeans" and t.spec["grid"] == "log"
+        assert t.bits == bits and t.spec["per_channel"] == per_channel
+        np.testing.assert_array_equal(t.dequantize(), expect)
+        x = gaussian((5, 48), seed=9)
+        np.testing.assert_allclose(t.matmul(x), x @ expect.T, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(t.matmul(x[0]), x[0] @ expect.T, rtol=1e-5, atol=1e-5)
+    if prune >= 0.9:
+        assert cm["w"].layout == "sparse"
+    row = cm.report()[0]
+    assert row["method"].startswith("log") and row["rel_error"] > 0
+    assert "log" in str(cm.report())
+    # a loaded file saves back byte for byte, "grid" included
+    again = tmp_path / "again.qpk"
+    qpack.load(path).save(again)
+    assert again.read_bytes() == path.read_bytes()
+    assert json.loads(cm.metadata["compress_args"])["method"] == "log"
+
+
+def test_override_and_per_channel_reach_log_tensors():
+    rng = np.random.default_rng(0)
+    arrays = {"a.weight": rng.standard_normal((32, 32)).astype(np.float32),
+              "b.weight": rng.standard_normal((32, 32)).astype(np.float32)}
+    cm = qpack.compress(arrays, method="linear", min_numel=0,
+                        overrides={"a.*": {"method": "log", "bits": 3, "per_channel": True}})
+    assert (cm["a.weight"].method, cm["a.weight"].bits) == ("log", 3)
+    assert cm["a.weight"].spec["per_channel"] and cm["b.weight"].method == "linear"
+    np.testing.assert_array_equal(
+        cm["a.weight"].dequantize(),
+        qpack.quantize_log(arrays["a.weight"], 3, per_channel=True).dequantize())
+    # per_channel at the top level reaches a tensor that an override makes "log"
+    cm = qpack.compress(arrays, method="linear", per_channel=True, min_numel=0,
+                        overrides={"b.*": {"method": "log"}})
+    assert cm["b.weight"].spec["per_channel"] and cm["a.weight"].method == "linear"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(method="log", init="density"), "init.*'kmeans'"),
+    (dict(method="log", group_size=64), "group_size.*'linear'"),
+    (dict(method="log", clip="mse"), "clip.*'linear'"),
+    (dict(method="linear", per_channel=True), "per_channel.*'kmeans' or 'log'"),
+    (dict(method="logarithmic"), "method must be one of"),
+    (dict(method="log", overrides={"w": {"init": "random"}}), "init applies only"),
+    (dict(method="log", per_channel=True, calibration={"w": np.ones((20, 32))}),
+     "per_channel log cannot be calibrated"),
+])
+def test_plan_refuses(monkeypatch, kwargs, match):
+    def boom(*args, **kw):
+        raise AssertionError("encoding started before the arguments were checked")
+    monkeypatch.setattr("qpack.model.encode_tensor", boom)
+    with pytest.raises(ValueError, match=match):
+        qpack.compress({"w": gaussian((16, 32))}, min_numel=0, **kwargs)
+
+
+def test_spec_grid_key_is_checked_and_informative(tmp_path):
+    cm = qpack.compress({"w": gaussian((16, 32))}, method="log", min_numel=0)
+    spec = dict(cm["w"].spec)
+    assert validate_spec("w", spec)["grid"] == "log"
+    for bad in ("nf4", 3, None):
+        with pytest.raises(FormatError, match="grid"):
+            validate_spec("w", {**spec, "grid": bad})
+    # absent: a plain kmeans tensor; on a linear tensor the key is unknown and dropped
+    plain = {k: v for k, v in spec.items() if k != "grid"}
+    assert "grid" not in validate_spec("w", plain)
+    lin = dict(qpack.compress({"w": gaussian((16, 32))}, method="linear",
+                              min_numel=0)["w"].spec)
+    assert "grid" not in validate_spec("w", {**lin, "grid": "log"})
+
+
+# -- calibration ------------------------------------------------------------------------
+
+def correlated_layer(seed=0, rows=64, cols=96, n=1200):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    mix = rng.standard_normal((cols, cols)) * np.exp(-np.arange(cols) / 8.0)[None, :]
+    x = (rng.standard_normal((n, cols)) @ mix.T + 0.1 * rng.standard_normal((n, cols)))
+    return w, x.astype(np.float32)
+
+
+@pytest.mark.parametrize("bits, prune", [(3, 0.0), (4, 0.0), (2, 0.0), (4, 0.5)])
+def test_calibration_reduces_held_out_output_error(bits, prune):
+    w, x = correlated_layer(bits)
+    train, test = x[:900], x[900:]
+    plain = qpack.compress({"w": w}, bits=bits, prune=prune, method="log", min_numel=0)
+    cal = qpack.compress({"w": w}, bits=bits, prune=prune, method="log", min_numel=0,
+                         calibration={"w": train})
+    t = cal["w"]
+    assert t.method == "log" and t.spec["grid"] == "log" and not t.spec["per_channel"]
+    q = t.quantized()
+    # still the log grid: 0 and +-m 2^-k
+    book = q.codebook.astype(np.float64)
+    m = np.abs(book).max()
+    nz = book[book != 0]
+    assert np.allclose(np.log2(np.abs(nz) / m), np.round(np.log2(np.abs(nz) / m)))
+    if prune:
+        assert np.all(t.dequantize()[~qpack.prune_magnitude(w, prune)] == 0)
+
+    def out_err(tensor):
+        return np.linalg.norm(test @ w.T - test @ tensor.dequantize().T)
+
+    assert out_err(t) < 0.75 * out_err(plain["w"])
+    damping = json.loads(cal.metadata["compress_args"])["calibrated"]["w"]
+    assert damping > 0
+
+
+def test_calibration_with_hessian_stats_round_trips(tmp_path):
+    w, x = correlated_layer(1, rows=16, cols=40, n=200)
+    stats = qpack.HessianStats(40).update(x)
+    cm = qpack.compress({"w": w}, bits=3, method="log", min_numel=0,
+                        calibration={"w": stats})
+    cm.save(tmp_path / "c.qpk")
+    back = qpack.load(tmp_path / "c.qpk")["w"]
+    assert back.method == "log"
+    np.testing.assert_array_equal(back.dequantize(), cm["w"].dequantize())
