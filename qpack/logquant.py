@@ -10,7 +10,10 @@ and a scale m (per tensor, or per row with ``per_channel``) it holds, in ascendi
 with n_neg + n_pos = 2^b - 1: an exact 0.0 (the code of pruned and zero weights) and the
 2^b - 1 other codes split between the signs, one side getting one level more (2^(b-1)
 levels against 2^(b-1) - 1). The side is the one that gives the smaller squared error
-(the same side for every row: the zero's index must be the same in each row).
+(the same side for every row: the zero's index must be the same in each row). That
+extra level is worth having at low widths: on 768x768 Gaussian weights a symmetric grid
+(one code unused) has relative error 0.436 at 2 bits and 0.218 at 3, this one 0.383 and
+0.210.
 Exception: 1 bit without a mask is the sign alone, {-m, +m} (no zero level; a weight of
 exactly 0.0 decodes to -m, the tie going to the lower code); with a mask, 1 bit is
 {0, +m} or {-m, 0}.
@@ -50,8 +53,9 @@ DEFAULT_BASE = 2.0
 GRID = "log"
 # the scale candidates: M * 2**(-j / STEPS_PER_OCTAVE), j = 0 .. STEPS_PER_OCTAVE * OCTAVES.
 # 16 steps per octave leave the best candidate within 2.2% of the best scale, where the
-# error is flat; 10 octaves let 1-3-bit grids reach the bulk of weights ~1000x below an
-# outlier.
+# error is flat (64 or 256 steps change the relative error by < 3e-4 on 768x768 Gaussian
+# and Laplacian weights at 1-4 bits); 10 octaves let 1-3-bit grids reach the bulk of the
+# weights ~1000x below an outlier.
 STEPS_PER_OCTAVE = 16
 OCTAVES = 10
 
