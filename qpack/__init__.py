@@ -24,6 +24,7 @@ _EXPORTS = {
     "FormatError": "qpack.errors", "QpackError": "qpack.errors",
     "quantize_kmeans_gptq": "qpack.gptq", "quantize_linear_gptq": "qpack.gptq",
     "read_model": "qpack.inputs",
+    "quantize_log": "qpack.logquant",
     "CodebookWeights": "qpack.matmul", "LinearWeights": "qpack.matmul",
     "SparseWeights": "qpack.matmul",
     "CompressedModel": "qpack.model", "compress": "qpack.model", "load": "qpack.model",
@@ -75,6 +76,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from qpack.errors import FormatError, QpackError  # noqa: F401
     from qpack.gptq import quantize_kmeans_gptq, quantize_linear_gptq  # noqa: F401
     from qpack.inputs import read_model  # noqa: F401
+    from qpack.logquant import quantize_log  # noqa: F401
     from qpack.matmul import CodebookWeights, LinearWeights, SparseWeights  # noqa: F401
     from qpack.model import CompressedModel, compress, load, save  # noqa: F401
     from qpack.prune import prune_global, prune_magnitude, prune_n_m  # noqa: F401

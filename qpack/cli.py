@@ -416,8 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=_bits, default=4, help="bits per weight code, 1-8 (4)")
     p.add_argument("--prune", type=_fraction, default=0.0,
                    help="fraction of smallest-magnitude weights removed, in [0, 1) (0)")
-    p.add_argument("--method", choices=("kmeans", "linear"), default="kmeans",
-                   help="kmeans: shared-weight codebook; linear: scale + zero-point (kmeans)")
+    p.add_argument("--method", choices=("kmeans", "linear", "log"), default="kmeans",
+                   help="kmeans: shared-weight codebook; linear: scale + zero-point; log: "
+                        "0 and +-m*2^-k (kmeans)")
     p.add_argument("--group-size", type=_group_size, default=None, metavar="N",
                    help="linear: one scale per N inputs of a row, -1 per row (default: "
                         "one per tensor)")
@@ -427,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-dtype", choices=("float16", "float32"), default="float16",
                    help="linear: dtype of the stored scales (float16)")
     p.add_argument("--per-channel", action="store_true",
-                   help="kmeans: one codebook per output row")
+                   help="kmeans/log: one codebook per output row")
     p.add_argument("--codebook-dtype", choices=("auto", "float16", "float32"),
                    default="auto",
                    help="kmeans: dtype of the stored codebooks; auto = float16 unless it "
@@ -441,9 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--override", action="append", default=[], type=parse_override,
                    metavar="'GLOB:key=value,...'",
                    help="per-tensor settings, e.g. 'embed*:bits=8,method=linear' (keys: "
-                        "method (kmeans|linear|raw), bits, prune, group_size, symmetric, "
-                        "clip, entropy, per_channel, init, scale_dtype, codebook_dtype; "
-                        "repeatable, later wins)")
+                        "method (kmeans|linear|log|raw), bits, prune, group_size, "
+                        "symmetric, clip, entropy, per_channel, init, scale_dtype, "
+                        "codebook_dtype; repeatable, later wins)")
     p.add_argument("--target-bpw", type=_target_bpw, default=None, metavar="BPW",
                    help="size budget in bits per quantized weight (codes, index, scales, "
                         "codebooks and header included): each tensor's bits are chosen "

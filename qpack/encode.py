@@ -17,6 +17,7 @@ from qpack._validate import matrix_shape
 from qpack.calibration import Calibration
 from qpack.cluster import quantize_kmeans
 from qpack.gptq import quantize_calibrated
+from qpack.logquant import GRID, quantize_log
 from qpack.prune import prune_magnitude
 from qpack.quantize import quantize_linear, zeros_storage
 from qpack.sections import coded_nbytes, encode_codes, encode_raw, encode_varint
@@ -91,6 +92,8 @@ def _quantize(w2: np.ndarray, settings: TensorSettings, mask: np.ndarray | None,
         return quantize_linear(src, settings.bits, group_size=settings.group_size,
                                symmetric=settings.symmetric, clip=settings.clip,
                                scale_dtype=settings.scale_dtype)
+    if settings.method == "log":
+        return quantize_log(w2, settings.bits, mask=mask, per_channel=settings.per_channel)
     return quantize_kmeans(w2, settings.bits, mask=mask, init=settings.init,
                            per_channel=settings.per_channel,
                            codebook_dtype=settings.codebook_dtype)
@@ -119,8 +122,10 @@ def encode_tensor(arr: np.ndarray, settings: TensorSettings,
     if mask is not None and mask.all():
         mask = None
     bits = settings.bits
+    # a log grid is a codebook: stored as a kmeans tensor, marked by the informative "grid"
     spec: dict = {"shape": list(shape), "dtype": dtypes.dtype_name(arr.dtype),
-                  "method": settings.method, "bits": bits}
+                  "method": "kmeans" if settings.method == "log" else settings.method,
+                  "bits": bits}
     blobs: dict[str, np.ndarray] = {}
     sections: dict[str, dict] = {}
     q = _quantize(w2, settings, mask, calibration)
@@ -133,6 +138,8 @@ def encode_tensor(arr: np.ndarray, settings: TensorSettings,
     else:
         spec.update(per_channel=settings.per_channel,
                     zero_code=None if q.zero_code is None else int(q.zero_code))
+        if settings.method == "log":
+            spec["grid"] = GRID
     _param_sections(q, sections, blobs)
     codes = np.asarray(q.codes).reshape(rows, cols)
     w_hat = np.asarray(q.dequantize(np.float32)).reshape(rows, cols)

@@ -26,9 +26,11 @@ of quantize_linear, every clip mode) on the group's error-updated weights at the
 the column loop enters the group; per tensor / per row, on the weights before any update.
 K-means codes: the codebook is an importance-weighted K-means of the weights (the weight
 of w[r, c] is H[c, c]: how much its input moves the output), then each weight takes its
-nearest centroid with error feedback. Pruned weights (a keep-mask) are fixed at exactly
-0.0 (the zero-point / the reserved zero code) and their error is propagated like any
-other, so the kept weights compensate for the pruning too.
+nearest centroid with error feedback. Log codes (qpack/logquant.py): the same, with the
+codebook a log grid whose scale is fitted with the same importance weights. Pruned
+weights (a keep-mask) are fixed at exactly 0.0 (the zero-point / the reserved zero code)
+and their error is propagated like any other, so the kept weights compensate for the
+pruning too.
 
 The outputs are ordinary ``LinearQuantized`` / ``KMeansQuantized`` objects: files,
 ``dequantize`` and the packed matmul are exactly as without calibration.
@@ -68,6 +70,7 @@ from qpack.cluster import (
     kmeans_1d,
     stored_codebook,
 )
+from qpack.logquant import DEFAULT_BASE, log_codebook
 from qpack.quantize import LinearQuantized, check_linear_options, check_weights, group_params
 from qpack.threads import get_num_threads
 
@@ -252,20 +255,50 @@ def _kmeans_codes(w: np.ndarray, r: np.ndarray, h_diag: np.ndarray, keep: np.nda
                              random_state=random_state)
     book = stored_codebook(cents.reshape(1, -1), w.reshape(1, -1),
                            None if keep is None else keep.reshape(1, -1), codebook_dtype)[0][0]
-    # assign against the stored (possibly float16-rounded) values, with the fit's tie rule
-    values = book.astype(np.float32)
-    bounds = np.ascontiguousarray(_boundaries(values.astype(np.float64)))
     offset = 0 if keep is None else 1
-    nt = _threads(rows * min(block, cols))
-
-    def column_loop(i1, w1, w01, s1, c1, d1, k1, use_keep):
-        _kg.kmeans_columns(w1, w01, s1, c1, d1, k1, use_keep, 0, w1.shape[1], bounds, values,
-                           offset, 0, nt)
-
-    codes = _run_blocks(w, w.copy(), update_matrix(r), keep, block, column_loop)
+    # assign against the stored (possibly float16-rounded) values
+    codes = _codebook_codes(w, r, keep, book.astype(np.float32), offset, 0, block)
     if keep is None:
         return codes, book, None
     return codes, np.concatenate([np.zeros(1, book.dtype), book]), 0
+
+
+def _codebook_codes(w: np.ndarray, r: np.ndarray, keep: np.ndarray | None, book: np.ndarray,
+                    offset: int, fixed_code: int, block: int) -> np.ndarray:
+    """GPTQ's column loop against a fixed codebook on float64 ``w`` (rows, cols), which it
+    overwrites; ``r`` from hessian_factor.
+
+    ``book``: ascending float32 values a kept weight may take (code = index + ``offset``);
+    a pruned one gets ``fixed_code`` and decodes to 0.0. Returns the uint8 codes.
+    """
+    rows, cols = w.shape
+    # assign against the stored float32 codebook, with the K-means fit's tie rule
+    bounds = np.ascontiguousarray(_boundaries(book.astype(np.float64)))
+    nt = _threads(rows * min(block, cols))
+
+    def column_loop(i1, w1, w01, s1, c1, d1, k1, use_keep):
+        _kg.kmeans_columns(w1, w01, s1, c1, d1, k1, use_keep, 0, w1.shape[1], bounds, book,
+                           offset, fixed_code, nt)
+
+    return _run_blocks(w, w.copy(), update_matrix(r), keep, block, column_loop)
+
+
+def _log_codes(w: np.ndarray, r: np.ndarray, h_diag: np.ndarray, keep: np.ndarray | None,
+               bits: int, base: float, block: int) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """GPTQ with a log grid (qpack/logquant.py) on float64 ``w`` (rows, cols), which it
+    overwrites: the grid's scale is fitted to the weights before any update, each weighted
+    by its importance diag(H) like the K-means fit; then the column loop assigns to it.
+
+    Returns (codes, codebook float32 (2**bits,), zero_code or None).
+    """
+    importance = np.broadcast_to(h_diag, w.shape)
+    vals = w.reshape(-1) if keep is None else w[keep]
+    sw = importance.reshape(-1) if keep is None else importance[keep]
+    book, zero_code = log_codebook([vals], bits, base=base, zero=bits > 1 or keep is not None,
+                                   weights=[sw])
+    book = book[0]
+    codes = _codebook_codes(w, r, keep, book, 0, 0 if zero_code is None else zero_code, block)
+    return codes, book, zero_code
 
 
 def _heldout_error(w: np.ndarray, w_hat: np.ndarray, h_val: np.ndarray) -> float:
@@ -454,15 +487,30 @@ def _kmeans_calibrated(arr, source, keep, damping, block, bits, init, max_iter,
     return calibrated(arr, source, damping, run)
 
 
+def _log_calibrated(arr, source, keep, damping, block, bits,
+                    base) -> tuple[KMeansQuantized, float]:
+    """Log quantization with error compensation on checked arguments; also returns the
+    damping used."""
+    def run(h):
+        codes, book, zero_code = _log_codes(as_matrix(arr).astype(np.float64),
+                                            hessian_factor(h), np.diag(h).copy(), keep,
+                                            bits, base, block)
+        return KMeansQuantized(codes=codes.reshape(arr.shape), codebook=book,
+                               zero_code=zero_code, bits=bits, shape=tuple(arr.shape),
+                               per_channel=False)
+
+    return calibrated(arr, source, damping, run)
+
+
 def quantize_calibrated(w: np.ndarray, settings, mask: np.ndarray | None,
                         calibration: Calibration) -> tuple[object, float]:
     """``compress``'s entry: quantize float ``w`` (rows, cols) with error compensation.
 
-    ``settings`` is the tensor's TensorSettings (method "linear" or "kmeans", checked by
-    the plan, not per_channel); ``mask`` a keep-mask of w's shape or None; ``calibration``
-    the plan's checked Calibration. Takes the scale and codebook dtypes from ``settings``
-    and quantize_linear's / quantize_kmeans' defaults for what compress does not set
-    (percentile 99.9, max_iter 300, seed 0).
+    ``settings`` is the tensor's TensorSettings (method "linear", "kmeans" or "log",
+    checked by the plan, not per_channel); ``mask`` a keep-mask of w's shape or None;
+    ``calibration`` the plan's checked Calibration. Takes the scale and codebook dtypes
+    from ``settings`` and quantize_linear's / quantize_kmeans' / quantize_log's defaults
+    for what compress does not set (percentile 99.9, max_iter 300, seed 0, base 2).
     Returns (LinearQuantized or KMeansQuantized, the damping used).
     """
     keep = None if mask is None else np.asarray(mask, dtype=bool).reshape(w.shape)
@@ -471,6 +519,9 @@ def quantize_calibrated(w: np.ndarray, settings, mask: np.ndarray | None,
                                   DEFAULT_BLOCK, settings.bits, settings.group_size,
                                   settings.symmetric, settings.clip, 99.9,
                                   np.dtype(settings.scale_dtype))
+    if settings.method == "log":
+        return _log_calibrated(w, calibration.source, keep, calibration.damping,
+                               DEFAULT_BLOCK, settings.bits, DEFAULT_BASE)
     return _kmeans_calibrated(w, calibration.source, keep, calibration.damping,
                               DEFAULT_BLOCK, settings.bits, settings.init, 300, 0,
                               settings.codebook_dtype)

@@ -239,7 +239,7 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
              target_bpw: float | None = None, target_bytes: int | None = None,
              evaluate: Callable[[dict[str, np.ndarray]], float] | None = None,
              progress: bool = False) -> CompressedModel:
-    """Compress a model's weights: prune, quantize (K-means or linear), pack, entropy-code.
+    """Compress a model's weights: prune, quantize (K-means, linear or log), pack, entropy-code.
 
     Parameters
     ----------
@@ -250,7 +250,9 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
         or scales and its pruned positions (codes equal to ``zero_code``) are stored
         exactly, so the loaded tensor decodes to the object's own ``dequantize()``.
     bits : 1..8, bits per code. prune : fraction in [0, 1) of weights removed by magnitude.
-    method : "kmeans" (Deep Compression weight sharing) or "linear" (scale + zero-point).
+    method : "kmeans" (Deep Compression weight sharing), "linear" (scale + zero-point) or
+        "log" (0 and ±m·2^-k, m fitted per tensor or row: qpack.quantize_log; stored as a
+        kmeans tensor marked ``grid: "log"``, reported as method "log").
     group_size : linear only; None per tensor, -1 per output channel, G per G inputs.
     symmetric, clip : linear only (clip: "minmax", "percentile" or "mse").
     entropy : "huffman" (code and gap streams Huffman-coded when that is smaller) or None.
@@ -262,9 +264,9 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
         quantized; every other tensor is stored exactly.
     prune_scope : "tensor" (each tensor loses ``prune`` of its weights) or "global" (one
         magnitude threshold across the quantized tensors that use the top-level prune).
-    per_channel, init : kmeans only: one codebook per output row (a UserWarning names
-        every tensor whose codebooks take more bytes than its codes); centroid
-        initialization.
+    per_channel : kmeans and log: one codebook (log: one scale) per output row (a
+        UserWarning names every tensor whose codebooks take more bytes than its codes).
+    init : kmeans only: centroid initialization.
     scale_dtype : linear only: np.float16 (default) or np.float32 scales (the file holds
         no float64 ones: ValueError). Calibrated tensors use it too.
     codebook_dtype : kmeans only: "auto" (default: float16 codebooks unless rounding the
@@ -281,10 +283,10 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
         (n_samples, in_features) of the layer's inputs (torch tensors work; for a conv
         weight, the unfolded patches: qpack.calibration) or a ``HessianStats`` of them;
         in_features is the weight's matrix-view column count, prod(shape[1:]). Works with
-        method "linear" (every group_size, symmetric, clip) and "kmeans" (one codebook per
-        tensor, not per_channel), with pruning and masks. The codes are ordinary: the file
-        and matmul are as without calibration. The damping used is recorded per tensor in
-        the metadata's compress_args ("calibrated").
+        method "linear" (every group_size, symmetric, clip), "kmeans" and "log" (one
+        codebook per tensor, not per_channel), with pruning and masks. The codes are
+        ordinary: the file and matmul are as without calibration. The damping used is
+        recorded per tensor in the metadata's compress_args ("calibrated").
     calibration_damping : relative damping (a fraction of mean(diag(X^T X / n)), in
         [1e-6, 1e6]) for every calibrated tensor, or None: chosen per tensor on held-back
         rows of raw inputs, in_features / n_samples clipped to [0.1, 1] for HessianStats
@@ -319,7 +321,7 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
     argument, NaN/Inf weights, an empty model, a pattern that matches no tensor or only
     tensors stored exactly, an option that no tensor uses (e.g. group_size with kmeans),
     a mask of the wrong shape or given together with prune, calibration naming no tensor
-    or one stored exactly, of the wrong width, non-finite or with per_channel K-means, a
+    or one stored exactly, of the wrong width, non-finite or with per_channel kmeans/log, a
     target_bpw outside (0, 32] or below what 1-bit codes allow (1 bit per weight of the
     tensors not pruned), both targets, a target that no tensor's bits can serve, or an
     evaluate that is not callable or given without a target. A budget that the smallest

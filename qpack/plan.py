@@ -26,14 +26,14 @@ from qpack.inputs import to_array
 from qpack.quantize import CLIP_METHODS as CLIPS
 from qpack.tensor_spec import MAX_EMPTY_EXTENT, extent
 
-METHODS = ("kmeans", "linear")
+METHODS = ("kmeans", "linear", "log")
 # the keyword arguments an override may set; "method" may also be "raw" (store exactly)
 OVERRIDABLE = ("method", "bits", "prune", "group_size", "symmetric", "clip", "entropy",
                "per_channel", "init", "scale_dtype", "codebook_dtype")
-# options that change nothing unless the tensor uses this method
-METHOD_ONLY = {"group_size": "linear", "symmetric": "linear", "clip": "linear",
-               "per_channel": "kmeans", "init": "kmeans", "scale_dtype": "linear",
-               "codebook_dtype": "kmeans"}
+# options that change nothing unless the tensor uses one of these methods
+METHOD_ONLY = {"group_size": ("linear",), "symmetric": ("linear",), "clip": ("linear",),
+               "per_channel": ("kmeans", "log"), "init": ("kmeans",),
+               "scale_dtype": ("linear",), "codebook_dtype": ("kmeans",)}
 # defaults of the method-specific options (as validated by check_settings): a top-level
 # value equal to its default was not asked for, so it cannot be "an option that does
 # nothing"
@@ -235,8 +235,8 @@ def make_plan(arrays: Mapping, base: Mapping, *, include, exclude, overrides,
     used = {s.method for s in made.values()}
     for key, value in base.items():
         if key in METHOD_ONLY and getattr(base_settings, key) != METHOD_ONLY_DEFAULTS[key] \
-                and METHOD_ONLY[key] not in used:
-            raise ValueError(f"{key}={value!r} applies only to method='{METHOD_ONLY[key]}', "
+                and not used & set(METHOD_ONLY[key]):
+            raise ValueError(f"{key}={value!r} applies only to {_methods_text(key)}, "
                              f"and no tensor is compressed with it")
     if base_settings.prune > 0 and not any(s.prune > 0 for s in made.values()):
         raise ValueError(f"prune={base_settings.prune} reaches no tensor that is compressed "
@@ -252,9 +252,9 @@ def make_plan(arrays: Mapping, base: Mapping, *, include, exclude, overrides,
                              "stored as given or left uncompressed by include/exclude, so "
                              "it does nothing")
         for key in kw:
-            if key in METHOD_ONLY and METHOD_ONLY[key] not in methods:
+            if key in METHOD_ONLY and not methods & set(METHOD_ONLY[key]):
                 raise ValueError(f"override {pat!r}: {key} applies only to "
-                                 f"method='{METHOD_ONLY[key]}', and no tensor it matches "
+                                 f"{_methods_text(key)}, and no tensor it matches "
                                  "is compressed with it")
     return Plan(plan, base_settings, overrides,
                 masks=_check_masks(masks, arrays, plan, pre),
@@ -265,13 +265,18 @@ def make_plan(arrays: Mapping, base: Mapping, *, include, exclude, overrides,
                 pinned_bits=pinned)
 
 
+def _methods_text(key: str) -> str:
+    """The methods a method-only option applies to, e.g. "method='kmeans' or 'log'"."""
+    return "method=" + " or ".join(repr(m) for m in METHOD_ONLY[key])
+
+
 def _check_calibration(calibration, damping, arrays: Mapping, plan: dict, pre: set,
                        reasons: dict, act_range="mse", act_percentile=99.99
                        ) -> dict[str, Calibration]:
     """Checked calibration: each name is a tensor that is quantized here (not stored
     exactly nor handed over pre-quantized), with settings error compensation honours
-    (not a per-channel K-means), and inputs of the weight's matrix-view width; and the
-    static activation range rule (act_range None: none stored)."""
+    (not a per-channel K-means or log grid), and inputs of the weight's matrix-view
+    width; and the static activation range rule (act_range None: none stored)."""
     damping = check_damping(damping, "calibration_damping")
     if act_range is not None:
         act_range, act_percentile = check_act_range(act_range, act_percentile)
@@ -303,10 +308,10 @@ def _check_calibration(calibration, damping, arrays: Mapping, plan: dict, pre: s
             why = reasons[name] or "is left uncompressed by include/exclude/overrides"
             raise ValueError(f"{where}: the tensor is stored exactly ({why}), so "
                              "calibration would do nothing")
-        if settings.method == "kmeans" and settings.per_channel:
+        if settings.method in ("kmeans", "log") and settings.per_channel:
             raise ValueError(f"{where}: error-compensated quantization has one codebook "
-                             "per tensor; per_channel K-means cannot be calibrated (set "
-                             "per_channel=False for this tensor)")
+                             f"per tensor; per_channel {settings.method} cannot be "
+                             "calibrated (set per_channel=False for this tensor)")
         cols = matrix_shape(arrays[name].shape)[1]
         out[name] = Calibration(check_source(value, cols, where), damping, act_range,
                                 act_percentile)

@@ -27,9 +27,10 @@ class CompressedTensor:
     """One stored tensor: its encoding description and lazily decoded contents.
 
     Attributes: ``name``, ``shape``, ``dtype`` (of the decompressed array), ``method``
-    ("raw", "linear" or "kmeans"), ``bits`` (None for raw), ``sparsity`` (fraction of
-    weights pruned), ``nbytes`` (bytes of its sections), ``stats`` (errors measured when it
-    was compressed), ``spec`` (the header entry).
+    ("raw", "linear", "kmeans", or "log" for a kmeans tensor whose codebook is a log grid,
+    spec "grid"), ``bits`` (None for raw), ``sparsity`` (fraction of weights pruned),
+    ``nbytes`` (bytes of its sections), ``stats`` (errors measured when it was
+    compressed), ``spec`` (the header entry).
     """
 
     def __init__(self, name: str, spec: dict, read_section: Callable[[str], np.ndarray],
@@ -52,7 +53,8 @@ class CompressedTensor:
 
     @property
     def method(self) -> str:
-        return self.spec["method"]
+        # a log grid is stored as a codebook (spec method "kmeans"); say how it was built
+        return "log" if self.spec.get("grid") == "log" else self.spec["method"]
 
     @property
     def bits(self) -> int | None:

@@ -21,6 +21,8 @@ from qpack.format import FORMAT_VERSION, section_alignment
 
 METHODS = ("raw", "linear", "kmeans")
 LAYOUTS = ("dense", "sparse")
+# values of a kmeans tensor's informative "grid" key: how its codebook was built
+GRIDS = ("log",)
 CODE_CODECS = ("packed", "huffman")
 CODECS = ("raw", "varint") + CODE_CODECS
 # A tensor may declare at most this many elements per stored byte (plus a small allowance).
@@ -329,6 +331,8 @@ def validate_spec(name: str, spec, data_size: int | None = None,
         if layout == "sparse" and zero_code is None:
             raise FormatError(f"{where}: a sparse kmeans tensor needs a zero_code")
         clean.update(per_channel=per_channel, zero_code=zero_code)
+        if "grid" in spec:
+            clean["grid"] = json_str(spec, "grid", where, GRIDS)
     return _in_order(clean, spec)
 
 

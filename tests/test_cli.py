@@ -131,6 +131,27 @@ def test_npz_input_and_quiet(tmp_path):
                if "codec" in d)
 
 
+def test_method_log_and_override(tmp_path, model_file, capsys):
+    out = tmp_path / "log.qpk"
+    assert cli.main(["compress", str(model_file), "-o", str(out), "--method", "log",
+                     "--bits", "3", "--per-channel", "--min-numel", "0",
+                     "--override", "head.*:method=kmeans,per_channel=false"]) == 0
+    assert "log" in capsys.readouterr().out  # the report's method column
+    model = qpack.load(out)
+    enc = model["encoder.weight"]
+    assert (enc.method, enc.bits, enc.spec["method"]) == ("log", 3, "kmeans")
+    assert enc.spec["per_channel"] and model["head.weight"].method == "kmeans"
+    np.testing.assert_array_equal(
+        enc.dequantize(),
+        qpack.quantize_log(small_model()["encoder.weight"], 3, per_channel=True).dequantize())
+    assert cli.main(["info", "--json", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["tensors"]["encoder.weight"]["method"] == "log"
+    assert info["tensors"]["encoder.weight"]["spec"]["grid"] == "log"
+    assert cli.main(["info", str(out)]) == 0
+    assert "log" in capsys.readouterr().out
+
+
 # -- bad inputs: one line on stderr, exit 1 or 2, nothing written -----------------------
 
 def _bad(tmp_path, model_file):

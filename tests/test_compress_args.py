@@ -77,6 +77,10 @@ def test_save_metadata_checked(arrays, tmp_path):
     (dict(method="kmeans", scale_dtype=np.float32), "scale_dtype.*linear"),
     (dict(method="linear", codebook_dtype=np.float16), "codebook_dtype.*'kmeans'"),
     (dict(overrides={"emb.*": {"scale_dtype": "float32"}}), "override 'emb.\\*': scale_dtype"),
+    (dict(method="log", init="density"), "init.*kmeans"),
+    (dict(method="log", symmetric=True), "symmetric.*linear"),
+    (dict(overrides={"emb.*": {"method": "linear", "per_channel": True}}),
+     "override 'emb.\\*': per_channel applies only to method='kmeans' or 'log'"),
     (dict(include="fc.bias"), r"include pattern 'fc.bias'.*1-D"),
     (dict(include="step"), "include pattern 'step'.*not floating"),
     (dict(include="emb.weight", min_numel=10**6), "fewer than min_numel"),
@@ -103,6 +107,10 @@ def test_options_that_reach_some_tensor_are_accepted(arrays):
     # a pattern that matches quantizable tensors and biases alike is fine
     cm = qpack.compress(arrays, min_numel=0, include="*", overrides={"fc.*": {"bits": 8}})
     assert cm["fc.weight"].bits == 8 and cm["fc.bias"].method == "raw"
+    # per_channel reaches a tensor made "log" by an override
+    cm = qpack.compress(arrays, method="linear", per_channel=True, min_numel=0,
+                        overrides={"fc.weight": {"method": "log"}})
+    assert cm["fc.weight"].method == "log" and cm["fc.weight"].spec["per_channel"]
     # method=raw may name anything
     cm = qpack.compress(arrays, min_numel=0, overrides={"fc.*": {"method": "raw"}})
     assert cm["fc.weight"].method == "raw"
