@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from qpack._version import __version__
+from qpack.defaults import DEFAULT_CLIP, DEFAULT_GROUP_SIZE
 
 MODEL_EXTENSIONS = (".safetensors", ".npz")
 
@@ -67,14 +68,17 @@ def _target_bpw(text: str) -> float:
     return value
 
 
-def _group_size(text: str) -> int:
+def _group_size(text: str) -> int | None:
+    if text == "tensor":
+        return None
     try:
         value = int(text)
     except ValueError:
         value = 0
     if not (value == -1 or value > 0):
         raise argparse.ArgumentTypeError(
-            f"must be a positive integer, or -1 for one group per output row; got {text!r}")
+            f"must be a positive integer, -1 for one group per output row, or 'tensor' for "
+            f"one scale per tensor; got {text!r}")
     return value
 
 
@@ -419,12 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("kmeans", "linear", "log"), default="kmeans",
                    help="kmeans: shared-weight codebook; linear: scale + zero-point; log: "
                         "0 and +-m*2^-k (kmeans)")
-    p.add_argument("--group-size", type=_group_size, default=None, metavar="N",
-                   help="linear: one scale per N inputs of a row, -1 per row (default: "
-                        "one per tensor)")
+    p.add_argument("--group-size", type=_group_size, default=DEFAULT_GROUP_SIZE, metavar="N",
+                   help="linear: one scale per N inputs of a row, -1 per row, 'tensor' one "
+                        f"for the whole tensor ({DEFAULT_GROUP_SIZE})")
     p.add_argument("--symmetric", action="store_true", help="linear: zero-point at 0")
-    p.add_argument("--clip", choices=("minmax", "percentile", "mse"), default="minmax",
-                   help="linear: how the quantization range is chosen (minmax)")
+    p.add_argument("--clip", choices=("minmax", "percentile", "mse"), default=DEFAULT_CLIP,
+                   help=f"linear: how the quantization range is chosen ({DEFAULT_CLIP})")
     p.add_argument("--scale-dtype", choices=("float16", "float32"), default="float16",
                    help="linear: dtype of the stored scales (float16)")
     p.add_argument("--per-channel", action="store_true",

@@ -13,6 +13,7 @@ import numpy as np
 from qpack import format
 from qpack._version import __version__
 from qpack.allocate import Allocation, allocate_bits, budget_bytes, check_targets
+from qpack.defaults import DEFAULT_CLIP, DEFAULT_GROUP_SIZE
 from qpack.encode_jobs import EncodeJob, plan_jobs, run_jobs
 from qpack.errors import FormatError
 from qpack.handover import is_prequantized
@@ -226,7 +227,8 @@ def _encode_all(arrays: dict, plan, progress: bool) -> dict[str, tuple[dict, dic
 
 
 def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmeans", *,
-             group_size: int | None = None, symmetric: bool = False, clip: str = "minmax",
+             group_size: int | None = DEFAULT_GROUP_SIZE, symmetric: bool = False,
+             clip: str = DEFAULT_CLIP,
              entropy: str | None = "huffman", include=None, exclude=None,
              overrides: Mapping[str, Mapping] | None = None,
              min_numel: int = DEFAULT_MIN_NUMEL, prune_scope: str = "tensor",
@@ -253,8 +255,10 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
     method : "kmeans" (Deep Compression weight sharing), "linear" (scale + zero-point) or
         "log" (0 and ±m·2^-k, m fitted per tensor or row: qpack.quantize_log; stored as a
         kmeans tensor marked ``grid: "log"``, reported as method "log").
-    group_size : linear only; None per tensor, -1 per output channel, G per G inputs.
-    symmetric, clip : linear only (clip: "minmax", "percentile" or "mse").
+    group_size : linear only; G per G inputs (128 by default), -1 per output channel,
+        None one scale for the whole tensor.
+    symmetric, clip : linear only (clip: "mse", the default, searches the clipping range
+        per group; "minmax" or "percentile").
     entropy : "huffman" (code and gap streams Huffman-coded when that is smaller) or None.
     include / exclude : glob pattern(s) on tensor names choosing what is quantized.
     overrides : {glob: {keyword: value}} per-layer settings; later patterns win. Keys:

@@ -20,6 +20,7 @@ from qpack.act_range import check_act_range
 from qpack.calibration import Calibration, check_damping, check_source
 from qpack.cluster import INIT_METHODS as INITS
 from qpack.cluster import check_codebook_dtype
+from qpack.defaults import DEFAULT_CLIP, DEFAULT_GROUP_SIZE
 from qpack.encode import TensorSettings
 from qpack.handover import check_mask, check_prequantized, is_prequantized
 from qpack.inputs import to_array
@@ -37,7 +38,8 @@ METHOD_ONLY = {"group_size": ("linear",), "symmetric": ("linear",), "clip": ("li
 # defaults of the method-specific options (as validated by check_settings): a top-level
 # value equal to its default was not asked for, so it cannot be "an option that does
 # nothing"
-METHOD_ONLY_DEFAULTS = {"group_size": None, "symmetric": False, "clip": "minmax",
+METHOD_ONLY_DEFAULTS = {"group_size": DEFAULT_GROUP_SIZE, "symmetric": False,
+                        "clip": DEFAULT_CLIP,
                         "per_channel": False, "init": "linear", "scale_dtype": "float16",
                         "codebook_dtype": "auto"}
 # the scale dtypes a .qpk file stores (docs/FORMAT.md, 4.3)

@@ -411,8 +411,8 @@ def test_default_damping_rule():
 
 @pytest.mark.parametrize("bits", [3, 4])
 @pytest.mark.parametrize("method, extra", [
-    ("linear", {"group_size": -1}),
-    ("linear", {"group_size": 32, "symmetric": True}),
+    ("linear", {"group_size": -1, "clip": "minmax"}),
+    ("linear", {"group_size": 32, "symmetric": True, "clip": "mse"}),
     ("kmeans", {}),
 ])
 def test_compress_reduces_output_error_and_stays_exact(tmp_path, bits, method, extra):

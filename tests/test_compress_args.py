@@ -71,7 +71,7 @@ def test_save_metadata_checked(arrays, tmp_path):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(method="kmeans", group_size=64), "group_size.*linear"),
     (dict(method="kmeans", symmetric=True), "symmetric.*linear"),
-    (dict(method="kmeans", clip="mse"), "clip.*linear"),
+    (dict(method="kmeans", clip="minmax"), "clip.*linear"),
     (dict(method="linear", per_channel=True), "per_channel.*kmeans"),
     (dict(method="linear", init="density"), "init.*kmeans"),
     (dict(method="kmeans", scale_dtype=np.float32), "scale_dtype.*linear"),
@@ -119,7 +119,8 @@ def test_options_that_reach_some_tensor_are_accepted(arrays):
 def test_scale_dtype_is_stored_and_recorded(arrays, tmp_path):
     """scale_dtype reaches the file (top level and per tensor) and compress_args."""
     cm = qpack.compress(arrays, method="linear", bits=4, group_size=16, min_numel=0,
-                        scale_dtype=np.float32, overrides={"fc.*": {"scale_dtype": "float16"}})
+                        clip="minmax", scale_dtype=np.float32,
+                        overrides={"fc.*": {"scale_dtype": "float16"}})
     cm.save(tmp_path / "s.qpk")
     m = qpack.load(tmp_path / "s.qpk", verify=True)
     assert m["emb.weight"].spec["sections"]["scales"]["dtype"] == "float32"
@@ -158,7 +159,7 @@ def test_scale_dtype_with_calibration(arrays):
                         scale_dtype=np.float32, calibration={"fc.weight": x},
                         calibration_damping=0.1)
     assert cm["fc.weight"].spec["sections"]["scales"]["dtype"] == "float32"
-    want = qpack.quantize_linear_gptq(arrays["fc.weight"], x, 4, group_size=16,
+    want = qpack.quantize_linear_gptq(arrays["fc.weight"], x, 4, group_size=16, clip="mse",
                                       scale_dtype=np.float32, damping=0.1)
     np.testing.assert_array_equal(cm["fc.weight"].dequantize(), want.dequantize())
 

@@ -53,7 +53,8 @@ def test_linear_round_trip(tmp_path, bits, group_size, symmetric, prune):
     if symmetric and bits == 1:
         pytest.skip("bits=1 has no symmetric range")
     w = gaussian((24, 70), seed=bits)
-    kw = dict(bits=bits, method="linear", group_size=group_size, symmetric=symmetric)
+    kw = dict(bits=bits, method="linear", group_size=group_size, symmetric=symmetric,
+              clip="minmax")
     cm, m = save_load(tmp_path, {"w": w}, prune=prune, **kw)
     t = m["w"]
     assert t.layout == ("sparse" if prune else "dense")
@@ -97,7 +98,8 @@ def test_symmetric_4bit_g64_stores_no_zero_points(tmp_path):
 def test_asymmetric_3bit_zero_points_are_packed(tmp_path):
     w = gaussian((384, 384))
     q = qpack.quantize_linear(w, 3, group_size=64)
-    _, m = save_load(tmp_path, {"w": w}, bits=3, method="linear", group_size=64)
+    _, m = save_load(tmp_path, {"w": w}, bits=3, method="linear", group_size=64,
+                     clip="minmax")
     zeros = m["w"].spec["sections"]["zeros"]
     assert zeros["codec"] == "packed" and zeros["length"] == math.ceil(6 * 3 / 8) * 384
     assert q.nbytes_params == 384 * 6 * 2 + 3 * 384

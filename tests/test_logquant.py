@@ -321,7 +321,7 @@ def test_override_and_per_channel_reach_log_tensors():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(method="log", init="density"), "init.*'kmeans'"),
     (dict(method="log", group_size=64), "group_size.*'linear'"),
-    (dict(method="log", clip="mse"), "clip.*'linear'"),
+    (dict(method="log", clip="minmax"), "clip.*'linear'"),
     (dict(method="linear", per_channel=True), "per_channel.*'kmeans' or 'log'"),
     (dict(method="logarithmic"), "method must be one of"),
     (dict(method="log", overrides={"w": {"init": "random"}}), "init applies only"),
