@@ -16,8 +16,6 @@ busy machine distort everything.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import time
 
 import numpy as np
@@ -39,20 +37,6 @@ SETTINGS = [("linear 3-bit g64", "linear", 3, 64), ("linear 3-bit g128", "linear
             ("kmeans 4-bit", "kmeans", 4, None)]
 
 
-def docstrings(modules) -> list[str]:
-    """The longer docstrings of the classes and functions defined in ``modules``."""
-    out = []
-    for name in modules:
-        mod = importlib.import_module(name)
-        for _, obj in sorted(vars(mod).items()):
-            if (inspect.isfunction(obj) or inspect.isclass(obj)) \
-                    and getattr(obj, "__module__", "") == name:
-                doc = inspect.getdoc(obj)
-                if doc and len(doc) > 80:
-                    out.append(" ".join(doc.split())[:600])
-    return out
-
-
 def minilm_activations(layers: list[int]):
     """(weights, {layer: (calibration inputs, held-out inputs)}) of MiniLM's Linear layers
     in ``layers``, captured from the float32 numpy encoder; None without the package."""
@@ -70,27 +54,15 @@ def minilm_activations(layers: list[int]):
     config = ex.load_config(found[0])
     tokenizer = ex.load_tokenizer(found[1], max_length=128)
     wanted = [f"encoder.layer.{i}.{n}" for i in layers for n in MINILM_LAYERS]
+    encoder = ex.BertEncoder.from_arrays(weights, config)
 
     def capture(texts):
-        rec: dict[str, list] = {n: [] for n in wanted}
-        encoder = ex.BertEncoder.from_arrays(weights, config)
-        keep = [None]
+        inputs = ex.collect_calibration(encoder, tokenizer, texts,
+                                        names=[n + ".weight" for n in wanted], raw=True)
+        return {n.removesuffix(".weight"): x for n, x in inputs.items()}
 
-        def recording(name, fn):
-            def f(x):
-                rec[name].append(x[keep[0]].reshape(-1, x.shape[-1]).astype(np.float32))
-                return fn(x)
-            return f
-
-        encoder.linears = {n: recording(n, f) if n in rec else f
-                           for n, f in encoder.linears.items()}
-        for i in range(0, len(texts), 16):
-            ids, mask = ex.tokenize(tokenizer, texts[i:i + 16])
-            keep[0] = mask.astype(bool)
-            encoder(ids, mask)
-        return {n: np.concatenate(v) for n, v in rec.items()}
-
-    cal, held = capture(docstrings(CALIBRATION_MODULES)), capture(docstrings(HELDOUT_MODULES))
+    cal = capture(ex.docstrings(CALIBRATION_MODULES))
+    held = capture(ex.docstrings(HELDOUT_MODULES))
     return weights, {n: (cal[n], held[n]) for n in wanted}
 
 
@@ -231,7 +203,7 @@ def whole_model_table() -> dict | None:
     wpath, tpath = ex.find_minilm()
     config = ex.load_config(wpath)
     tokenizer = ex.load_tokenizer(tpath, max_length=128)
-    ids, mask = ex.tokenize(tokenizer, docstrings(HELDOUT_MODULES)[:48])
+    ids, mask = ex.tokenize(tokenizer, ex.docstrings(HELDOUT_MODULES)[:48])
     reference = ex.BertEncoder.from_arrays(weights, config)(ids, mask)
     raw = {n + ".weight": x_cal for n, (x_cal, _) in acts.items()}
     stats = {n: HessianStats.from_inputs(x) for n, x in raw.items()}

@@ -29,7 +29,7 @@ import os
 import tempfile
 import time
 
-from harness import DOCS_DIR, PeakRSS, load_example, optional_peer
+from harness import DOCS_DIR, PeakRSS, load_example, optional_peer, pyplot
 
 # published points: (method, net, float error %, compressed error %, ratio)
 PUBLISHED = [
@@ -184,13 +184,8 @@ def plot(points: list[dict], float_errors: dict[str, float], path: str) -> str |
     centroid fine-tuning joined to the final one) and against kept % over the prune rounds
     (bottom), one column per network; the top panels stop at 2.5x the float error.
     Returns the path, or None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("  [skip] plot: matplotlib is not installed (pip install -e '.[bench]')")
+    plt = pyplot()
+    if plt is None:
         return None
     nets = list(float_errors)
     fig, axes = plt.subplots(2, len(nets), figsize=(7.5 * len(nets), 15), squeeze=False,

@@ -37,14 +37,31 @@ def median_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> f
     return statistics.median(times)
 
 
-def optional_peer(module: str):
-    """Import and return a peer library, or print a skip line and return None."""
+def optional_peer(module: str, how: str | None = None):
+    """Import and return a peer library, or print a skip line (with ``how`` to install
+    it, by default the bench extra) and return None."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        how = "pip install torch==2.13.0" if module == "torch" else "pip install -e '.[bench]'"
+        if how is None:
+            how = ("pip install torch==2.13.0" if module == "torch"
+                   else "pip install -e '.[bench]'")
         print(f"  [skip] peer '{module}' is not installed ({how})")
         return None
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only), or None with a printed skip
+    line when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("  [skip] plot: matplotlib is not installed (pip install -e '.[bench]')")
+        return None
+    return plt
 
 
 def load_example(name: str):

