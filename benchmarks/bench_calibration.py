@@ -61,7 +61,7 @@ TARGETS = ((4.5, 0.99), (3.5, 0.97), (2.6, 0.90))
 MSE = {"method": "linear", "clip": "mse"}
 MINMAX = {"method": "linear", "clip": "minmax"}
 QPACK_ROWS: list[tuple[str, dict]] = [
-    *[(f"kmeans {b}-bit", {"method": "kmeans", "bits": b}) for b in (2, 3, 4, 5, 6, 8)],
+    *[(f"kmeans {b}-bit", {"method": "kmeans", "bits": b}) for b in (2, 3, 4, 5, 6, 7, 8)],
     *[(f"linear {b}-bit g{g} mse", {**MSE, "bits": b, "group_size": g})
       for b in (2, 3, 4) for g in (32, 64, 128)],
     ("linear 3-bit g128 minmax", {**MINMAX, "bits": 3, "group_size": 128}),
@@ -71,7 +71,7 @@ QPACK_ROWS: list[tuple[str, dict]] = [
                                                        "group_size": None}),
     ("linear 4-bit per tensor mse", {**MSE, "bits": 4, "group_size": None}),
     ("linear 4-bit per channel mse", {**MSE, "bits": 4, "group_size": -1}),
-    ("linear 4-bit (defaults: g128 mse)", {"method": "linear", "bits": 4}),
+    ("linear 8-bit g128 mse", {**MSE, "bits": 8, "group_size": 128}),
 ]
 QUICK_ROWS = ("kmeans 4-bit", "linear 4-bit g64 mse", "linear 2-bit g32 mse",
               "linear 4-bit per tensor minmax (old defaults)")
@@ -668,8 +668,8 @@ def run(quick: bool) -> dict:
         "scale/zero are rounded to float16 as stored; GGUF via gguf-py's numpy quantizers "
         "(reference rounding, no importance matrix).",
         "Defaults: compress's method is kmeans at 4 bits; linear's group_size is 128 and "
-        "its clip mse (the 'defaults' row), chosen from this table: before, one scale per "
-        "tensor and minmax (the 'old defaults' row).",
+        "its clip mse (the 'g128 mse' rows), chosen from this table: before, one scale "
+        "per tensor and minmax (the 'old defaults' row).",
         f"compress (s): one run, on {threads} thread(s) (informative only; peers: quantize "
         "+ dequantize of all weights); calibrated / plain: that setting's calibrated "
         "compress time over its uncalibrated one in this run.",
