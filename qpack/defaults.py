@@ -10,3 +10,8 @@ at 4 bits.
 
 DEFAULT_GROUP_SIZE = 128
 DEFAULT_CLIP = "mse"
+# The static int8 activation range (docs/benchmarks/act_static.md, MiniLM's real
+# activations): "minmax" stays within 2-7% output error on every layer measured; "mse",
+# "percentile" and "kl" are better on some layers but clip the rare huge inputs of a
+# feed-forward output layer (75-87% error there).
+DEFAULT_ACT_RANGE = "minmax"

@@ -13,7 +13,7 @@ import numpy as np
 from qpack import format
 from qpack._version import __version__
 from qpack.allocate import Allocation, allocate_bits, budget_bytes, check_targets
-from qpack.defaults import DEFAULT_CLIP, DEFAULT_GROUP_SIZE
+from qpack.defaults import DEFAULT_ACT_RANGE, DEFAULT_CLIP, DEFAULT_GROUP_SIZE
 from qpack.encode_jobs import EncodeJob, plan_jobs, run_jobs
 from qpack.errors import FormatError
 from qpack.handover import is_prequantized
@@ -237,7 +237,7 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
              metadata: Mapping[str, str] | None = None,
              masks: Mapping | None = None, float_weights: Mapping | None = None,
              calibration: Mapping | None = None, calibration_damping: float | None = None,
-             act_range: str | None = "mse", act_percentile: float = 99.99,
+             act_range: str | None = DEFAULT_ACT_RANGE, act_percentile: float = 99.99,
              target_bpw: float | None = None, target_bytes: int | None = None,
              evaluate: Callable[[dict[str, np.ndarray]], float] | None = None,
              progress: bool = False) -> CompressedModel:
@@ -297,9 +297,10 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
         (qpack.gptq.calibrated, qpack.calibration.default_damping).
     act_range : how each calibrated tensor's static int8 activation scale is chosen from
         its calibration inputs and stored (its ``act_scale``, used by
-        ``matmul(x, act_quant="int8-static")``): "mse" (default; least expected squared
-        rounding and clipping error), "minmax", "percentile" (``act_percentile`` of |x|)
-        or "kl" (entropy calibration); None stores none. Only with calibration.
+        ``matmul(x, act_quant="int8-static")``): "minmax" (default: nothing seen in
+        calibration clips), "mse" (least expected squared rounding and clipping error),
+        "percentile" (``act_percentile`` of |x|) or "kl" (entropy calibration); None
+        stores none. Only with calibration.
     act_percentile : in (50, 100], for act_range="percentile" (99.99).
     target_bpw / target_bytes : a size budget (give one): the bits of every tensor
         quantized here, except those whose bits an override sets, are chosen from 1..8

@@ -20,7 +20,7 @@ from qpack.act_range import check_act_range
 from qpack.calibration import Calibration, check_damping, check_source
 from qpack.cluster import INIT_METHODS as INITS
 from qpack.cluster import check_codebook_dtype
-from qpack.defaults import DEFAULT_CLIP, DEFAULT_GROUP_SIZE
+from qpack.defaults import DEFAULT_ACT_RANGE, DEFAULT_CLIP, DEFAULT_GROUP_SIZE
 from qpack.encode import TensorSettings
 from qpack.handover import check_mask, check_prequantized, is_prequantized
 from qpack.inputs import to_array
@@ -169,7 +169,7 @@ class Plan:
 
 def make_plan(arrays: Mapping, base: Mapping, *, include, exclude, overrides,
               min_numel: int, prune_scope: str, masks=None, float_weights=None,
-              calibration=None, calibration_damping=None, act_range="mse",
+              calibration=None, calibration_damping=None, act_range=DEFAULT_ACT_RANGE,
               act_percentile=99.99) -> Plan:
     """Decide every tensor's settings; validate every argument first.
 
@@ -273,7 +273,7 @@ def _methods_text(key: str) -> str:
 
 
 def _check_calibration(calibration, damping, arrays: Mapping, plan: dict, pre: set,
-                       reasons: dict, act_range="mse", act_percentile=99.99
+                       reasons: dict, act_range=DEFAULT_ACT_RANGE, act_percentile=99.99
                        ) -> dict[str, Calibration]:
     """Checked calibration: each name is a tensor that is quantized here (not stored
     exactly nor handed over pre-quantized), with settings error compensation honours
@@ -285,7 +285,7 @@ def _check_calibration(calibration, damping, arrays: Mapping, plan: dict, pre: s
     if calibration is None:
         if damping is not None:
             raise ValueError("calibration_damping does nothing without calibration")
-        if act_range not in (None, "mse") or act_percentile != 99.99:
+        if act_range not in (None, DEFAULT_ACT_RANGE) or act_percentile != 99.99:
             raise ValueError(f"act_range={act_range!r} (act_percentile={act_percentile}) "
                              "does nothing without calibration: activation ranges come "
                              "from the calibration inputs")

@@ -146,6 +146,9 @@ def test_act_range_rules_and_storage(tmp_path):
             act_range.clip_value(act_range.ActivationHistogram().update(x), rule) / 127,
             rel=1e-6)
     assert scales["minmax"] == pytest.approx(float(np.abs(x).max()) / 127, rel=1e-6)
+    # minmax is the default: nothing seen in calibration clips
+    default = qpack.compress({"w": w}, calibration={"w": stats})["w"].spec["act_scale"]
+    assert default == scales["minmax"]
     assert scales["mse"] < scales["minmax"]
     cm = qpack.compress({"w": w}, calibration={"w": x}, act_range="percentile",
                         act_percentile=99.0)
@@ -171,6 +174,7 @@ def test_int8_static_needs_a_calibrated_tensor():
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(act_range="kl"), "does nothing without calibration"),
+    (dict(act_range="mse"), "does nothing without calibration"),
     (dict(act_range="max"), "act_range must be one of"),
     (dict(act_percentile=99.0), "does nothing without calibration"),
     (dict(act_range="mse", act_percentile=99.0, calib=True), "act_percentile does nothing"),
