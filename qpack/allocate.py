@@ -29,6 +29,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from qpack._validate import as_matrix
+from qpack.calibration import HessianStats
+from qpack.encode_jobs import EncodeJob, plan_jobs, run_jobs
+from qpack.tensor import memory_tensor
 
 # At most this many cost bins in the knapsack: fine enough that rounding costs up wastes
 # under 1/BINS of the largest total, small enough that the table costs nothing.
@@ -217,8 +220,6 @@ class Allocation:
 
 def _calibration_xtx(calibration) -> np.ndarray:
     """X^T X (float64) of a plan's Calibration (HessianStats or raw inputs)."""
-    from qpack.calibration import HessianStats
-
     source = calibration.source
     if isinstance(source, HessianStats):
         return np.asarray(source.xtx)
@@ -242,9 +243,6 @@ def allocate_bits(arrays: Mapping, plan, names: list[str], target: tuple[str, fl
     ValueError when even the cheapest candidates exceed the budget (naming what the
     smallest encoding needs), or when ``evaluate`` fails to return a finite number.
     """
-    from qpack.encode_jobs import EncodeJob, plan_jobs, run_jobs
-    from qpack.tensor import memory_tensor
-
     allocated = set(names)
     results: dict[str, tuple[dict, dict]] = {}
     candidates: dict[str, list[Candidate]] = {n: [] for n in names}
@@ -329,8 +327,6 @@ def allocate_bits(arrays: Mapping, plan, names: list[str], target: tuple[str, fl
 def _chosen_encodings(arrays: Mapping, plan, allocation: Allocation, encoded: dict) -> None:
     """Put each allocated tensor's chosen encoding into ``encoded``, encoding again the
     ones whose blobs were not kept."""
-    from qpack.encode_jobs import EncodeJob, run_jobs
-
     again = []
     for name, bits in allocation.chosen.items():
         cand = next(c for c in allocation.candidates[name] if c.bits == bits)
