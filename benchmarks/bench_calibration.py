@@ -547,9 +547,11 @@ def plot(rows: Sequence[dict], path: str, title: str) -> str | None:
                 markerfacecolor="none" if hollow else colour, label=family)
     beyond = [r for r in rows if r["bpw_disk"] > right]
     if beyond:
-        ax.text(0.99, 0.02, "off the right edge: " + "; ".join(
-            f"{r['setting']} ({r['bpw_disk']:.2f} bpw, min {r['cos_min']:.4f})"
-            for r in beyond), transform=ax.transAxes, ha="right", fontsize=8)
+        # one line each, in the empty top-left corner (few bits, high cosine)
+        ax.text(0.02, 0.98, "off the right edge:\n" + "\n".join(
+            f"{r['setting']}{', calibrated' if r['calibration'] != 'none' else ''}: "
+            f"{r['bpw_disk']:.2f} bpw, min {r['cos_min']:.4f}" for r in beyond),
+            transform=ax.transAxes, ha="left", va="top", fontsize=7)
     front = pareto_front(rows)
     ax.step([r["bpw_disk"] for r in front if r["bpw_disk"] <= right] + [right],
             [r["cos_min"] for r in front if r["bpw_disk"] <= right]
