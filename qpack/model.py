@@ -12,7 +12,7 @@ import numpy as np
 
 from qpack import format
 from qpack._version import __version__
-from qpack.allocate import Allocation, allocate_bits, budget_bytes, check_targets
+from qpack.allocate import Allocation, allocate_bits, budget_bytes, candidate_bits, check_targets
 from qpack.defaults import DEFAULT_ACT_RANGE, DEFAULT_CLIP, DEFAULT_GROUP_SIZE
 from qpack.encode_jobs import EncodeJob, plan_jobs, run_jobs
 from qpack.errors import FormatError
@@ -380,8 +380,9 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
     if target is None:
         return assemble(_encode_all(arrays, plan, progress), None)
     names = _allocatable(arrays, plan, target)
-    bar = Progress(len(arrays) + 7 * len(names), "compress", "encodings") \
-        if progress else None
+    encodings = len(arrays) - len(names) + sum(
+        len(candidate_bits(plan.settings[n].method, plan.settings[n].symmetric)) for n in names)
+    bar = Progress(encodings, "compress", "encodings") if progress else None
     try:
         encoded, allocation = allocate_bits(
             arrays, plan, names, target, evaluate,
