@@ -265,14 +265,19 @@ def _check_act_quant(act_quant) -> bool:
 
 
 def check_act_scale(act_scale) -> float | None:
-    """A static activation scale: None, or a finite float32 > 0 (ValueError otherwise)."""
+    """A static activation scale as the kernel takes it: None, or a number whose float32
+    is finite and > 0 (ValueError otherwise: a NaN, 0 or negative scale would silently
+    turn the static mode dynamic, an infinite one zero every activation)."""
     if act_scale is None:
         return None
-    if isinstance(act_scale, bool) or not isinstance(act_scale, (int, float, np.floating)) \
-            or not (math.isfinite(float(act_scale)) and float(act_scale) > 0
-                    and float(np.float32(act_scale)) > 0):
+    if isinstance(act_scale, bool) or not isinstance(act_scale, (int, float, np.floating)):
         raise ValueError(f"act_scale must be a finite number > 0, got {act_scale!r}")
-    return float(np.float32(act_scale))
+    with np.errstate(over="ignore"):  # an overflow to inf is refused just below
+        as32 = float(np.float32(act_scale))
+    if not (math.isfinite(as32) and as32 > 0):
+        raise ValueError(f"act_scale must be a finite number > 0 that float32 holds, got "
+                         f"{act_scale!r}")
+    return as32
 
 
 def _static_scale(weights, act_quant) -> float:
@@ -284,7 +289,7 @@ def _static_scale(weights, act_quant) -> float:
         raise ValueError("act_quant='int8-static' needs a static activation scale: compress "
                          "the tensor with calibration (its act_range is stored then), or "
                          "use act_quant='int8'")
-    return weights.act_scale
+    return check_act_scale(weights.act_scale)
 
 
 def _quantize_x(x2: np.ndarray, block: int, permute_bits: int, nt: int,

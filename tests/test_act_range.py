@@ -202,3 +202,12 @@ def test_hostile_act_scale_is_a_format_error(tmp_path, value):
     format.write_file(str(path), header, blobs)
     with pytest.raises(qpack.FormatError, match="act_scale"):
         qpack.load(path)
+
+
+@pytest.mark.parametrize("value", [0.0, -0.5, float("nan"), float("inf"), 1e39, 1e-50, "1"])
+def test_a_bad_static_scale_on_kernel_weights_is_refused(value):
+    w, x = weights_and_inputs(rows=8, cols=128)
+    kernel = qpack.compress({"w": w}, calibration={"w": x}, min_numel=0)["w"].kernel_weights()
+    kernel.act_scale = value  # set by hand: the kernel must never see it
+    with pytest.raises(ValueError, match="act_scale must be a finite number > 0"):
+        kernel.matmul(x[:2], act_quant="int8-static")

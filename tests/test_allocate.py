@@ -156,6 +156,11 @@ def test_evaluate_is_called_once_per_candidate_and_decides():
     # the bits it saves go to the two that matter
     assert cm.allocation.chosen["l0.weight"] + cm.allocation.chosen["l1.weight"] > 6
     assert set(cm.allocation.measures.values()) == {"evaluate"}
+    rows = cm.allocation.rows()
+    assert len(rows) == 3 * 8
+    assert {(r["name"], r["bits"]) for r in rows if r["chosen"]} == set(
+        cm.allocation.chosen.items())
+    assert all(r["measure"] == "evaluate" and r["nbytes"] > 0 for r in rows)
 
 
 def test_calibrated_tensors_are_scored_by_their_output_error():
