@@ -1,7 +1,10 @@
 """Build script: compiles every qpack/_kernels/*.pyx into an extension module.
 
 Flags: -O3 always; OpenMP when the compiler accepts it (probed, not assumed);
--march=native unless the environment sets QPACK_PORTABLE=1. There is no pure-Python
+-march=native unless the environment sets QPACK_PORTABLE=1. The vector kernels do not
+depend on -march: each is compiled for its instruction set by a function attribute and
+chosen at run time (qpack/_kernels/include/qk_isa.h), so a portable build runs them too.
+The flags are recorded in the extensions (qpack.kernel_info()). There is no pure-Python
 fallback: a failed compile fails the install with the compiler's message.
 """
 
@@ -56,13 +59,21 @@ class BuildExt(build_ext):
         else:
             print("qpack: compiler does not accept -fopenmp; kernels build single-threaded",
                   file=sys.stderr)
+        flags_text = " ".join(compile_flags)
         for ext in self.extensions:
+            ext.define_macros = list(ext.define_macros or []) + [
+                ("QK_BUILD_FLAGS", '"' + flags_text + '"')]
             ext.extra_compile_args = compile_flags + list(ext.extra_compile_args or [])
             ext.extra_link_args = link_flags + list(ext.extra_link_args or [])
         super().build_extensions()
 
 
+KERNEL_DIR = os.path.join("qpack", "_kernels")
+INCLUDE_DIR = os.path.join(KERNEL_DIR, "include")
+
+
 def _extensions():
+    headers = sorted(glob.glob(os.path.join(INCLUDE_DIR, "*.h")))
     exts = []
     for pyx in sorted(glob.glob(os.path.join("qpack", "_kernels", "*.pyx"))):
         name = os.path.splitext(pyx)[0].replace(os.sep, ".")
@@ -70,7 +81,8 @@ def _extensions():
             Extension(
                 name,
                 [pyx],
-                include_dirs=[np.get_include(), os.path.join("qpack", "_kernels")],
+                include_dirs=[np.get_include(), KERNEL_DIR, INCLUDE_DIR],
+                depends=headers + [os.path.join(KERNEL_DIR, "qk.pxd")],
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             )
         )
@@ -84,6 +96,7 @@ def _extensions():
             "initializedcheck": False,
         },
         annotate=False,
+        include_path=["."],
     )
 
 

@@ -236,7 +236,7 @@ def run(quick: bool) -> dict:
             "2/4 bits, per byte column of 8-code groups for 3/5/6/7 bits, np.packbits/"
             "np.unpackbits for 1 bit, a copy for 8 bits) and np.take table lookups (1/2/4 "
             "bits); numpy is single-threaded, so both rows of a width share its figure.",
-            f"qpack kernels: vectorized byte loops for 1/2/4 bits, {_kernels.ODD_WIDTH_PATH} "
+            f"qpack kernels: vectorized byte loops for 1/2/4 bits, {_kernels.odd_width_path()} "
             f"for 3/5/6/7 bits; {os.cpu_count()} CPUs; threads = qpack.set_num_threads.",
         ],
         "n_codes": n,

@@ -35,6 +35,7 @@ _EXPORTS = {
     "SparseIndex": "qpack.sparse", "encode_sparse_index": "qpack.sparse",
     "CompressedTensor": "qpack.tensor",
     "get_num_threads": "qpack.threads", "set_num_threads": "qpack.threads",
+    "kernel_info": "qpack.isa",
 }
 _SUBMODULES = ("metrics",)
 
@@ -76,6 +77,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from qpack.errors import FormatError, QpackError  # noqa: F401
     from qpack.gptq import quantize_kmeans_gptq, quantize_linear_gptq  # noqa: F401
     from qpack.inputs import read_model  # noqa: F401
+    from qpack.isa import kernel_info  # noqa: F401
     from qpack.logquant import quantize_log  # noqa: F401
     from qpack.matmul import CodebookWeights, LinearWeights, SparseWeights  # noqa: F401
     from qpack.model import CompressedModel, compress, load, save  # noqa: F401

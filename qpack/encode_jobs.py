@@ -16,7 +16,7 @@ import numpy as np
 from qpack.calibration import Calibration
 from qpack.encode import TensorSettings, encode_prequantized, encode_raw_tensor, encode_tensor
 from qpack.handover import is_prequantized, numel
-from qpack.threads import get_num_threads
+from qpack.threads import get_num_threads, share_cores
 
 # Encodings run concurrently on at most this many threads: each heavy step already uses
 # the OpenMP team, so more would only add memory.
@@ -68,7 +68,15 @@ def run_jobs(jobs: Iterable[EncodeJob],
             in_flight -= size
             on_done(job, fut.result())
 
-    with ThreadPoolExecutor(max_workers=max(1, min(get_num_threads(), MAX_WORKERS))) as pool:
+    workers = max(1, min(get_num_threads(), MAX_WORKERS,
+                         sum(j.settings is not None for j in jobs)))
+
+    def encode_sharing_cores(job: EncodeJob):
+        # each worker's kernels take 1/workers of the threads: no oversubscription
+        with share_cores(workers):
+            return encode_job(job)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         try:
             for job in jobs:
                 if job.settings is None:
@@ -77,7 +85,7 @@ def run_jobs(jobs: Iterable[EncodeJob],
                 size = numel(job.value)
                 while pending and in_flight + size > budget:
                     collect_one()
-                pending[pool.submit(encode_job, job)] = (job, size)
+                pending[pool.submit(encode_sharing_cores, job)] = (job, size)
                 in_flight += size
             while pending:
                 collect_one()

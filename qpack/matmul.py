@@ -65,9 +65,6 @@ TILE_FILL_NS_PER_WEIGHT = 2.5
 # Rows unpacked at a time when checking codes against a short codebook.
 _CHECK_ROWS = 256
 
-_DUMMY_F = np.zeros((1, 1), dtype=np.float32)
-_DUMMY_U8 = np.zeros((1, 1), dtype=np.uint8)
-_DUMMY_F1 = np.zeros(1, dtype=np.float32)
 
 
 def _check_shape(shape) -> tuple[int, int]:
@@ -107,8 +104,6 @@ def _check_linear_params(scales, zeros, group_size, n_out: int, n_in: int):
     z32 = np.ascontiguousarray(z, dtype=np.float32)
     prow = 0 if group_size is None else ngroups  # per tensor: every row reads row 0
     group = n_in if group_size is None else width
-    if s32.size == 0:  # n_in == 0 with groups, or n_out == 0: kernels are never called
-        s32, z32 = _DUMMY_F, _DUMMY_F
     return s32, z32, prow, max(group, 1)
 
 
@@ -292,19 +287,10 @@ def _static_scale(weights, act_quant) -> float:
     return check_act_scale(weights.act_scale)
 
 
-def _quantize_x(x2: np.ndarray, block: int, permute_bits: int, nt: int,
-                static_scale: float = 0.0):
+def _quantize_x(x2: np.ndarray, block: int, nt: int, static_scale: float = 0.0):
     """int8 blocks of x2: (xq (batch, n_in) int8, scales (batch, nb) f32, sums (batch, nb)),
     every block at ``static_scale`` when it is > 0."""
-    batch, n_in = x2.shape
-    nb = -(-n_in // block)
-    xq = np.empty((batch, n_in), dtype=np.int8)
-    xs = np.empty((batch, nb), dtype=np.float32)
-    xsum = np.empty((batch, nb), dtype=np.int32)
-    tmp = np.empty((batch, n_in), dtype=np.int8) if permute_bits else xq
-    _k.quantize_activations(x2, block, xq, xs, xsum, permute_bits, tmp, min(nt, batch),
-                            static_scale)
-    return xq, xs, xsum
+    return _k.quantize(x2, block, 0, nt, static_scale)
 
 
 def dequantized_activations(x, block: int, static_scale: float = 0.0) -> np.ndarray:
@@ -313,7 +299,7 @@ def dequantized_activations(x, block: int, static_scale: float = 0.0) -> np.ndar
     scale (values beyond 127 * static_scale clip). For tests and error analysis."""
     arr = np.asarray(x)
     x2 = np.ascontiguousarray(arr.reshape(-1, arr.shape[-1]), dtype=np.float32)
-    xq, xs, _ = _quantize_x(x2, block, 0, 1, static_scale)
+    xq, xs, _ = _quantize_x(x2, block, 1, static_scale)
     per_col = np.repeat(xs, block, axis=1)[:, :x2.shape[1]]
     return (xq.astype(np.float32) * per_col).reshape(arr.shape)
 
@@ -358,33 +344,37 @@ class _DenseWeights:
 
     _kind = LINEAR
 
-    def _init(self, packed, bits, n_out, n_in, *, scales=_DUMMY_F, zeros=_DUMMY_F, prow=0,
-              group=1, group_columns=None, codebook=_DUMMY_F, cbrow=0, cb_u8=_DUMMY_U8,
-              cb_scale=_DUMMY_F1):
+    def __init__(self, *args, **kwargs):
+        raise TypeError(f"build {type(self).__name__} with its from_packed classmethod")
+
+    def _init(self, packed, bits, n_out, n_in, *, scales=None, zeros=None, prow=0,
+              group=1, group_columns=None, codebook=None, cbrow=0, cb_u8=None,
+              cb_scale=None):
         self.shape = (n_out, n_in)
         self.bits = bits
-        self._packed = packed
-        self._scales, self._zeros, self._prow, self._group = scales, zeros, prow, group
-        self._codebook, self._cbrow, self._cb_u8, self._cb_scale = codebook, cbrow, cb_u8, cb_scale
-        self._aligned = group_columns is None or group_columns % 128 == 0 or group_columns >= n_in
+        self._arrays = [a for a in (packed, scales, zeros, codebook, cb_u8, cb_scale)
+                        if a is not None]
+        self._cb_scale = cb_scale
         self._block = int8_block_size(group_columns, n_in)
-        self._fast_float = bool(self._aligned and _k.fast_float_available(bits, self._kind))
-        self._fast_int8 = bool(self._aligned and _k.fast_int8_available(bits, self._kind))
+        # the kernel object holds the C description of the matrix; an empty matrix has
+        # none (no product ever reaches a kernel)
+        self._kernel = _k.DenseKernel(packed, bits, self._kind, n_in, scales, zeros, prow,
+                                      group, codebook, cbrow, cb_u8, cb_scale
+                                      ) if n_out and n_in else None
         # static int8 activation scale (act_quant="int8-static"), set by the owner
         self.act_scale: float | None = None
-
-    def _args(self):
-        return (self._packed, self.bits, self._kind, self.shape[1], self._scales, self._zeros,
-                self._prow, self._group, self._codebook, self._cbrow, self._cb_u8,
-                self._cb_scale)
 
     @property
     def nbytes(self) -> int:
         """Bytes of memory held: packed codes plus parameters (a mapped file's pages count)."""
-        arrays = [self._packed, self._scales, self._zeros, self._codebook, self._cb_u8,
-                  self._cb_scale]
-        return int(sum(a.nbytes for a in arrays if a is not _DUMMY_F and a is not _DUMMY_U8
-                       and a is not _DUMMY_F1))
+        return int(sum(a.nbytes for a in self._arrays))
+
+    def kernel_paths(self) -> dict:
+        """Which kernel each mode runs on with the current variant (qpack.kernel_info()):
+        {"float": name, "int8": name}, names "generic" or the variant's ("avx512")."""
+        if self._kernel is None:
+            return {"float": "none", "int8": "none"}
+        return {"float": self._kernel.float_path, "int8": self._kernel.int8_path(self._block)}
 
     @property
     def int8_block(self) -> int:
@@ -395,10 +385,8 @@ class _DenseWeights:
         """The full float32 matrix W_hat of shape (n_out, n_in) (for tests and reference)."""
         n_out, n_in = self.shape
         out = np.zeros((n_out, n_in), dtype=np.float32)
-        if n_out and n_in:
-            nt = get_num_threads()
-            scratch = np.empty((nt, n_in + 64), dtype=np.uint8)
-            _k.dense_dequantize_rows(*self._args(), 0, out, scratch, nt)
+        if self._kernel is not None:
+            self._kernel.dequantize_rows(0, out, get_num_threads())
         return out
 
     def matmul(self, x, act_quant: str | None = None, out: np.ndarray | None = None
@@ -436,21 +424,10 @@ class _DenseWeights:
                                else x2, y2)
             return y
         nt = _threads_for(batch * n_out * n_in)
-        scratch = np.empty((nt, n_in + 64), dtype=np.uint8)
         if int8:
-            fast = self._fast_int8
-            permute = self.bits if fast and self.bits in (2, 4) else 0
-            xq, xs, xsum = _quantize_x(x2, self._block, permute, nt, static)
-            _k.dense_matmul_int8(*self._args(), xq, xs, xsum, self._block, y2, fast, scratch, nt)
+            self._kernel.matmul_int8(x2, y2, self._block, static, nt)
         else:
-            fast = self._fast_float
-            if fast and self.bits in (2, 4):
-                xp = np.empty_like(x2)
-                _k.permute_activations(x2, xp, self.bits, min(nt, batch))
-            else:
-                xp = x2
-            fscratch = _DUMMY_F if fast else np.empty((nt, n_in), dtype=np.float32)
-            _k.dense_matmul_float(*self._args(), xp, y2, fast, scratch, fscratch, nt)
+            self._kernel.matmul_float(x2, y2, nt)
         return y
 
     def take_rows(self, indices) -> np.ndarray:
@@ -459,9 +436,7 @@ class _DenseWeights:
         flat, lead = _row_indices(indices, self.shape[0])
         out = np.empty((flat.size, self.shape[1]), dtype=np.float32)
         if flat.size and self.shape[1]:
-            nt = _threads_for(flat.size * self.shape[1])
-            scratch = np.empty((nt, self.shape[1] + 64), dtype=np.uint8)
-            _k.dense_gather_rows(*self._args(), flat, out, scratch, nt)
+            self._kernel.gather_rows(flat, out, _threads_for(flat.size * self.shape[1]))
         return out.reshape(lead + (self.shape[1],))
 
     def _use_tiles(self, batch: int, int8: bool) -> bool:
@@ -477,7 +452,7 @@ class _DenseWeights:
         if batch < TILED_MIN_BATCH:
             return False
         n_out, n_in = self.shape
-        if not (self._fast_float and n_in % 128 == 0) or batch >= TILED_LARGE_BATCH:
+        if self._kernel.float_path == "generic" or n_in % 128 or batch >= TILED_LARGE_BATCH:
             return True
         if int8 or n_out * n_in > TILED_MID_WEIGHTS:
             return False
@@ -485,10 +460,8 @@ class _DenseWeights:
         return batch >= (TILED_CODEBOOK8_BATCH if codebook8 else TILED_MID_BATCH)
 
     def _matmul_tiled(self, x2: np.ndarray, y2: np.ndarray) -> None:
-        scratch = np.empty((1, self.shape[1] + 64), dtype=np.uint8)
-        args = self._args()
-        _tiled_product(x2, y2, self.shape, lambda r0, tile: _k.dense_dequantize_rows(
-            *args, r0, tile, scratch, 1))
+        kernel = self._kernel
+        _tiled_product(x2, y2, self.shape, lambda r0, tile: kernel.dequantize_rows(r0, tile, 1))
 
     def int8_error_bound(self, x) -> np.ndarray:
         """Upper bound on |matmul(x, "int8") - x @ W_hat.T| per output (float64).
@@ -513,7 +486,7 @@ class _DenseWeights:
 
     def _x_scale_per_column(self, x2):
         nt = get_num_threads()
-        _, xs, _ = _quantize_x(x2, self._block, 0, nt)
+        _, xs, _ = _quantize_x(x2, self._block, nt)
         return np.repeat(xs.astype(np.float64), self._block, axis=1)[:, :x2.shape[1]]
 
 
@@ -674,8 +647,8 @@ class SparseWeights:
         self.density = nnz / (n_out * n_in) if n_out * n_in else 1.0
         if (codebook is None) == (scales is None):
             raise ValueError("pass either codebook or scales/zeros (exactly one encoding)")
-        self._scales, self._zeros, self._prow, self._group = _DUMMY_F, _DUMMY_F, 0, 1
-        self._codebook, self._cbrow = _DUMMY_F, 0
+        scales32 = zeros32 = padded = None
+        prow, group, cbrow = 0, 1, 0
         if codebook is not None:
             if zeros is not None or group_size is not None:
                 raise ValueError("zeros and group_size apply only to linear (scales) encoding")
@@ -684,37 +657,41 @@ class SparseWeights:
             if nnz and int(q.max()) >= k:
                 raise ValueError(f"codes must be < {k} (codebook entries), found {int(q.max())}")
             self._kind = CODEBOOK
-            self._codebook = _pad_codebook(cb, 16 if k <= 16 else 256)
-            self._cbrow = 0 if np.ndim(codebook) == 1 else self._codebook.shape[1]
+            padded = _pad_codebook(cb, 16 if k <= 16 else 256)
+            cbrow = 0 if np.ndim(codebook) == 1 else padded.shape[1]
             self._block = INT8_BLOCK
         else:
             if zeros is None:
                 raise ValueError("zeros is required with scales")
             self._kind = LINEAR
-            self._scales, self._zeros, self._prow, self._group = _check_linear_params(
-                scales, zeros, group_size, n_out, n_in)
+            scales32, zeros32, prow, group = _check_linear_params(scales, zeros, group_size,
+                                                                  n_out, n_in)
             g = column_group(group_size)
             self._block = int8_block_size(g, n_in)
         self.act_scale: float | None = None  # as for dense weights
-        # Empty matrices still hand the kernel one valid element to point at.
-        self._row_ptr = rp
-        self._cols = np.ascontiguousarray(c, dtype=np.int32) if nnz else np.zeros(1, np.int32)
-        self._codes = np.ascontiguousarray(q) if nnz else np.zeros(1, np.uint8)
+        cols32 = np.ascontiguousarray(c, dtype=np.int32)
+        codes8 = np.ascontiguousarray(q)
+        self._arrays = [a for a in (rp, cols32, codes8, scales32, zeros32, padded)
+                        if a is not None]
+        # an empty matrix has no kernel (no product reaches one); otherwise the kernel
+        # checks the CSR arrays once more (cheap) and holds their C description.
+        # Without kept weights the kernel still gets one valid element to point at.
+        self._kernel = _k.SparseKernel(
+            rp, cols32 if nnz else np.zeros(1, np.int32), codes8 if nnz else
+            np.zeros(1, np.uint8), n_in, self._kind, scales32, zeros32, prow, group, padded,
+            cbrow) if n_out and n_in else None
         return self
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("build SparseWeights with SparseWeights.from_csr")
 
     def __repr__(self) -> str:
         return f"SparseWeights(shape={self.shape}, nnz={self.nnz})"
 
-    def _args(self):
-        return (self._row_ptr, self._cols, self._codes, self.shape[1], self._kind,
-                self._scales, self._zeros, self._prow, self._group, self._codebook, self._cbrow)
-
     @property
     def nbytes(self) -> int:
         """Bytes of memory held by the CSR arrays and the decoding parameters."""
-        arrays = [self._row_ptr, self._cols, self._codes, self._scales, self._zeros,
-                  self._codebook]
-        return int(sum(a.nbytes for a in arrays if a is not _DUMMY_F))
+        return int(sum(a.nbytes for a in self._arrays))
 
     @property
     def int8_block(self) -> int:
@@ -724,8 +701,8 @@ class SparseWeights:
     def dequantize(self) -> np.ndarray:
         """The full float32 matrix W_hat (n_out, n_in), zeros at pruned positions."""
         out = np.zeros(self.shape, dtype=np.float32)
-        if out.size:
-            _k.sparse_dequantize(*self._args(), 0, out, get_num_threads())
+        if self._kernel is not None:
+            self._kernel.dequantize_rows(0, out, get_num_threads())
         return out
 
     def take_rows(self, indices) -> np.ndarray:
@@ -733,8 +710,7 @@ class SparseWeights:
         flat, lead = _row_indices(indices, self.shape[0])
         out = np.empty((flat.size, self.shape[1]), dtype=np.float32)
         if flat.size and self.shape[1]:
-            _k.sparse_gather_rows(*self._args(), flat, out,
-                                  _threads_for(flat.size * self.shape[1]))
+            self._kernel.gather_rows(flat, out, _threads_for(flat.size * self.shape[1]))
         return out.reshape(lead + (self.shape[1],))
 
     def matmul(self, x, act_quant: str | None = None, out: np.ndarray | None = None
@@ -757,22 +733,19 @@ class SparseWeights:
             x2 = dequantized_activations(x2, self._block, static)
         gain_per_row = self.density * SPARSE_NS_PER_KEPT_MAC - BLAS_NS_PER_MAC
         if gain_per_row > 0 and batch * gain_per_row > TILE_FILL_NS_PER_WEIGHT:
-            args = self._args()
-
+            kernel = self._kernel
             # the kernel writes every element of each row, zeros included
             _tiled_product(x2, y2, self.shape,
-                           lambda r0, tile: _k.sparse_dequantize(*args, r0, tile, 1))
+                           lambda r0, tile: kernel.dequantize_rows(r0, tile, 1))
             return y
         # a kept weight costs about as much as 8 dense multiply-adds (a gather and a table
         # look-up; measured 4096x4096: 1.7M kept weights take as long as 16.7M dense MACs)
         nt = _threads_for(batch * max(8 * self.nnz, n_out))
         if batch >= SPARSE_BATCHED_MIN:
             # columns of x contiguous over the batch: one AXPY per kept weight
-            xt = np.ascontiguousarray(x2.T)
-            acc = np.empty((nt, batch), dtype=np.float32)
-            _k.sparse_matmul_batched(*self._args(), xt, y2, acc, nt)
+            self._kernel.matmul_batched(np.ascontiguousarray(x2.T), y2, nt)
         else:
-            _k.sparse_matmul(*self._args(), x2, y2, nt)
+            self._kernel.matmul(x2, y2, nt)
         return y
 
     def int8_error_bound(self, x) -> np.ndarray:
@@ -781,7 +754,7 @@ class SparseWeights:
         n_out, n_in = self.shape
         x2, lead = _prepare_x(x, n_in)
         w = np.abs(self.dequantize().astype(np.float64))
-        _, xs, _ = _quantize_x(x2, self._block, 0, 1)
+        _, xs, _ = _quantize_x(x2, self._block, 1)
         xs_full = np.repeat(xs.astype(np.float64), self._block, axis=1)[:, :n_in]
         bound = (xs_full / 2) @ w.T * (1 + 1e-6) + 1e-5 * (np.abs(x2.astype(np.float64)) @ w.T)
         return bound.reshape(lead + (n_out,))

@@ -1,0 +1,74 @@
+/* Dense packed matrices: which kernel runs, and the entry points matmul.pyx calls.
+ *
+ * A "path" is the variant whose vector kernel handles a weight matrix in one accuracy
+ * mode; QK_PATH_GENERIC is the reference loop (any width, any grouping). The path depends
+ * on the selected variant (qk_isa.h), the code width, the encoding and the grouping, and
+ * fixes the column layout the activations must be in (qk_path_permute_bits).
+ */
+#ifndef QK_DENSE_H
+#define QK_DENSE_H
+
+#include "qk_dense_ref.h"
+#include "qk_dense_avx512.h"
+
+enum { QK_PATH_GENERIC = 0, QK_PATH_AVX512 = 2 };
+
+/* Groups that the 128-column block kernels handle: a multiple of 128, or none. */
+static inline int qk_groups_aligned(const qk_dense *w) {
+    return w->kind != 0 || w->group % 128 == 0 || w->group >= w->n_in;
+}
+
+QK_FN int qk_float_path(const qk_dense *w, int isa) {
+    const int b = w->bits;
+    if (isa >= QK_ISA_AVX512 && qk_groups_aligned(w) && (b == 2 || b == 4 || b == 8))
+        return QK_PATH_AVX512;
+    return QK_PATH_GENERIC;
+}
+
+QK_FN int qk_int8_path(const qk_dense *w, int isa) {
+    const int b = w->bits;
+    if (isa >= QK_ISA_AVX512 && qk_groups_aligned(w)
+        && (b == 2 || b == 4 || (b == 8 && w->kind == 0)))
+        return QK_PATH_AVX512;
+    return QK_PATH_GENERIC;
+}
+
+/* Column layout of the activations for a path: 2 or 4 when each 128-column block must be
+   split into 8/bits streams (qk_permute_row), 0 for natural order. */
+static inline int qk_path_permute_bits(int path, int bits) {
+    return path != QK_PATH_GENERIC && (bits == 2 || bits == 4) ? bits : 0;
+}
+
+/* Rows r0 .. r0+nrows (nrows <= 4) of y = x @ W_hat.T, float activations (xp in the
+   path's layout). Scratch: codes n_in + 64 bytes, wrow n_in floats (generic path). */
+QK_FN void qk_dense_float_rows(const qk_dense *w, int path, int64_t r0, int64_t nrows,
+                                const float *xp, int64_t batch, float *y, uint8_t *codes,
+                                float *wrow) {
+#if QK_X86
+    if (path == QK_PATH_AVX512) {
+        if (batch >= 4) qk_rows_float_avx512(w, r0, nrows, xp, batch, y, codes);
+        else
+            for (int64_t i = 0; i < nrows; i++) qk_row_float_avx512(w, r0 + i, xp, batch, y, codes);
+        return;
+    }
+#endif
+    (void)path;
+    for (int64_t i = 0; i < nrows; i++) qk_row_float_generic(w, r0 + i, xp, batch, y, codes, wrow);
+}
+
+/* The same with int8 activations (q in the path's layout). */
+QK_FN void qk_dense_int8_rows(const qk_dense *w, int path, int64_t r0, int64_t nrows,
+                               const qk_xq *q, int64_t batch, float *y, uint8_t *codes) {
+#if QK_X86
+    if (path == QK_PATH_AVX512) {
+        if (batch >= 4) qk_rows_int8_avx512(w, r0, nrows, q, batch, y, codes);
+        else
+            for (int64_t i = 0; i < nrows; i++) qk_row_int8_avx512(w, r0 + i, q, batch, y, codes);
+        return;
+    }
+#endif
+    (void)path;
+    for (int64_t i = 0; i < nrows; i++) qk_row_int8_generic(w, r0 + i, q, batch, y, codes);
+}
+
+#endif

@@ -1,0 +1,79 @@
+/* Instruction-set variants of the kernels and their run-time selection.
+ *
+ * Every vector kernel is compiled with a function-level target attribute (QK_AVX2_FN,
+ * QK_AVX512_FN), so one build holds every variant whatever -march it was given, and the
+ * best variant this CPU supports is chosen when the extension is imported (CPUID through
+ * __builtin_cpu_supports, which also checks that the OS saves the vector registers).
+ * qpack/kernel_info.py forces a variant with QPACK_ISA=ref|avx2|avx512 and reports the
+ * choice (qpack.kernel_info()).
+ *
+ * Levels, each a superset of the one before:
+ *   QK_ISA_REF     portable C (what the compiler makes of it with the build's flags);
+ *   QK_ISA_AVX2    AVX2 + FMA + BMI2 (Haswell, Zen 1 and later);
+ *   QK_ISA_AVX512  AVX-512 F/BW/VL/DQ + VNNI + VBMI (Ice Lake, Zen 4 and later).
+ * Skylake-X (AVX-512 without VNNI/VBMI) runs the AVX2 variant. NEON is not written yet:
+ * ARM machines run the reference variant.
+ */
+#ifndef QK_ISA_H
+#define QK_ISA_H
+
+#include <stdint.h>
+
+enum { QK_ISA_REF = 0, QK_ISA_AVX2 = 1, QK_ISA_AVX512 = 2, QK_ISA_COUNT = 3 };
+
+/* Every kernel function is static (one copy per extension module), and not every module
+   calls every one. */
+#define QK_FN static __attribute__((unused))
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define QK_X86 1
+#include <immintrin.h>
+#define QK_AVX2_TARGET "avx2,fma,bmi,bmi2,popcnt"
+#define QK_AVX512_TARGET \
+    "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,avx2,fma,bmi,bmi2,popcnt"
+#define QK_AVX2_FN static __attribute__((unused, target(QK_AVX2_TARGET)))
+#define QK_AVX2_INL static inline __attribute__((always_inline, target(QK_AVX2_TARGET)))
+#define QK_AVX512_FN static __attribute__((unused, target(QK_AVX512_TARGET)))
+#define QK_AVX512_INL static inline __attribute__((always_inline, target(QK_AVX512_TARGET)))
+#else
+#define QK_X86 0
+#endif
+
+/* 1 if this CPU (and OS) can run variant isa. */
+QK_FN int qk_isa_supported(int isa) {
+    if (isa == QK_ISA_REF) return 1;
+#if QK_X86
+    __builtin_cpu_init();
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+               && __builtin_cpu_supports("bmi2");
+    if (isa == QK_ISA_AVX2) return avx2;
+    if (isa == QK_ISA_AVX512)
+        return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+               && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
+               && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
+#endif
+    return 0;
+}
+
+/* The compiler flags the extension was built with (setup.py defines QK_BUILD_FLAGS). */
+#ifndef QK_BUILD_FLAGS
+#define QK_BUILD_FLAGS "unknown"
+#endif
+QK_FN const char *qk_build_flags(void) { return QK_BUILD_FLAGS; }
+
+/* omp_get_max_threads() when the build has OpenMP (it follows OMP_NUM_THREADS and
+   omp_set_num_threads, which is what threadpoolctl calls), else 1. */
+#ifdef _OPENMP
+#include <omp.h>
+QK_FN int qk_omp_max_threads(void) { return omp_get_max_threads(); }
+#else
+QK_FN int qk_omp_max_threads(void) { return 1; }
+#endif
+
+QK_FN int qk_isa_best(void) {
+    for (int isa = QK_ISA_COUNT - 1; isa > QK_ISA_REF; isa--)
+        if (qk_isa_supported(isa)) return isa;
+    return QK_ISA_REF;
+}
+
+#endif
