@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qpack
+import qpack.isa
 from qpack.matmul import (
     CodebookWeights,
     LinearWeights,
@@ -130,6 +131,15 @@ def threads(request, monkeypatch):
     qpack.set_num_threads(None)
 
 
+@pytest.fixture(params=qpack.isa.available_isas())
+def kernel_isa(request):
+    """Run a test on every kernel variant this CPU supports (ref, avx2, avx512)."""
+    before = qpack.isa.get_isa()
+    qpack.isa.set_isa(request.param)
+    yield request.param
+    qpack.isa.set_isa(before)
+
+
 # ---- the main grid ---------------------------------------------------------------------
 
 @pytest.fixture(params=["kernels", "tiles"])
@@ -149,7 +159,7 @@ def dense_path(request, monkeypatch):
 
 @pytest.mark.parametrize("enc", ENCODINGS)
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
-def test_float_and_int8_against_reference(enc, bits, threads, dense_path):
+def test_float_and_int8_against_reference(enc, bits, threads, dense_path, kernel_isa):
     rng = np.random.default_rng(bits * 100 + ENCODINGS.index(enc))
     # 300 columns: two full 128-column blocks plus a tail, several groups of 32/128
     w, w_hat = build(rng, enc, 45, 300, bits)
@@ -164,7 +174,7 @@ def test_float_and_int8_against_reference(enc, bits, threads, dense_path):
 
 @pytest.mark.parametrize("bits", [1, 5, 6, 7])
 @pytest.mark.parametrize("enc", ["linear_g128", "linear_channel", "codebook", "sparse_codebook"])
-def test_other_widths(bits, enc):
+def test_other_widths(bits, enc, kernel_isa):
     rng = np.random.default_rng(bits)
     w, w_hat = build(rng, enc, 17, 259, bits)
     np.testing.assert_array_equal(w.dequantize(), w_hat)
@@ -175,7 +185,7 @@ def test_other_widths(bits, enc):
         assert (err <= w.int8_error_bound(x)).all()
 
 
-def test_large_fast_path(threads):
+def test_large_fast_path(threads, kernel_isa):
     """A 4096-wide row exercises the vector kernels over many blocks and groups; a batch
     of 300 takes the tiled BLAS path on the same weights."""
     rng = np.random.default_rng(7)
@@ -184,6 +194,56 @@ def test_large_fast_path(threads):
         x = rng.standard_normal((batch, 4096)).astype(np.float32)
         assert_close(w.matmul(x), x, w_hat)
         assert (np.abs(w.matmul(x, "int8") - ref_matmul(x, w_hat)) <= w.int8_error_bound(x)).all()
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("group", [32, 64, 96, 128, 4032, -1])
+def test_every_width_and_group(bits, group, kernel_isa):
+    """Each width with groups of one, two, three and four 32-column halves (96: x blocks
+    that split a 64-column chunk), a large odd group and per channel; 1000 columns end in
+    a partial chunk. Batches 1, 5 and 9 cover every batch tile size."""
+    rng = np.random.default_rng(bits * 1000 + group)
+    w, w_hat = make_linear(rng, 9, 1000 if group != 4032 else 4100, bits, group, np.float32)
+    for batch in (1, 5, 9):
+        x = rng.standard_normal((batch, w.shape[1])).astype(np.float32)
+        assert_close(w.matmul(x), x, w_hat)
+        err = np.abs(w.matmul(x, "int8") - ref_matmul(x, w_hat))
+        assert (err <= w.int8_error_bound(x)).all()
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("per_row", [False, True])
+def test_every_codebook_width(bits, per_row, kernel_isa):
+    """Codebooks of 2..256 entries (the int8 tables by vpshufb, vpermb, vpermi2b and two
+    vpermi2b with a blend), entries at +-max so the int8 table reaches 1 and 255."""
+    rng = np.random.default_rng(bits + 50 * per_row)
+    w, w_hat = make_codebook(rng, 7, 777, bits, per_row=per_row)
+    for batch in (1, 4, 11):
+        x = rng.standard_normal((batch, 777)).astype(np.float32)
+        x[:, ::97] *= 50  # outliers: some int8 activations at +-127
+        assert_close(w.matmul(x), x, w_hat)
+        err = np.abs(w.matmul(x, "int8") - ref_matmul(x, w_hat))
+        assert (err <= w.int8_error_bound(x)).all()
+
+
+def test_kernel_paths_follow_the_variant():
+    """The any-width kernels take 3-bit codes and groups of 32 on AVX-512; the reference
+    variant runs the generic loops; the choice is visible in kernel_paths()."""
+    rng = np.random.default_rng(3)
+    w, _ = make_linear(rng, 4, 256, 3, 32)
+    before = qpack.isa.get_isa()
+    try:
+        qpack.isa.set_isa("ref")
+        assert w.kernel_paths() == {"float": "generic", "int8": "generic"}
+        if "avx512" in qpack.isa.available_isas():
+            qpack.isa.set_isa("avx512")
+            assert w.kernel_paths() == {"float": "avx512-any", "int8": "avx512-any"}
+    finally:
+        qpack.isa.set_isa(before)
+    with pytest.raises(ValueError, match="unknown kernel variant"):
+        qpack.isa.set_isa("sse9")
+    info = qpack.kernel_info()
+    assert info["isa"] == before and "ref" in info["available"] and info["threads"] >= 1
 
 
 # ---- odd shapes and inputs --------------------------------------------------------------

@@ -31,7 +31,9 @@ from qpack._kernels.qk cimport (
     QK_ISA_AVX2,
     QK_ISA_AVX512,
     QK_ISA_REF,
+    QK_PATH_AVX2,
     QK_PATH_AVX512,
+    QK_PATH_AVX512_ANY,
     QK_PATH_GENERIC,
     qk_dense,
     qk_dense_float_rows,
@@ -59,7 +61,8 @@ from qpack._kernels.qk cimport (
 cdef enum:
     ROW_CHUNK = 16
 
-PATH_NAMES = {QK_PATH_GENERIC: "generic", QK_PATH_AVX512: "avx512"}
+PATH_NAMES = {QK_PATH_GENERIC: "generic", QK_PATH_AVX2: "avx2", QK_PATH_AVX512: "avx512",
+              QK_PATH_AVX512_ANY: "avx512-any"}
 
 def isa_supported(int isa):
     """1 if this CPU can run variant ``isa`` (0 ref, 1 avx2, 2 avx512)."""
@@ -199,7 +202,7 @@ cdef class DenseKernel:
         return PATH_NAMES[self._int8_path(&w, block)]
 
     cdef int _int8_path(self, qk_dense *w, int64_t block):
-        return qk_int8_path(w, w.isa) if block == 128 else QK_PATH_GENERIC
+        return qk_int8_path(w, w.isa, block)
 
     def _check_out(self, y, int64_t batch):
         if y.shape[0] != batch or y.shape[1] != self.n_out:

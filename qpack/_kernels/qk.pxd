@@ -42,9 +42,11 @@ cdef extern from "qk_dense.h" nogil:
 
     enum:
         QK_PATH_GENERIC
+        QK_PATH_AVX2
         QK_PATH_AVX512
+        QK_PATH_AVX512_ANY
     int qk_float_path(const qk_dense *w, int isa)
-    int qk_int8_path(const qk_dense *w, int isa)
+    int qk_int8_path(const qk_dense *w, int isa, int64_t block)
     int qk_path_permute_bits(int path, int bits)
     void qk_dense_float_rows(const qk_dense *w, int path, int64_t r0, int64_t nrows,
                              const float *xp, int64_t batch, float *y, uint8_t *codes,

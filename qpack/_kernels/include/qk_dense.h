@@ -11,32 +11,44 @@
 #include "qk_dense_ref.h"
 #include "qk_dense_avx512.h"
 
-enum { QK_PATH_GENERIC = 0, QK_PATH_AVX512 = 2 };
+/* AVX512: 2/4/8-bit codes in 128-column blocks (permuted activations for 2 and 4 bits);
+   AVX512_ANY: any width, groups of any multiple of 32, natural order. */
+enum { QK_PATH_GENERIC = 0, QK_PATH_AVX2 = 1, QK_PATH_AVX512 = 2, QK_PATH_AVX512_ANY = 3 };
 
 /* Groups that the 128-column block kernels handle: a multiple of 128, or none. */
 static inline int qk_groups_aligned(const qk_dense *w) {
     return w->kind != 0 || w->group % 128 == 0 || w->group >= w->n_in;
 }
 
+/* Groups that the any-width kernels handle: a multiple of 32, or none. */
+static inline int qk_groups_halves(const qk_dense *w) {
+    return w->kind != 0 || w->group % 32 == 0 || w->group >= w->n_in;
+}
+
 QK_FN int qk_float_path(const qk_dense *w, int isa) {
     const int b = w->bits;
     if (isa >= QK_ISA_AVX512 && qk_groups_aligned(w) && (b == 2 || b == 4 || b == 8))
         return QK_PATH_AVX512;
+    if (isa >= QK_ISA_AVX512 && qk_groups_halves(w)) return QK_PATH_AVX512_ANY;
     return QK_PATH_GENERIC;
 }
 
-QK_FN int qk_int8_path(const qk_dense *w, int isa) {
+/* block: columns per int8 activation block (each inside one weight group). The any-width
+   kernel sums at most 4096 products per int32 lane (255 * 127 * 4096 < 2**31). */
+QK_FN int qk_int8_path(const qk_dense *w, int isa, int64_t block) {
     const int b = w->bits;
-    if (isa >= QK_ISA_AVX512 && qk_groups_aligned(w)
+    if (isa >= QK_ISA_AVX512 && qk_groups_aligned(w) && block == 128
         && (b == 2 || b == 4 || (b == 8 && w->kind == 0)))
         return QK_PATH_AVX512;
+    if (isa >= QK_ISA_AVX512 && qk_groups_halves(w) && block % 32 == 0 && block <= 4096)
+        return QK_PATH_AVX512_ANY;
     return QK_PATH_GENERIC;
 }
 
 /* Column layout of the activations for a path: 2 or 4 when each 128-column block must be
    split into 8/bits streams (qk_permute_row), 0 for natural order. */
 static inline int qk_path_permute_bits(int path, int bits) {
-    return path != QK_PATH_GENERIC && (bits == 2 || bits == 4) ? bits : 0;
+    return (path == QK_PATH_AVX512 || path == QK_PATH_AVX2) && (bits == 2 || bits == 4) ? bits : 0;
 }
 
 /* Rows r0 .. r0+nrows (nrows <= 4) of y = x @ W_hat.T, float activations (xp in the
@@ -51,6 +63,7 @@ QK_FN void qk_dense_float_rows(const qk_dense *w, int path, int64_t r0, int64_t 
             for (int64_t i = 0; i < nrows; i++) qk_row_float_avx512(w, r0 + i, xp, batch, y, codes);
         return;
     }
+    if (path == QK_PATH_AVX512_ANY) { qk_rows_float_any_avx512(w, r0, nrows, xp, batch, y, codes); return; }
 #endif
     (void)path;
     for (int64_t i = 0; i < nrows; i++) qk_row_float_generic(w, r0 + i, xp, batch, y, codes, wrow);
@@ -66,6 +79,7 @@ QK_FN void qk_dense_int8_rows(const qk_dense *w, int path, int64_t r0, int64_t n
             for (int64_t i = 0; i < nrows; i++) qk_row_int8_avx512(w, r0 + i, q, batch, y, codes);
         return;
     }
+    if (path == QK_PATH_AVX512_ANY) { qk_rows_int8_any_avx512(w, r0, nrows, q, batch, y, codes); return; }
 #endif
     (void)path;
     for (int64_t i = 0; i < nrows; i++) qk_row_int8_generic(w, r0 + i, q, batch, y, codes);

@@ -422,6 +422,282 @@ QK_AVX512_FN void qk_rows_int8_avx512(const qk_dense *w, int64_t r0, int64_t nro
     for (; b0 < batch; b0++)
         for (int64_t i = 0; i < 4; i++) qk_int8_tile_avx512(w, r0 + i, q, b0, y, codes, 1);
 }
+
+/* ---- any width 1..8, groups that are multiples of 32: natural column order ----------
+   The paths above exist for 2, 4 and 8 bits in 128-column blocks. These cover the rest
+   (1/3/5/6/7-bit codes, 8-bit codebooks in the int8 mode, and groups of 32, 64, 96...):
+   each 64-column chunk of a row is unpacked in registers by the VBMI unpacker that
+   qpack.unpack uses (vpermb + vpmultishiftqb + and: 64 codes of any width, in natural
+   order, from 8*b bytes), so the activations stay in natural order too. Scales are
+   handled per 32-column half, the smallest group these paths accept; a group or an x
+   block index is stepped with counters, never divided. */
+
+/* Codes 16m .. 16m+15 of a 64-code register as dword lanes (m a constant). */
+QK_AVX512_INL __m512i qk_quarter_avx512(__m512i u, const int m) {
+    switch (m) {
+        case 0: return _mm512_cvtepu8_epi32(_mm512_castsi512_si128(u));
+        case 1: return _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(u, 1));
+        case 2: return _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(u, 2));
+        default: return _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(u, 3));
+    }
+}
+
+/* 64 codes of chunk ch of a row as bytes. */
+QK_AVX512_INL __m512i qk_codes64_avx512(const uint8_t *row, int64_t ch, const int b) {
+    if (b == 8) return _mm512_loadu_si512((const void *)(row + ch * 64));
+    return qk_vbmi_unpack64(row + ch * 8 * b, b);
+}
+
+/* Halves (32 columns) per weight group; a huge number when the row is one group. */
+static inline int64_t qk_halves_per_group(const qk_dense *w) {
+    return (w->kind != 0 || w->group >= w->n_in) ? INT64_MAX : w->group / 32;
+}
+
+/* Float mode: the value of each code, looked up in registers. Up to 5 bits a table of
+   2**b floats (the codebook row, or (i - z) * s of the current group) in one or two
+   registers (vpermps / vpermt2ps); 6 bits: four registers and a blend on bit 5 for
+   codebooks; 6-8 bit linear codes convert and dequantize ((u - z) * s, as the reference);
+   7-8 bit codebooks gather. */
+typedef struct { __m512 t[4]; __m512 z, s; } qk_vtab;
+
+QK_AVX512_INL void qk_vtab_linear(qk_vtab *v, float z, float s, const int b) {
+    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    v->z = _mm512_set1_ps(z);
+    v->s = _mm512_set1_ps(s);
+    if (b <= 5) {
+        v->t[0] = _mm512_mul_ps(_mm512_sub_ps(iota, v->z), v->s);
+        if (b == 5)
+            v->t[1] = _mm512_mul_ps(_mm512_sub_ps(_mm512_add_ps(iota, _mm512_set1_ps(16.0f)), v->z), v->s);
+    }
+}
+
+QK_AVX512_INL __m512 qk_vtab_get(const qk_vtab *v, __m512i idx, const int b, const int kind,
+                                 const float *cb) {
+    if (b <= 4) return _mm512_permutexvar_ps(idx, v->t[0]);
+    if (b == 5) return _mm512_permutex2var_ps(v->t[0], idx, v->t[1]);
+    if (kind == 0) return _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(idx), v->z), v->s);
+    if (b == 6) {
+        __m512 lo = _mm512_permutex2var_ps(v->t[0], idx, v->t[1]);
+        __m512 hi = _mm512_permutex2var_ps(v->t[2], idx, v->t[3]);
+        return _mm512_mask_blend_ps(_mm512_test_epi32_mask(idx, _mm512_set1_epi32(32)), lo, hi);
+    }
+    return _mm512_i32gather_ps(idx, cb, 4);
+}
+
+QK_AVX512_INL void
+qk_float_any_tile_avx512(const qk_dense *w, int64_t r, const float *x, int64_t b0, float *y,
+                         uint8_t *codes, const int NB, const int b, const int kind) {
+    const int64_t n = w->n_in, nch = n / 64;
+    const uint8_t *row = w->packed + r * w->row_bytes;
+    const float *sc = w->scales + r * w->prow, *zz = w->zeros + r * w->prow;
+    const float *cb = w->codebook + r * w->cbrow;
+    qk_vtab v;
+    v.z = v.s = _mm512_setzero_ps();
+    for (int i = 0; i < 4; i++) v.t[i] = _mm512_setzero_ps();
+    if (kind == 1 && b <= 6)   /* the padded codebook row holds max(16, 2**b) floats */
+        for (int i = 0; i < (b <= 4 ? 1 : b == 5 ? 2 : 4); i++) v.t[i] = _mm512_loadu_ps(cb + 16 * i);
+    __m512 acc[8][2];
+    const float *xb[8];
+    for (int t = 0; t < NB; t++) {
+        acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+        xb[t] = x + (b0 + t) * n;
+    }
+    const int64_t hpg = qk_halves_per_group(w);
+    int64_t g = 0, gpos = 0;
+    if (kind == 0) qk_vtab_linear(&v, zz[0], sc[0], b);
+    for (int64_t ch = 0; ch < nch; ch++) {
+        const __m512i u = qk_codes64_avx512(row, ch, b);
+        #pragma GCC unroll 4
+        for (int m = 0; m < 4; m++) {
+            if (kind == 0 && (m & 1) == 0) {   /* a new half: step the group counter */
+                if (gpos == hpg) { gpos = 0; g++; qk_vtab_linear(&v, zz[g], sc[g], b); }
+                gpos++;
+            }
+            const __m512i idx = qk_quarter_avx512(u, m);
+            const __m512 wv = qk_vtab_get(&v, idx, b, kind, cb);
+            for (int t = 0; t < NB; t++)
+                acc[t][m & 1] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xb[t] + ch * 64 + 16 * m), acc[t][m & 1]);
+        }
+    }
+    for (int t = 0; t < NB; t++)
+        y[(b0 + t) * w->n_out + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]))
+                                     + (nch * 64 < n ? qk_tail_float(w, r, xb[t], nch * 64, codes) : 0.0f);
+}
+
+#define QK_ANY_ROW_TILES(TILE, ...) { int64_t b0 = 0; \
+    for (; b0 + 8 <= batch; b0 += 8) TILE(__VA_ARGS__, b0, 8); \
+    if (b0 + 4 <= batch) { TILE(__VA_ARGS__, b0, 4); b0 += 4; } \
+    if (b0 + 2 <= batch) { TILE(__VA_ARGS__, b0, 2); b0 += 2; } \
+    if (b0 < batch) TILE(__VA_ARGS__, b0, 1); }
+
+#define QK_FLOAT_ANY(B, K) { \
+    for (int64_t i = 0; i < nrows; i++) { const int64_t r = r0 + i; \
+        QK_ANY_ROW_TILES(QK_FLOAT_ANY_CALL, B, K) } }
+#define QK_FLOAT_ANY_CALL(B, K, b0, NB) qk_float_any_tile_avx512(w, r, xp, b0, y, codes, NB, B, K)
+
+/* Rows r0 .. r0+nrows of the float product on the any-width path; each (width, kind) is
+   its own instantiation so the table and the tile sizes are compile-time constants. */
+QK_AVX512_FN void qk_rows_float_any_avx512(const qk_dense *w, int64_t r0, int64_t nrows,
+                                           const float *xp, int64_t batch, float *y,
+                                           uint8_t *codes) {
+    const int b = w->bits;
+    if (w->kind == 0) {
+        switch (b) {
+            case 1: QK_FLOAT_ANY(1, 0) break; case 2: QK_FLOAT_ANY(2, 0) break;
+            case 3: QK_FLOAT_ANY(3, 0) break; case 4: QK_FLOAT_ANY(4, 0) break;
+            case 5: QK_FLOAT_ANY(5, 0) break; case 6: QK_FLOAT_ANY(6, 0) break;
+            case 7: QK_FLOAT_ANY(7, 0) break; default: QK_FLOAT_ANY(8, 0) break;
+        }
+    } else {
+        switch (b) {
+            case 1: QK_FLOAT_ANY(1, 1) break; case 2: QK_FLOAT_ANY(2, 1) break;
+            case 3: QK_FLOAT_ANY(3, 1) break; case 4: QK_FLOAT_ANY(4, 1) break;
+            case 5: QK_FLOAT_ANY(5, 1) break; case 6: QK_FLOAT_ANY(6, 1) break;
+            case 7: QK_FLOAT_ANY(7, 1) break; default: QK_FLOAT_ANY(8, 1) break;
+        }
+    }
+}
+
+/* int8 mode: codebook codes map to their int8 entries (u8 = round(cb / s) + 128) by byte
+   permutes: vpshufb for up to 16 entries, vpermb for 64, vpermi2b for 128, two vpermi2b
+   and a blend on bit 7 for 256. */
+typedef struct { __m512i t[4]; } qk_btab;
+
+QK_AVX512_INL void qk_btab_load(qk_btab *bt, const uint8_t *lut, const int b) {
+    for (int i = 0; i < 4; i++) bt->t[i] = _mm512_setzero_si512();
+    if (b <= 4) { bt->t[0] = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)lut)); return; }
+    const int L = 1 << b;   /* the padded table holds 2**b bytes */
+    for (int i = 0; i < 4 && 64 * i < L; i++)
+        bt->t[i] = _mm512_maskz_loadu_epi8(L - 64 * i >= 64 ? ~(__mmask64)0
+                                           : (((__mmask64)1 << (L - 64 * i)) - 1), lut + 64 * i);
+}
+
+QK_AVX512_INL __m512i qk_btab_get(const qk_btab *bt, __m512i u, const int b) {
+    if (b <= 4) return _mm512_shuffle_epi8(bt->t[0], u);
+    if (b <= 6) return _mm512_permutexvar_epi8(u, bt->t[0]);
+    if (b == 7) return _mm512_permutex2var_epi8(bt->t[0], u, bt->t[1]);
+    __m512i lo = _mm512_permutex2var_epi8(bt->t[0], u, bt->t[1]);
+    __m512i hi = _mm512_permutex2var_epi8(bt->t[2], u, bt->t[3]);
+    return _mm512_mask_blend_epi8(_mm512_movepi8_mask(u), lo, hi);
+}
+
+/* Columns [c0, n) of row r in natural order against int8 activations, for any width and
+   x blocks of any multiple of 32 columns: the integer sums of each x block inside the
+   range, scaled; the zero-point term only for blocks that start at or after c0 (the
+   vector part adds it for the blocks it starts). */
+static inline float qk_tail_int8_any(const qk_dense *w, int64_t r, const qk_xq *q, int64_t bi,
+                                     int64_t c0, uint8_t *codes) {
+    const int64_t n = w->n_in, B = q->block;
+    if (c0 >= n) return 0.0f;
+    qk_unpack_any(w->packed + r * w->row_bytes + c0 * w->bits / 8, codes, n - c0, w->bits, w->isa);
+    const int8_t *xq = q->xq + bi * n;
+    const uint8_t *lut = w->kind == 1 ? w->cb_u8 + r * w->cbrow : 0;
+    float s = 0.0f;
+    for (int64_t c = c0; c < n;) {
+        const int64_t k = c / B, e = (k + 1) * B < n ? (k + 1) * B : n;
+        int32_t isum = 0;
+        for (int64_t j = c; j < e; j++)
+            isum += (int32_t)(lut ? lut[codes[j - c0]] : codes[j - c0]) * xq[j];
+        float sw, z;
+        if (w->kind == 0) { const int64_t g = c / w->group; sw = w->scales[r * w->prow + g]; z = w->zeros[r * w->prow + g]; }
+        else { sw = w->cb_scale[w->cbrow ? r : 0]; z = 128.0f; }
+        const float d = sw * q->xs[bi * q->nblocks + k];
+        /* as the generic kernel: an all-zero row of weights gives exactly 0 */
+        if (c == k * B) s += d * ((float)isum - z * (float)q->xsum[bi * q->nblocks + k]);
+        else s += d * (float)isum;
+        c = e;
+    }
+    return s;
+}
+
+/* SPLIT = 0 when x blocks are multiples of 64 columns (a chunk never straddles two: the
+   integer sums run over the whole block and are scaled once), 1 for blocks of an odd
+   number of 32-column halves (each chunk is scaled per half). */
+QK_AVX512_INL void
+qk_int8_any_tile_avx512(const qk_dense *w, int64_t r, const qk_xq *q, int64_t b0, float *y,
+                        uint8_t *codes, const int NB, const int b, const int kind,
+                        const int SPLIT) {
+    const int64_t n = w->n_in, nch = n / 64, NBK = q->nblocks;
+    const int64_t hpb = q->block / 32, hpg = qk_halves_per_group(w);
+    const uint8_t *row = w->packed + r * w->row_bytes;
+    const float *sc = w->scales + r * w->prow, *zz = w->zeros + r * w->prow;
+    const float cbs = kind == 1 ? w->cb_scale[w->cbrow ? r : 0] : 0.0f;
+    qk_btab bt;
+    if (kind == 1) qk_btab_load(&bt, w->cb_u8 + r * w->cbrow, b);
+    else for (int i = 0; i < 4; i++) bt.t[i] = _mm512_setzero_si512();
+    __m512 facc[8];
+    __m512i iacc[8];
+    float zacc[8];
+    const int8_t *xb[8];
+    const float *xsb[8];
+    const int32_t *xsumb[8];
+    for (int t = 0; t < NB; t++) {
+        facc[t] = _mm512_setzero_ps(); iacc[t] = _mm512_setzero_si512(); zacc[t] = 0.0f;
+        xb[t] = q->xq + (b0 + t) * n; xsb[t] = q->xs + (b0 + t) * NBK; xsumb[t] = q->xsum + (b0 + t) * NBK;
+    }
+    int64_t g = 0, gpos = 0, k = 0, kpos = 0;   /* group and x block of the next half */
+    float sw = kind == 1 ? cbs : sc[0], z = kind == 1 ? 128.0f : zz[0];
+    for (int64_t ch = 0; ch < nch; ch++) {
+        __m512i u = qk_codes64_avx512(row, ch, b);
+        if (kind == 1) u = qk_btab_get(&bt, u, b);
+        /* the two halves of this chunk: group, block, and whether a block starts */
+        int64_t kh[2];
+        float swh[2];
+        for (int h = 0; h < 2; h++) {
+            if (kind == 0 && gpos == hpg) { gpos = 0; g++; sw = sc[g]; z = zz[g]; }
+            if (kpos == hpb) { kpos = 0; k++; }
+            if (kpos == 0)   /* block k starts here: its zero-point term, once */
+                for (int t = 0; t < NB; t++) zacc[t] += (sw * xsb[t][k]) * (z * (float)xsumb[t][k]);
+            kh[h] = k; swh[h] = sw;
+            gpos++; kpos++;
+        }
+        if (SPLIT) {
+            for (int t = 0; t < NB; t++) {
+                const __m512i ia = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u,
+                                                       _mm512_loadu_si512((const void *)(xb[t] + ch * 64)));
+                const __m512 dv = _mm512_mask_blend_ps((__mmask16)0xFF00,
+                                                       _mm512_set1_ps(swh[0] * xsb[t][kh[0]]),
+                                                       _mm512_set1_ps(swh[1] * xsb[t][kh[1]]));
+                facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia), dv, facc[t]);
+            }
+        } else {
+            for (int t = 0; t < NB; t++)
+                iacc[t] = _mm512_dpbusd_epi32(iacc[t], u, _mm512_loadu_si512((const void *)(xb[t] + ch * 64)));
+            if (kpos == hpb) {   /* the block ends with this chunk: scale its sums */
+                for (int t = 0; t < NB; t++) {
+                    facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[t]), _mm512_set1_ps(sw * xsb[t][k]), facc[t]);
+                    iacc[t] = _mm512_setzero_si512();
+                }
+            }
+        }
+    }
+    for (int t = 0; t < NB; t++) {
+        float s = _mm512_reduce_add_ps(facc[t]) - zacc[t];
+        if (!SPLIT && kpos != hpb)   /* a block cut by the end of the vector part */
+            s += sw * xsb[t][k] * (float)_mm512_reduce_add_epi32(iacc[t]);
+        y[(b0 + t) * w->n_out + r] = s + (nch * 64 < n ? qk_tail_int8_any(w, r, q, b0 + t, nch * 64, codes) : 0.0f);
+    }
+}
+
+#define QK_INT8_ANY(B, K, S) { \
+    for (int64_t i = 0; i < nrows; i++) { const int64_t r = r0 + i; \
+        QK_ANY_ROW_TILES(QK_INT8_ANY_CALL, B, K, S) } }
+#define QK_INT8_ANY_CALL(B, K, S, b0, NB) qk_int8_any_tile_avx512(w, r, q, b0, y, codes, NB, B, K, S)
+#define QK_INT8_ANY_WIDTHS(K, S) switch (w->bits) { \
+    case 1: QK_INT8_ANY(1, K, S) break; case 2: QK_INT8_ANY(2, K, S) break; \
+    case 3: QK_INT8_ANY(3, K, S) break; case 4: QK_INT8_ANY(4, K, S) break; \
+    case 5: QK_INT8_ANY(5, K, S) break; case 6: QK_INT8_ANY(6, K, S) break; \
+    case 7: QK_INT8_ANY(7, K, S) break; default: QK_INT8_ANY(8, K, S) break; }
+
+QK_AVX512_FN void qk_rows_int8_any_avx512(const qk_dense *w, int64_t r0, int64_t nrows,
+                                          const qk_xq *q, int64_t batch, float *y,
+                                          uint8_t *codes) {
+    const int split = (q->block / 32) % 2;
+    if (w->kind == 1) QK_INT8_ANY_WIDTHS(1, 0)   /* codebooks: 128-column blocks */
+    else if (split) QK_INT8_ANY_WIDTHS(0, 1)
+    else QK_INT8_ANY_WIDTHS(0, 0)
+}
+
 #endif /* QK_X86 */
 
 #endif
