@@ -267,7 +267,7 @@ cdef class DenseKernel:
         q.xsum = &xsumv[0, 0]
         q.block = block
         q.nblocks = xs.shape[1]
-        cdef uint8_t[:, ::1] codes = np.empty((nt, n_in + 64), dtype=np.uint8)
+        cdef uint8_t[:, ::1] codes = np.empty((nt, 5 * (n_in + 64)), dtype=np.uint8)
         with nogil, parallel(num_threads=nt):
             tid = threadid()
             for r in prange((w.n_out + 3) // 4, schedule="dynamic", chunksize=ROW_CHUNK // 4):

@@ -615,15 +615,15 @@ static inline float qk_tail_int8_any(const qk_dense *w, int64_t r, const qk_xq *
    number of 32-column halves (each chunk is scaled per half). */
 QK_AVX512_INL void
 qk_int8_any_tile_avx512(const qk_dense *w, int64_t r, const qk_xq *q, int64_t b0, float *y,
-                        uint8_t *codes, const int NB, const int b, const int kind,
-                        const int SPLIT) {
+                        uint8_t *codes, const uint8_t *pre, const int NB, const int b,
+                        const int kind, const int SPLIT) {
     const int64_t n = w->n_in, nch = n / 64, NBK = q->nblocks;
     const int64_t hpb = q->block / 32, hpg = qk_halves_per_group(w);
     const uint8_t *row = w->packed + r * w->row_bytes;
     const float *sc = w->scales + r * w->prow, *zz = w->zeros + r * w->prow;
     const float cbs = kind == 1 ? w->cb_scale[w->cbrow ? r : 0] : 0.0f;
     qk_btab bt;
-    if (kind == 1) qk_btab_load(&bt, w->cb_u8 + r * w->cbrow, b);
+    if (kind == 1 && !pre) qk_btab_load(&bt, w->cb_u8 + r * w->cbrow, b);
     else for (int i = 0; i < 4; i++) bt.t[i] = _mm512_setzero_si512();
     __m512 facc[8];
     __m512i iacc[8];
@@ -638,8 +638,12 @@ qk_int8_any_tile_avx512(const qk_dense *w, int64_t r, const qk_xq *q, int64_t b0
     int64_t g = 0, gpos = 0, k = 0, kpos = 0;   /* group and x block of the next half */
     float sw = kind == 1 ? cbs : sc[0], z = kind == 1 ? 128.0f : zz[0];
     for (int64_t ch = 0; ch < nch; ch++) {
-        __m512i u = qk_codes64_avx512(row, ch, b);
-        if (kind == 1) u = qk_btab_get(&bt, u, b);
+        __m512i u;
+        if (pre) u = _mm512_loadu_si512((const void *)(pre + ch * 64));
+        else {
+            u = qk_codes64_avx512(row, ch, b);
+            if (kind == 1) u = qk_btab_get(&bt, u, b);
+        }
         /* the two halves of this chunk: group, block, and whether a block starts */
         int64_t kh[2];
         float swh[2];
@@ -679,10 +683,118 @@ qk_int8_any_tile_avx512(const qk_dense *w, int64_t r, const qk_xq *q, int64_t b0
     }
 }
 
+/* Batched int8 on the any-width path (x blocks of a multiple of 64 columns): a register
+   tile of 4 rows x 2 batch rows. Each activation load serves the 4 rows and each decoded
+   chunk the 2 batch rows; the integer sums of a block are scaled once at its end. (4 x 4
+   would need 32 accumulators: two sets of 16, integer and float, do not fit in 32 zmm.) */
+QK_AVX512_INL void
+qk_int8_any_rb_tile_avx512(const qk_dense *w, int64_t r0, const qk_xq *q, int64_t b0, float *y,
+                           uint8_t *codes, const uint8_t *pre, int64_t pstride, const int NB,
+                           const int b, const int kind) {
+    const int64_t n = w->n_in, nch = n / 64, NBK = q->nblocks;
+    const int64_t hpb = q->block / 32, hpg = qk_halves_per_group(w);
+    qk_btab bt[4];
+    const uint8_t *row[4];
+    const float *sc[4], *zz[4];
+    float sw[4], z[4];
+    for (int i = 0; i < 4; i++) {
+        row[i] = w->packed + (r0 + i) * w->row_bytes;
+        sc[i] = w->scales + (r0 + i) * w->prow;
+        zz[i] = w->zeros + (r0 + i) * w->prow;
+        if (kind == 1) {
+            if (!pre) qk_btab_load(&bt[i], w->cb_u8 + (r0 + i) * w->cbrow, b);
+            sw[i] = w->cb_scale[w->cbrow ? r0 + i : 0]; z[i] = 128.0f;
+        } else { sw[i] = sc[i][0]; z[i] = zz[i][0]; }
+    }
+    __m512 facc[4][2];
+    __m512i iacc[4][2];
+    float zacc[4][2];
+    const int8_t *xb[2];
+    const float *xsb[2];
+    const int32_t *xsumb[2];
+    for (int t = 0; t < NB; t++) {
+        xb[t] = q->xq + (b0 + t) * n; xsb[t] = q->xs + (b0 + t) * NBK; xsumb[t] = q->xsum + (b0 + t) * NBK;
+        for (int i = 0; i < 4; i++) {
+            facc[i][t] = _mm512_setzero_ps(); iacc[i][t] = _mm512_setzero_si512(); zacc[i][t] = 0.0f;
+        }
+    }
+    int64_t g = 0, gpos = 0, k = 0, kpos = 0;
+    for (int64_t ch = 0; ch < nch; ch++) {
+        for (int h = 0; h < 2; h++) {   /* step group and block per 32-column half */
+            if (kind == 0 && gpos == hpg) {
+                gpos = 0; g++;
+                for (int i = 0; i < 4; i++) { sw[i] = sc[i][g]; z[i] = zz[i][g]; }
+            }
+            if (kpos == hpb) { kpos = 0; k++; }
+            if (kpos == 0)
+                for (int t = 0; t < NB; t++) {
+                    const float zx = (float)xsumb[t][k];
+                    for (int i = 0; i < 4; i++) zacc[i][t] += (sw[i] * xsb[t][k]) * (z[i] * zx);
+                }
+            gpos++; kpos++;
+        }
+        __m512i u[4];
+        for (int i = 0; i < 4; i++) {
+            if (pre) u[i] = _mm512_loadu_si512((const void *)(pre + i * pstride + ch * 64));
+            else {
+                u[i] = qk_codes64_avx512(row[i], ch, b);
+                if (kind == 1) u[i] = qk_btab_get(&bt[i], u[i], b);
+            }
+        }
+        for (int t = 0; t < NB; t++) {
+            const __m512i xv = _mm512_loadu_si512((const void *)(xb[t] + ch * 64));
+            for (int i = 0; i < 4; i++) iacc[i][t] = _mm512_dpbusd_epi32(iacc[i][t], u[i], xv);
+        }
+        if (kpos == hpb)
+            for (int t = 0; t < NB; t++)
+                for (int i = 0; i < 4; i++) {
+                    facc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[i][t]),
+                                                 _mm512_set1_ps(sw[i] * xsb[t][k]), facc[i][t]);
+                    iacc[i][t] = _mm512_setzero_si512();
+                }
+    }
+    for (int t = 0; t < NB; t++)
+        for (int i = 0; i < 4; i++) {
+            float s = _mm512_reduce_add_ps(facc[i][t]) - zacc[i][t];
+            if (kpos != hpb) s += sw[i] * xsb[t][k] * (float)_mm512_reduce_add_epi32(iacc[i][t]);
+            y[(b0 + t) * w->n_out + r0 + i] = s + (nch * 64 < n ? qk_tail_int8_any(w, r0 + i, q, b0 + t, nch * 64, codes) : 0.0f);
+        }
+}
+
+#define QK_INT8_ANY_RB(B, K) { int64_t b0 = 0; \
+    for (; b0 + 2 <= batch; b0 += 2) \
+        qk_int8_any_rb_tile_avx512(w, r0, q, b0, y, codes, pre, pstride, 2, B, K); \
+    if (b0 < batch) qk_int8_any_rb_tile_avx512(w, r0, q, b0, y, codes, pre, pstride, 1, B, K); }
+#define QK_INT8_ANY_RB_WIDTHS(K) switch (w->bits) { \
+    case 1: QK_INT8_ANY_RB(1, K) break; case 2: QK_INT8_ANY_RB(2, K) break; \
+    case 3: QK_INT8_ANY_RB(3, K) break; case 4: QK_INT8_ANY_RB(4, K) break; \
+    case 5: QK_INT8_ANY_RB(5, K) break; case 6: QK_INT8_ANY_RB(6, K) break; \
+    case 7: QK_INT8_ANY_RB(7, K) break; default: QK_INT8_ANY_RB(8, K) break; }
+
+/* Row r's full chunks as int8-ready bytes: codes, or codebook entries + 128. */
+QK_AVX512_FN void qk_predecode_row_avx512(const qk_dense *w, int64_t r, int64_t nch, uint8_t *dst) {
+    const uint8_t *row = w->packed + r * w->row_bytes;
+    const int b = w->bits;
+    qk_btab bt;
+    if (w->kind == 1) qk_btab_load(&bt, w->cb_u8 + r * w->cbrow, b);
+    #define QK_PREDECODE(B) for (int64_t ch = 0; ch < nch; ch++) { \
+        __m512i u = qk_codes64_avx512(row, ch, B); \
+        if (w->kind == 1) u = qk_btab_get(&bt, u, B); \
+        _mm512_storeu_si512((void *)(dst + ch * 64), u); }
+    switch (b) {
+        case 1: QK_PREDECODE(1) break; case 2: QK_PREDECODE(2) break;
+        case 3: QK_PREDECODE(3) break; case 4: QK_PREDECODE(4) break;
+        case 5: QK_PREDECODE(5) break; case 6: QK_PREDECODE(6) break;
+        case 7: QK_PREDECODE(7) break; default: QK_PREDECODE(8) break;
+    }
+    #undef QK_PREDECODE
+}
+
 #define QK_INT8_ANY(B, K, S) { \
     for (int64_t i = 0; i < nrows; i++) { const int64_t r = r0 + i; \
         QK_ANY_ROW_TILES(QK_INT8_ANY_CALL, B, K, S) } }
-#define QK_INT8_ANY_CALL(B, K, S, b0, NB) qk_int8_any_tile_avx512(w, r, q, b0, y, codes, NB, B, K, S)
+#define QK_INT8_ANY_CALL(B, K, S, b0, NB) \
+    qk_int8_any_tile_avx512(w, r, q, b0, y, codes, predecode ? pre + i * pstride : 0, NB, B, K, S)
 #define QK_INT8_ANY_WIDTHS(K, S) switch (w->bits) { \
     case 1: QK_INT8_ANY(1, K, S) break; case 2: QK_INT8_ANY(2, K, S) break; \
     case 3: QK_INT8_ANY(3, K, S) break; case 4: QK_INT8_ANY(4, K, S) break; \
@@ -693,6 +805,24 @@ QK_AVX512_FN void qk_rows_int8_any_avx512(const qk_dense *w, int64_t r0, int64_t
                                           const qk_xq *q, int64_t batch, float *y,
                                           uint8_t *codes) {
     const int split = (q->block / 32) % 2;
+    /* From a batch of 4 the rows are decoded once into the scratch (natural-order bytes,
+       codebook codes already mapped to int8 entries) and every batch tile reads them
+       there: decoding a 64-code chunk (masked load, vpermb, vpmultishiftqb, and, plus a
+       table permute) costs several times one vpdpbusd, so redoing it per batch tile made
+       the batched kernel decode-bound. codes: 5 * (n_in + 64) bytes, region 0 for tails. */
+    const int predecode = batch >= 4;
+    const int64_t pstride = w->n_in + 64;
+    uint8_t *pre = codes + pstride;
+    if (predecode) {
+        const int64_t nch = w->n_in / 64;
+        for (int64_t i = 0; i < nrows; i++)
+            qk_predecode_row_avx512(w, r0 + i, nch, pre + i * pstride);
+    }
+    if (nrows == 4 && batch >= 2 && !split) {   /* batched: 4 x 2 register tiles */
+        if (!predecode) pre = 0;
+        if (w->kind == 1) QK_INT8_ANY_RB_WIDTHS(1) else QK_INT8_ANY_RB_WIDTHS(0)
+        return;
+    }
     if (w->kind == 1) QK_INT8_ANY_WIDTHS(1, 0)   /* codebooks: 128-column blocks */
     else if (split) QK_INT8_ANY_WIDTHS(0, 1)
     else QK_INT8_ANY_WIDTHS(0, 0)
