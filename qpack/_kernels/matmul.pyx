@@ -31,6 +31,7 @@ from qpack._kernels.qk cimport (
     QK_ISA_AVX2,
     QK_ISA_AVX512,
     QK_ISA_REF,
+    QK_PATH_AVX2,
     QK_PATH_AVX512,
     QK_PATH_GENERIC,
     qk_dense,
@@ -59,7 +60,7 @@ from qpack._kernels.qk cimport (
 cdef enum:
     ROW_CHUNK = 16
 
-PATH_NAMES = {QK_PATH_GENERIC: "generic", QK_PATH_AVX512: "avx512"}
+PATH_NAMES = {QK_PATH_GENERIC: "generic", QK_PATH_AVX2: "avx2", QK_PATH_AVX512: "avx512"}
 
 def isa_supported(int isa):
     """1 if this CPU can run variant ``isa`` (0 ref, 1 avx2, 2 avx512)."""

@@ -42,6 +42,7 @@ cdef extern from "qk_dense.h" nogil:
 
     enum:
         QK_PATH_GENERIC
+        QK_PATH_AVX2
         QK_PATH_AVX512
     int qk_float_path(const qk_dense *w, int isa)
     int qk_int8_path(const qk_dense *w, int isa)

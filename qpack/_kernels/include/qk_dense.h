@@ -10,8 +10,9 @@
 
 #include "qk_dense_ref.h"
 #include "qk_dense_avx512.h"
+#include "qk_dense_avx2.h"
 
-enum { QK_PATH_GENERIC = 0, QK_PATH_AVX512 = 2 };
+enum { QK_PATH_GENERIC = 0, QK_PATH_AVX2 = 1, QK_PATH_AVX512 = 2 };
 
 /* Groups that the 128-column block kernels handle: a multiple of 128, or none. */
 static inline int qk_groups_aligned(const qk_dense *w) {
@@ -22,6 +23,8 @@ QK_FN int qk_float_path(const qk_dense *w, int isa) {
     const int b = w->bits;
     if (isa >= QK_ISA_AVX512 && qk_groups_aligned(w) && (b == 2 || b == 4 || b == 8))
         return QK_PATH_AVX512;
+    if (isa == QK_ISA_AVX2 && qk_groups_aligned(w) && (b == 2 || b == 4 || b == 8))
+        return QK_PATH_AVX2;
     return QK_PATH_GENERIC;
 }
 
@@ -30,6 +33,9 @@ QK_FN int qk_int8_path(const qk_dense *w, int isa) {
     if (isa >= QK_ISA_AVX512 && qk_groups_aligned(w)
         && (b == 2 || b == 4 || (b == 8 && w->kind == 0)))
         return QK_PATH_AVX512;
+    if (isa == QK_ISA_AVX2 && qk_groups_aligned(w)
+        && (b == 2 || b == 4 || (b == 8 && w->kind == 0)))
+        return QK_PATH_AVX2;
     return QK_PATH_GENERIC;
 }
 
@@ -51,6 +57,12 @@ QK_FN void qk_dense_float_rows(const qk_dense *w, int path, int64_t r0, int64_t 
             for (int64_t i = 0; i < nrows; i++) qk_row_float_avx512(w, r0 + i, xp, batch, y, codes);
         return;
     }
+    if (path == QK_PATH_AVX2) {
+        if (batch >= 4) qk_rows_float_avx2(w, r0, nrows, xp, batch, y, codes);
+        else
+            for (int64_t i = 0; i < nrows; i++) qk_row_float_avx2(w, r0 + i, xp, batch, y, codes);
+        return;
+    }
 #endif
     (void)path;
     for (int64_t i = 0; i < nrows; i++) qk_row_float_generic(w, r0 + i, xp, batch, y, codes, wrow);
@@ -64,6 +76,12 @@ QK_FN void qk_dense_int8_rows(const qk_dense *w, int path, int64_t r0, int64_t n
         if (batch >= 4) qk_rows_int8_avx512(w, r0, nrows, q, batch, y, codes);
         else
             for (int64_t i = 0; i < nrows; i++) qk_row_int8_avx512(w, r0 + i, q, batch, y, codes);
+        return;
+    }
+    if (path == QK_PATH_AVX2) {
+        if (batch >= 4) qk_rows_int8_avx2(w, r0, nrows, q, batch, y, codes);
+        else
+            for (int64_t i = 0; i < nrows; i++) qk_row_int8_avx2(w, r0 + i, q, batch, y, codes);
         return;
     }
 #endif
