@@ -304,20 +304,23 @@ qk_int8_run_avx2(const qk_dense *w, int64_t r0, const qk_xq *q, int64_t batch, f
 
 QK_AVX2_FN void qk_row_int8_avx2(const qk_dense *w, int64_t r, const qk_xq *q, int64_t batch,
                                  float *y, uint8_t *codes) {
-#define QK_CALL(B, K) qk_int8_run_avx2(w, r, q, batch, y, codes, 1, 8, B, K)
+#define QK_CALL(B, K) qk_int8_run_avx2(w, r, q, batch, y, codes, 1, 4, B, K)
     QK_AVX2_BK_INT8(QK_CALL);
 #undef QK_CALL
 }
 
-/* Rows r0 .. r0+nrows (nrows <= 4) for a batch of >= 4. */
+/* Rows r0 .. r0+nrows (nrows <= 4) for a batch of >= 4, one row at a time in tiles of 4
+   batch rows: the four weight chunks of a block (eight for 8-bit codes: w' and |w'|)
+   and 4 accumulators fit in the 16 ymm registers. Two rows at once (2 x 2 tiles) spilled
+   the decoded weights to the stack in every block (objdump, built without -march). */
 QK_AVX2_FN void qk_rows_int8_avx2(const qk_dense *w, int64_t r0, int64_t nrows, const qk_xq *q,
                                   int64_t batch, float *y, uint8_t *codes) {
     if (nrows < 4) {
         for (int64_t i = 0; i < nrows; i++) qk_row_int8_avx2(w, r0 + i, q, batch, y, codes);
         return;
     }
-#define QK_CALL(B, K) do { qk_int8_run_avx2(w, r0, q, batch, y, codes, 2, 2, B, K); \
-                           qk_int8_run_avx2(w, r0 + 2, q, batch, y, codes, 2, 2, B, K); } while (0)
+#define QK_CALL(B, K) for (int64_t i = 0; i < 4; i++) \
+                          qk_int8_run_avx2(w, r0 + i, q, batch, y, codes, 1, 4, B, K)
     QK_AVX2_BK_INT8(QK_CALL);
 #undef QK_CALL
 }
