@@ -477,3 +477,42 @@ def test_take_rows(enc, bits, threads):
     for bad in ([45], [-46]):
         with pytest.raises(ValueError, match="row indices"):
             w.take_rows(bad)
+
+
+@pytest.mark.parametrize("n_out", [9, 16])
+def test_int8_extreme_values_exact(n_out):
+    """Weights at the ends of their int8 range (codebook u8 1 and 255, 8-bit codes 0 and
+    255) against activations at +-127 after quantization, with the signs lined up so that
+    every product has the same sign: a kernel that saturates 16-bit pair sums (AVX2
+    vpmaddubsw) would be far off. Batches and row counts cover every register tile."""
+    rng = np.random.default_rng(11)
+    n_in = 384
+    for batch in (1, 2, 3, 4, 5, 8, 9, 13):
+        sgn = np.where(rng.random((batch, n_in)) < 0.5, -1.0, 1.0).astype(np.float32)
+        x = sgn.copy()
+        x[:, ::7] *= 0.5   # a few activations off the extremes
+        cases = []
+        for bits in (2, 4):
+            # entries -1 and +1 only: u8 = 1 or 255; code c has sign (-1)**(c+1)
+            cb = np.where(np.arange(1 << bits) % 2 == 0, -1.0, 1.0).astype(np.float32)
+            pos = 1 + 2 * rng.integers(0, 1 << (bits - 1), size=(n_out, n_in))
+            codes = np.where(sgn[0] > 0, pos, pos - 1).astype(np.uint8)
+            cases.append((CodebookWeights.from_packed(qpack.pack(codes, bits), bits, cb,
+                                                      (n_out, n_in)), ref_codebook(codes, cb)))
+            cbr = cb[None, :] * (1 + rng.random((n_out, 1))).astype(np.float32)
+            cases.append((CodebookWeights.from_packed(qpack.pack(codes, bits), bits, cbr,
+                                                      (n_out, n_in)), ref_codebook(codes, cbr)))
+        codes = np.where(sgn[0] > 0, 255, 0).astype(np.uint8)[None, :].repeat(n_out, 0)
+        for z in (0, 128, 255):
+            s = np.full((n_out, 1), 0.01, np.float32)
+            zz = np.full((n_out, 1), z, np.uint8)
+            cases.append((LinearWeights.from_packed(qpack.pack(codes, 8), 8, s, zz, -1,
+                                                    (n_out, n_in)),
+                          ref_linear(codes, s, zz, -1)))
+        for w, w_hat in cases:
+            y8 = w.matmul(x, act_quant="int8")
+            assert (np.abs(y8 - ref_matmul(x, w_hat)) <= w.int8_error_bound(x)).all()
+            # x = +-1 and +-0.5 quantize to q = +-127 and +-64 (not exactly 0.5): the
+            # int8 product of the quantized activations, to float rounding
+            xq = np.round(x * 127) / 127
+            assert_close(y8, xq, w_hat)

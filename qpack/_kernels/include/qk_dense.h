@@ -10,6 +10,7 @@
 
 #include "qk_dense_ref.h"
 #include "qk_dense_avx512.h"
+#include "qk_dense_avx2.h"
 
 /* AVX512: 2/4/8-bit codes in 128-column blocks (permuted activations for 2 and 4 bits);
    AVX512_ANY: any width, groups of any multiple of 32, natural order. */
@@ -30,6 +31,8 @@ QK_FN int qk_float_path(const qk_dense *w, int isa) {
     if (isa >= QK_ISA_AVX512 && qk_groups_aligned(w) && (b == 2 || b == 4 || b == 8))
         return QK_PATH_AVX512;
     if (isa >= QK_ISA_AVX512 && qk_groups_halves(w)) return QK_PATH_AVX512_ANY;
+    if (isa == QK_ISA_AVX2 && qk_groups_aligned(w) && (b == 2 || b == 4 || b == 8))
+        return QK_PATH_AVX2;
     return QK_PATH_GENERIC;
 }
 
@@ -42,6 +45,9 @@ QK_FN int qk_int8_path(const qk_dense *w, int isa, int64_t block) {
         return QK_PATH_AVX512;
     if (isa >= QK_ISA_AVX512 && qk_groups_halves(w) && block % 32 == 0 && block <= 4096)
         return QK_PATH_AVX512_ANY;
+    if (isa == QK_ISA_AVX2 && qk_groups_aligned(w) && block == 128
+        && (b == 2 || b == 4 || (b == 8 && w->kind == 0)))
+        return QK_PATH_AVX2;
     return QK_PATH_GENERIC;
 }
 
@@ -64,6 +70,12 @@ QK_FN void qk_dense_float_rows(const qk_dense *w, int path, int64_t r0, int64_t 
         return;
     }
     if (path == QK_PATH_AVX512_ANY) { qk_rows_float_any_avx512(w, r0, nrows, xp, batch, y, codes); return; }
+    if (path == QK_PATH_AVX2) {
+        if (batch >= 4) qk_rows_float_avx2(w, r0, nrows, xp, batch, y, codes);
+        else
+            for (int64_t i = 0; i < nrows; i++) qk_row_float_avx2(w, r0 + i, xp, batch, y, codes);
+        return;
+    }
 #endif
     (void)path;
     for (int64_t i = 0; i < nrows; i++) qk_row_float_generic(w, r0 + i, xp, batch, y, codes, wrow);
@@ -80,6 +92,12 @@ QK_FN void qk_dense_int8_rows(const qk_dense *w, int path, int64_t r0, int64_t n
         return;
     }
     if (path == QK_PATH_AVX512_ANY) { qk_rows_int8_any_avx512(w, r0, nrows, q, batch, y, codes); return; }
+    if (path == QK_PATH_AVX2) {
+        if (batch >= 4) qk_rows_int8_avx2(w, r0, nrows, q, batch, y, codes);
+        else
+            for (int64_t i = 0; i < nrows; i++) qk_row_int8_avx2(w, r0 + i, q, batch, y, codes);
+        return;
+    }
 #endif
     (void)path;
     for (int64_t i = 0; i < nrows; i++) qk_row_int8_generic(w, r0 + i, q, batch, y, codes);

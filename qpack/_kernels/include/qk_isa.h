@@ -28,6 +28,11 @@ enum { QK_ISA_REF = 0, QK_ISA_AVX2 = 1, QK_ISA_AVX512 = 2, QK_ISA_COUNT = 3 };
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define QK_X86 1
 #include <immintrin.h>
+/* A target attribute adds to the command line's ISA: on a -march=native build for an
+   AVX-512 CPU the AVX2 variant may use EVEX encodings and ymm16-31 too. Taking them away
+   ("no-avx512f") is not possible there: GCC then refuses to inline the intrinsics, which
+   that build compiles for the native ISA. So the AVX2 variant is exactly AVX2 only in a
+   portable build (QPACK_PORTABLE=1), which is where it is benchmarked. */
 #define QK_AVX2_TARGET "avx2,fma,bmi,bmi2,popcnt"
 #define QK_AVX512_TARGET \
     "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,avx2,fma,bmi,bmi2,popcnt"

@@ -64,81 +64,90 @@ static inline void qk_unpack_simple(const uint8_t *src, uint8_t *dst, int64_t n,
    moving the upper half of every field up to its own lane, then stores the word
    (little-endian, so lane t is code per*j+t). The bodies are always_inline so that each
    ISA clone below vectorizes them with its own registers. */
-static inline __attribute__((always_inline)) uint8_t
-qk_pack_bytes_body(const uint8_t *restrict src, uint8_t *restrict dst, int64_t n, const int b) {
-    const int per = 8 / b;
-    const int64_t nfull = n / per;
-    uint8_t seen = 0;
-    for (int64_t j = 0; j < nfull; j++) {
-        uint8_t x = 0;
-        for (int t = 0; t < per; t++) {
-            const uint8_t c = src[per * j + t];
-            seen |= c;
-            x |= (uint8_t)(c << (t * b));
-        }
-        dst[j] = x;
-    }
-    return seen | qk_pack_simple(src + per * nfull, dst + nfull, n - per * nfull, b);
-}
-
-static inline __attribute__((always_inline)) void
-qk_unpack_bytes_body(const uint8_t *restrict src, uint8_t *restrict dst, int64_t n, const int b) {
-#if QK_LE
-    const int per = 8 / b;
-    const int64_t nfull = n / per;
-    if (b == 4) {          /* byte -> 2 lanes */
-        for (int64_t j = 0; j < nfull; j++) {
-            uint16_t w = src[j];
-            w = (w | w << 4) & 0x0F0F;
-            memcpy(dst + 2 * j, &w, 2);
-        }
-    } else if (b == 2) {   /* byte -> 2 nibbles -> 4 lanes */
-        for (int64_t j = 0; j < nfull; j++) {
-            uint32_t w = src[j];
-            w = (w | w << 12) & 0x000F000Fu;
-            w = (w | w << 6) & 0x03030303u;
-            memcpy(dst + 4 * j, &w, 4);
-        }
-    } else {               /* byte -> 2 nibbles -> 4 pairs -> 8 lanes */
-        for (int64_t j = 0; j < nfull; j++) {
-            uint64_t w = src[j];
-            w = (w | w << 28) & 0x0000000F0000000FULL;
-            w = (w | w << 14) & 0x0003000300030003ULL;
-            w = (w | w << 7) & 0x0101010101010101ULL;
-            memcpy(dst + 8 * j, &w, 8);
-        }
-    }
-    qk_unpack_simple(src + nfull, dst + per * nfull, n - per * nfull, b);
-#else
-    qk_unpack_simple(src, dst, n, b);
-#endif
-}
+/* The bodies are instantiated once per ISA (QK_BYTES_BODIES below) rather than written
+   as one always_inline function: GCC refuses to inline a function compiled for the
+   command line's ISA into one whose target leaves some of it out (the AVX2 variant is
+   built with no-avx512f). */
+#define QK_BYTES_BODIES(SUFFIX, INL)                                                                         \
+INL uint8_t                                                                                                  \
+qk_pack_bytes_body_##SUFFIX(const uint8_t *restrict src, uint8_t *restrict dst, int64_t n, const int b) {    \
+    const int per = 8 / b;                                                                                   \
+    const int64_t nfull = n / per;                                                                           \
+    uint8_t seen = 0;                                                                                        \
+    for (int64_t j = 0; j < nfull; j++) {                                                                    \
+        uint8_t x = 0;                                                                                       \
+        for (int t = 0; t < per; t++) {                                                                      \
+            const uint8_t c = src[per * j + t];                                                              \
+            seen |= c;                                                                                       \
+            x |= (uint8_t)(c << (t * b));                                                                    \
+        }                                                                                                    \
+        dst[j] = x;                                                                                          \
+    }                                                                                                        \
+    return seen | qk_pack_simple(src + per * nfull, dst + nfull, n - per * nfull, b);                        \
+}                                                                                                            \
+                                                                                                             \
+INL void                                                                                                     \
+qk_unpack_bytes_body_##SUFFIX(const uint8_t *restrict src, uint8_t *restrict dst, int64_t n, const int b) {  \
+    if (QK_LE) {                                                                                                    \
+    const int per = 8 / b;                                                                                   \
+    const int64_t nfull = n / per;                                                                           \
+    if (b == 4) {          /* byte -> 2 lanes */                                                             \
+        for (int64_t j = 0; j < nfull; j++) {                                                                \
+            uint16_t w = src[j];                                                                             \
+            w = (w | w << 4) & 0x0F0F;                                                                       \
+            memcpy(dst + 2 * j, &w, 2);                                                                      \
+        }                                                                                                    \
+    } else if (b == 2) {   /* byte -> 2 nibbles -> 4 lanes */                                                \
+        for (int64_t j = 0; j < nfull; j++) {                                                                \
+            uint32_t w = src[j];                                                                             \
+            w = (w | w << 12) & 0x000F000Fu;                                                                 \
+            w = (w | w << 6) & 0x03030303u;                                                                  \
+            memcpy(dst + 4 * j, &w, 4);                                                                      \
+        }                                                                                                    \
+    } else {               /* byte -> 2 nibbles -> 4 pairs -> 8 lanes */                                     \
+        for (int64_t j = 0; j < nfull; j++) {                                                                \
+            uint64_t w = src[j];                                                                             \
+            w = (w | w << 28) & 0x0000000F0000000FULL;                                                       \
+            w = (w | w << 14) & 0x0003000300030003ULL;                                                       \
+            w = (w | w << 7) & 0x0101010101010101ULL;                                                        \
+            memcpy(dst + 8 * j, &w, 8);                                                                      \
+        }                                                                                                    \
+    }                                                                                                        \
+    qk_unpack_simple(src + nfull, dst + per * nfull, n - per * nfull, b);                                    \
+    } else {                                                                                                        \
+    qk_unpack_simple(src, dst, n, b);                                                                        \
+    }                                                                                                       \
+}                                                                                                            \
+    /* end of QK_BYTES_BODIES */
+QK_BYTES_BODIES(ref, static inline __attribute__((always_inline)))
 
 QK_FN uint8_t qk_pack_bytes_ref(const uint8_t *restrict src, uint8_t *restrict dst, int64_t n,
                                  int b) {
-    return b == 1 ? qk_pack_bytes_body(src, dst, n, 1)
-         : b == 2 ? qk_pack_bytes_body(src, dst, n, 2) : qk_pack_bytes_body(src, dst, n, 4);
+    return b == 1 ? qk_pack_bytes_body_ref(src, dst, n, 1)
+         : b == 2 ? qk_pack_bytes_body_ref(src, dst, n, 2) : qk_pack_bytes_body_ref(src, dst, n, 4);
 }
 QK_FN void qk_unpack_bytes_ref(const uint8_t *restrict src, uint8_t *restrict dst, int64_t n,
                                 int b) {
-    if (b == 1) qk_unpack_bytes_body(src, dst, n, 1);
-    else if (b == 2) qk_unpack_bytes_body(src, dst, n, 2);
-    else qk_unpack_bytes_body(src, dst, n, 4);
+    if (b == 1) qk_unpack_bytes_body_ref(src, dst, n, 1);
+    else if (b == 2) qk_unpack_bytes_body_ref(src, dst, n, 2);
+    else qk_unpack_bytes_body_ref(src, dst, n, 4);
 }
 
 #if QK_X86
 #define QK_BYTES_CLONES(SUFFIX, FN)                                                          \
     FN uint8_t qk_pack_bytes_##SUFFIX(const uint8_t *restrict src, uint8_t *restrict dst,   \
                                       int64_t n, int b) {                                    \
-        return b == 1 ? qk_pack_bytes_body(src, dst, n, 1)                                   \
-             : b == 2 ? qk_pack_bytes_body(src, dst, n, 2) : qk_pack_bytes_body(src, dst, n, 4); \
+        return b == 1 ? qk_pack_bytes_body_##SUFFIX(src, dst, n, 1)                                   \
+             : b == 2 ? qk_pack_bytes_body_##SUFFIX(src, dst, n, 2) : qk_pack_bytes_body_##SUFFIX(src, dst, n, 4); \
     }                                                                                        \
     FN void qk_unpack_bytes_##SUFFIX(const uint8_t *restrict src, uint8_t *restrict dst,    \
                                      int64_t n, int b) {                                     \
-        if (b == 1) qk_unpack_bytes_body(src, dst, n, 1);                                    \
-        else if (b == 2) qk_unpack_bytes_body(src, dst, n, 2);                               \
-        else qk_unpack_bytes_body(src, dst, n, 4);                                           \
+        if (b == 1) qk_unpack_bytes_body_##SUFFIX(src, dst, n, 1);                                    \
+        else if (b == 2) qk_unpack_bytes_body_##SUFFIX(src, dst, n, 2);                               \
+        else qk_unpack_bytes_body_##SUFFIX(src, dst, n, 4);                                           \
     }
+QK_BYTES_BODIES(avx2, QK_AVX2_INL)
+QK_BYTES_BODIES(avx512, QK_AVX512_INL)
 QK_BYTES_CLONES(avx2, QK_AVX2_FN)
 QK_BYTES_CLONES(avx512, QK_AVX512_FN)
 #undef QK_BYTES_CLONES

@@ -1,0 +1,329 @@
+/* Dense packed matrices, AVX2 variant (AVX2 + FMA; qk_isa.h): the float and int8 kernels
+ * for 2-, 4- and 8-bit codes in 128-column blocks, the 256-bit counterparts of
+ * qk_dense_avx512.h with the same semantics and the same activation layouts (permuted
+ * streams for 2 and 4 bits, natural order for 8 bits; docs/KERNELS.md).
+ * Every function carries the AVX2 target attribute, so the build's -march does not
+ * matter; qk_dense.h calls them only when the CPU has the instructions.
+ *
+ * Tiles are R weight rows x NB batch rows with R, NB, bits and the encoding all
+ * compile-time constants at each call site (always_inline helpers, fixed-size arrays),
+ * which is what keeps the accumulators in the 16 ymm registers (see qk_dense_avx512.h).
+ */
+#ifndef QK_DENSE_AVX2_H
+#define QK_DENSE_AVX2_H
+
+#include "qk_dense_ref.h"
+
+#if QK_X86
+QK_AVX2_INL float qk_hsum_avx2(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Dispatch on (bits, kind) so that both are compile-time constants in the kernel. */
+#define QK_AVX2_BK(CALL) \
+    do { if (w->kind == 0) { if (w->bits == 4) CALL(4, 0); else if (w->bits == 2) CALL(2, 0); \
+                             else CALL(8, 0); } \
+         else { if (w->bits == 4) CALL(4, 1); else if (w->bits == 2) CALL(2, 1); \
+                else CALL(8, 1); } } while (0)
+
+/* ---- float mode ---------------------------------------------------------------- */
+/* 16-entry float table in two registers (entries 0-7, 8-15): vpermps uses the low 3
+   bits of each dword index and ignores the rest, and bit 3 shifted into the sign bit
+   picks the half through vblendvps, so idx needs no masking (bits above 3 are dropped
+   by both). */
+QK_AVX2_INL __m256 qk_lut16_avx2(__m256i idx, __m256 lo, __m256 hi) {
+    __m256 a = _mm256_permutevar8x32_ps(lo, idx);
+    __m256 b = _mm256_permutevar8x32_ps(hi, idx);
+    return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+}
+
+/* A 128-column block is 16 vectors of 8 columns. Vector j takes its codes from bytes
+   (j >> 1) * 8 (4 bits, stream j & 1), (j >> 2) * 8 (2 bits, stream j & 3) or j * 8
+   (8 bits) of the block and pairs with activations at qk_xoff_avx2(bits, j). */
+QK_AVX2_INL int qk_xoff_avx2(int bits, int j) {
+    return bits == 4 ? 64 * (j & 1) + 8 * (j >> 1)
+         : bits == 2 ? 32 * (j & 3) + 8 * (j >> 2) : 8 * j;
+}
+
+/* Weights of vector j: the table holds the dequantized values (i - z) * s of the group
+   (or the codebook), so W_hat is exact; for 2 bits its 4 entries are repeated twice, so
+   the stray third index bit does not matter. 8-bit linear: the reference formula. */
+QK_AVX2_INL __m256
+qk_w8_avx2(const uint8_t *bp, const int bits, const int j, const int kind, __m256 lo, __m256 hi,
+           __m256 zv, __m256 sv, const float *cb) {
+    if (bits == 4) {
+        __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(bp + 8 * (j >> 1))));
+        if (j & 1) v = _mm256_srli_epi32(v, 4);
+        return qk_lut16_avx2(v, lo, hi);
+    } else if (bits == 2) {
+        __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(bp + 8 * (j >> 2))));
+        return _mm256_permutevar8x32_ps(lo, _mm256_srli_epi32(v, 2 * (j & 3)));
+    } else {
+        __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(bp + 8 * j)));
+        if (kind == 0) return _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(v), zv), sv);
+        return _mm256_i32gather_ps(cb, v, 4);
+    }
+}
+
+/* R rows x NB batch rows of y. Each decoded weight vector serves NB batch rows and each
+   activation load R rows. With a single chain per accumulator (R * NB <= 2) two
+   accumulators alternate to hide the FMA latency. */
+QK_AVX2_INL void
+qk_float_tile_avx2(const qk_dense *w, int64_t r0, const float *xp, int64_t b0, float *y,
+                   uint8_t *codes, const int R, const int NB, const int bits, const int kind) {
+    const int64_t n = w->n_in, nblk = n / 128, bpb = 16 * bits;
+    const int NA = R * NB <= 2 ? 2 : 1;
+    const __m256 iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256 iota8 = _mm256_setr_ps(8, 9, 10, 11, 12, 13, 14, 15);
+    const __m256 iota2 = _mm256_setr_ps(0, 1, 2, 3, 0, 1, 2, 3);
+    __m256 acc[2][8][2], lo[2], hi[2], zv[2], sv[2];   /* fixed sizes, not VLAs */
+    const float *xb[8], *cb[2];
+    const uint8_t *rowp[2];
+    for (int t = 0; t < NB; t++) xb[t] = xp + (b0 + t) * n;
+    for (int i = 0; i < R; i++) {
+        for (int t = 0; t < NB; t++) acc[i][t][0] = acc[i][t][1] = _mm256_setzero_ps();
+        cb[i] = w->codebook + (r0 + i) * w->cbrow;
+        rowp[i] = w->packed + (r0 + i) * w->row_bytes;
+        lo[i] = hi[i] = zv[i] = sv[i] = _mm256_setzero_ps();
+        if (kind == 1) {
+            if (bits == 4) { lo[i] = _mm256_loadu_ps(cb[i]); hi[i] = _mm256_loadu_ps(cb[i] + 8); }
+            else if (bits == 2) {   /* the padded row has only 4 entries: no 8-float load */
+                __m128 c4 = _mm_loadu_ps(cb[i]);
+                lo[i] = _mm256_insertf128_ps(_mm256_castps128_ps256(c4), c4, 1);
+            }
+        }
+    }
+    const int64_t bpg = qk_blocks_per_group(w);
+    int64_t g_next = 0, gpos = 0;
+    for (int64_t blk = 0; blk < nblk; blk++) {
+        const int64_t c0 = blk * 128;
+        QK_GROUP_STEP(g, gpos, bpg, newg)
+        if (kind == 0 && newg) {
+            for (int i = 0; i < R; i++) {
+                zv[i] = _mm256_set1_ps(w->zeros[(r0 + i) * w->prow + g]);
+                sv[i] = _mm256_set1_ps(w->scales[(r0 + i) * w->prow + g]);
+                if (bits == 4) {
+                    lo[i] = _mm256_mul_ps(_mm256_sub_ps(iota, zv[i]), sv[i]);
+                    hi[i] = _mm256_mul_ps(_mm256_sub_ps(iota8, zv[i]), sv[i]);
+                } else if (bits == 2) lo[i] = _mm256_mul_ps(_mm256_sub_ps(iota2, zv[i]), sv[i]);
+            }
+        }
+        #pragma GCC unroll 16
+        for (int j = 0; j < 16; j++) {
+            __m256 wv[2];
+            for (int i = 0; i < R; i++)
+                wv[i] = qk_w8_avx2(rowp[i] + blk * bpb, bits, j, kind, lo[i], hi[i], zv[i], sv[i], cb[i]);
+            const int off = qk_xoff_avx2(bits, j);
+            for (int t = 0; t < NB; t++) {
+                __m256 xv = _mm256_loadu_ps(xb[t] + c0 + off);
+                for (int i = 0; i < R; i++)
+                    acc[i][t][j % NA] = _mm256_fmadd_ps(wv[i], xv, acc[i][t][j % NA]);
+            }
+        }
+    }
+    for (int i = 0; i < R; i++)
+        for (int t = 0; t < NB; t++)
+            y[(b0 + t) * w->n_out + r0 + i] =
+                qk_hsum_avx2(NA == 2 ? _mm256_add_ps(acc[i][t][0], acc[i][t][1]) : acc[i][t][0])
+                + (nblk * 128 < n ? qk_tail_float(w, r0 + i, xb[t], nblk * 128, codes) : 0.0f);
+}
+
+/* The whole batch for rows r0 .. r0+R in tiles of NBMAX, then 4, 2, 1 batch rows. */
+QK_AVX2_INL void
+qk_float_run_avx2(const qk_dense *w, int64_t r0, const float *xp, int64_t batch, float *y,
+                  uint8_t *codes, const int R, const int NBMAX, const int bits, const int kind) {
+    int64_t b0 = 0;
+    if (NBMAX >= 8) for (; b0 + 8 <= batch; b0 += 8) qk_float_tile_avx2(w, r0, xp, b0, y, codes, R, 8, bits, kind);
+    if (NBMAX >= 4) for (; b0 + 4 <= batch; b0 += 4) qk_float_tile_avx2(w, r0, xp, b0, y, codes, R, 4, bits, kind);
+    for (; b0 + 2 <= batch; b0 += 2) qk_float_tile_avx2(w, r0, xp, b0, y, codes, R, 2, bits, kind);
+    if (b0 < batch) qk_float_tile_avx2(w, r0, xp, b0, y, codes, R, 1, bits, kind);
+}
+
+/* One row, any batch: up to 8 batch rows per tile. */
+QK_AVX2_FN void qk_row_float_avx2(const qk_dense *w, int64_t r, const float *xp, int64_t batch,
+                                  float *y, uint8_t *codes) {
+#define QK_CALL(B, K) qk_float_run_avx2(w, r, xp, batch, y, codes, 1, 8, B, K)
+    QK_AVX2_BK(QK_CALL);
+#undef QK_CALL
+}
+
+/* Rows r0 .. r0+nrows (nrows <= 4) for a batch of >= 4: 2 x 4 register tiles
+   (8 accumulators, leaving room for the two rows' tables and the decoded weights). */
+QK_AVX2_FN void qk_rows_float_avx2(const qk_dense *w, int64_t r0, int64_t nrows, const float *xp,
+                                   int64_t batch, float *y, uint8_t *codes) {
+    if (nrows < 4) {
+        for (int64_t i = 0; i < nrows; i++) qk_row_float_avx2(w, r0 + i, xp, batch, y, codes);
+        return;
+    }
+#define QK_CALL(B, K) do { qk_float_run_avx2(w, r0, xp, batch, y, codes, 2, 4, B, K); \
+                           qk_float_run_avx2(w, r0 + 2, xp, batch, y, codes, 2, 4, B, K); } while (0)
+    QK_AVX2_BK(QK_CALL);
+#undef QK_CALL
+}
+
+/* ---- int8 mode ------------------------------------------------------------------ */
+/* Per 128-column block, integer dot products of weight bytes with the int8 activations,
+   then one float multiply by scale_w * scale_x, as in qk_dense_avx512.h. AVX2 has no
+   vpdpbusd; vpmaddubsw (u8 x s8 -> pairs summed to s16 with saturation) followed by
+   vpmaddwd with ones (-> s32) replaces it, and the arithmetic stays exact only while no
+   s16 pair sum can exceed 32767:
+   - 2- and 4-bit linear codes (u <= 15, |q| <= 127): a pair is at most 2 * 15 * 127 =
+     3810, so the four vpmaddubsw of a block (one per 32-column chunk) are even summed in
+     s16 (<= 15240) before a single vpmaddwd;
+   - codebooks (u = round(cb/s) + 128 up to 255) and 8-bit linear codes (up to 255) could
+     reach 2 * 255 * 127 = 64770, so they use signed weights w' = u - 128 (exact in s8)
+     with the sign moved to the other operand, |a| * (sign(a) * b) = a * b, which keeps
+     every pair <= 2 * 128 * 127 = 32512. Then sum u q = sum w' q + 128 sum q, i.e. the
+     zero-point term uses z - 128 (0 for codebooks, whose zero is 128).
+     Codebooks: vpmaddubsw(|q|, sign(w', q)). This needs w' > -128 (else -w' wraps),
+     which holds because qpack/matmul.py clips the int8 codebook to +-127, u in 1..255.
+     8-bit linear codes (u = 0 gives w' = -128): vpmaddubsw(|w'|, sign(q, w')), where
+     |-128| = 0x80 read as unsigned is 128, exact for every u. */
+QK_AVX2_INL void
+qk_int8_tile_avx2(const qk_dense *w, int64_t r0, const qk_xq *q, int64_t b0, float *y,
+                  uint8_t *codes, const int R, const int NB, const int bits, const int cbk) {
+    const int64_t n = w->n_in, nblk = n / 128, NBK = q->nblocks, bpb = 16 * bits;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x03);
+    const __m256i bias = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    __m256i tbl[2];
+    float cbs[2];
+    __m256 acc[2][8];
+    float zacc[2][8];
+    const int8_t *xb[8];
+    const uint8_t *rowp[2];
+    for (int t = 0; t < NB; t++) xb[t] = q->xq + (b0 + t) * n;
+    for (int i = 0; i < R; i++) {
+        rowp[i] = w->packed + (r0 + i) * w->row_bytes;
+        tbl[i] = _mm256_setzero_si256();
+        cbs[i] = 0.0f;
+        if (cbk) {   /* signed table w' = u - 128, both 128-bit lanes (vpshufb is per lane) */
+            const uint8_t *lut = w->cb_u8 + (r0 + i) * w->cbrow;
+            uint8_t t16[16];
+            for (int k = 0; k < 16; k++) t16[k] = (uint8_t)(lut[k & ((1 << bits) - 1)] ^ 0x80);
+            tbl[i] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)t16));
+            cbs[i] = w->cb_scale[w->cbrow ? r0 + i : 0];
+        }
+        for (int t = 0; t < NB; t++) { acc[i][t] = _mm256_setzero_ps(); zacc[i][t] = 0.0f; }
+    }
+    const int64_t bpg = qk_blocks_per_group(w);
+    int64_t g_next = 0, gpos = 0;
+    for (int64_t blk = 0; blk < nblk; blk++) {
+        const int64_t c0 = blk * 128;
+        QK_GROUP_STEP(g, gpos, bpg, newg)
+        (void)newg;
+        float s[2], z[2];
+        for (int i = 0; i < R; i++) {
+            if (cbk) { s[i] = cbs[i]; z[i] = 0.0f; }
+            else {
+                s[i] = w->scales[(r0 + i) * w->prow + g];
+                z[i] = w->zeros[(r0 + i) * w->prow + g] - (bits == 8 ? 128.0f : 0.0f);
+            }
+        }
+        /* chunk m (32 bytes of weights) pairs with activations c0 + 32 m .. c0 + 32 m + 31 */
+        __m256i wv[2][4], aw[2][4];
+        for (int i = 0; i < R; i++) {
+            const uint8_t *p = rowp[i] + blk * bpb;
+            if (bits == 4) {
+                __m256i p0 = _mm256_loadu_si256((const __m256i *)p);
+                __m256i p1 = _mm256_loadu_si256((const __m256i *)(p + 32));
+                wv[i][0] = _mm256_and_si256(p0, m4);
+                wv[i][1] = _mm256_and_si256(p1, m4);
+                wv[i][2] = _mm256_and_si256(_mm256_srli_epi16(p0, 4), m4);
+                wv[i][3] = _mm256_and_si256(_mm256_srli_epi16(p1, 4), m4);
+            } else if (bits == 2) {
+                __m256i pp = _mm256_loadu_si256((const __m256i *)p);
+                for (int k = 0; k < 4; k++) wv[i][k] = _mm256_and_si256(_mm256_srli_epi16(pp, 2 * k), m2);
+            } else {
+                for (int k = 0; k < 4; k++) {
+                    wv[i][k] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 32 * k)), bias);
+                    aw[i][k] = _mm256_abs_epi8(wv[i][k]);
+                }
+            }
+            if (cbk)
+                for (int k = 0; k < 4; k++) wv[i][k] = _mm256_shuffle_epi8(tbl[i], wv[i][k]);
+        }
+        for (int t = 0; t < NB; t++) {
+            __m256i ia[2];
+            if (!cbk && bits != 8) {
+                __m256i s16[2];
+                for (int i = 0; i < R; i++) s16[i] = _mm256_setzero_si256();
+                for (int m = 0; m < 4; m++) {
+                    __m256i xv = _mm256_loadu_si256((const __m256i *)(xb[t] + c0 + 32 * m));
+                    for (int i = 0; i < R; i++)
+                        s16[i] = _mm256_add_epi16(s16[i], _mm256_maddubs_epi16(wv[i][m], xv));
+                }
+                for (int i = 0; i < R; i++) ia[i] = _mm256_madd_epi16(s16[i], ones);
+            } else {
+                for (int i = 0; i < R; i++) ia[i] = _mm256_setzero_si256();
+                for (int m = 0; m < 4; m++) {
+                    __m256i xv = _mm256_loadu_si256((const __m256i *)(xb[t] + c0 + 32 * m));
+                    if (cbk) {
+                        __m256i xa = _mm256_abs_epi8(xv);
+                        for (int i = 0; i < R; i++)
+                            ia[i] = _mm256_add_epi32(ia[i], _mm256_madd_epi16(
+                                _mm256_maddubs_epi16(xa, _mm256_sign_epi8(wv[i][m], xv)), ones));
+                    } else {
+                        for (int i = 0; i < R; i++)
+                            ia[i] = _mm256_add_epi32(ia[i], _mm256_madd_epi16(
+                                _mm256_maddubs_epi16(aw[i][m], _mm256_sign_epi8(xv, wv[i][m])), ones));
+                    }
+                }
+            }
+            const int64_t k = (b0 + t) * NBK + blk;
+            for (int i = 0; i < R; i++) {
+                const float d = s[i] * q->xs[k];
+                acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia[i]), _mm256_set1_ps(d), acc[i][t]);
+                if (!cbk) zacc[i][t] += d * (z[i] * (float)q->xsum[k]);
+            }
+        }
+    }
+    for (int i = 0; i < R; i++)
+        for (int t = 0; t < NB; t++)
+            y[(b0 + t) * w->n_out + r0 + i] = (qk_hsum_avx2(acc[i][t]) - zacc[i][t])
+                + (nblk * 128 < n ? qk_tail_int8(w, r0 + i, q, b0 + t, codes) : 0.0f);
+}
+
+QK_AVX2_INL void
+qk_int8_run_avx2(const qk_dense *w, int64_t r0, const qk_xq *q, int64_t batch, float *y,
+                 uint8_t *codes, const int R, const int NBMAX, const int bits, const int cbk) {
+    int64_t b0 = 0;
+    if (NBMAX >= 8) for (; b0 + 8 <= batch; b0 += 8) qk_int8_tile_avx2(w, r0, q, b0, y, codes, R, 8, bits, cbk);
+    if (NBMAX >= 4) for (; b0 + 4 <= batch; b0 += 4) qk_int8_tile_avx2(w, r0, q, b0, y, codes, R, 4, bits, cbk);
+    for (; b0 + 2 <= batch; b0 += 2) qk_int8_tile_avx2(w, r0, q, b0, y, codes, R, 2, bits, cbk);
+    if (b0 < batch) qk_int8_tile_avx2(w, r0, q, b0, y, codes, R, 1, bits, cbk);
+}
+
+/* 8-bit codebooks never reach the int8 fast path (qk_int8_path). */
+#define QK_AVX2_BK_INT8(CALL) \
+    do { if (w->kind == 0) { if (w->bits == 4) CALL(4, 0); else if (w->bits == 2) CALL(2, 0); \
+                             else CALL(8, 0); } \
+         else { if (w->bits == 4) CALL(4, 1); else CALL(2, 1); } } while (0)
+
+QK_AVX2_FN void qk_row_int8_avx2(const qk_dense *w, int64_t r, const qk_xq *q, int64_t batch,
+                                 float *y, uint8_t *codes) {
+#define QK_CALL(B, K) qk_int8_run_avx2(w, r, q, batch, y, codes, 1, 4, B, K)
+    QK_AVX2_BK_INT8(QK_CALL);
+#undef QK_CALL
+}
+
+/* Rows r0 .. r0+nrows (nrows <= 4) for a batch of >= 4, one row at a time in tiles of 4
+   batch rows: the four weight chunks of a block (eight for 8-bit codes: w' and |w'|)
+   and 4 accumulators fit in the 16 ymm registers. Two rows at once (2 x 2 tiles) spilled
+   the decoded weights to the stack in every block (objdump, built without -march). */
+QK_AVX2_FN void qk_rows_int8_avx2(const qk_dense *w, int64_t r0, int64_t nrows, const qk_xq *q,
+                                  int64_t batch, float *y, uint8_t *codes) {
+    if (nrows < 4) {
+        for (int64_t i = 0; i < nrows; i++) qk_row_int8_avx2(w, r0 + i, q, batch, y, codes);
+        return;
+    }
+#define QK_CALL(B, K) for (int64_t i = 0; i < 4; i++) \
+                          qk_int8_run_avx2(w, r0 + i, q, batch, y, codes, 1, 4, B, K)
+    QK_AVX2_BK_INT8(QK_CALL);
+#undef QK_CALL
+}
+#endif /* QK_X86 */
+
+#endif
