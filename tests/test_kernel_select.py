@@ -129,3 +129,26 @@ def test_share_cores_divides_threads_per_worker():
     assert get_num_threads() == total   # only the worker's thread was limited
     with pytest.raises(ValueError):
         qpack.set_num_threads(0)
+
+
+@pytest.mark.parametrize("block", [32, 64, 128])
+def test_codebook_int8_blocks_agree_across_variants(block):
+    """A codebook kernel called with x blocks other than qpack.matmul's 128 gives the same
+    product on every variant (the any-width kernel must not take blocks it cannot scale)."""
+    rng = np.random.default_rng(block)
+    codes = rng.integers(0, 32, size=(8, 320), dtype=np.uint8)
+    w = CodebookWeights.from_packed(qpack.pack(codes, 5), 5,
+                                    rng.standard_normal(32).astype(np.float32), (8, 320))
+    x = rng.standard_normal((3, 320)).astype(np.float32)
+    before = qpack.isa.get_isa()
+    results = {}
+    try:
+        for name in qpack.isa.available_isas():
+            qpack.isa.set_isa(name)
+            y = np.empty((3, 8), np.float32)
+            w._kernel.matmul_int8(x, y, block, 0.0, 1)
+            results[name] = y
+    finally:
+        qpack.isa.set_isa(before)
+    for y in results.values():
+        np.testing.assert_allclose(y, results["ref"], rtol=1e-4, atol=1e-4)

@@ -110,6 +110,16 @@ def _f32_2d(a, str name):
     return arr
 
 
+cdef _check_gather(const int64_t[::1] rows, float[:, ::1] out, int64_t n_out, int64_t n_in):
+    """ValueError unless out is (len(rows), n_in) and every row index lies in [0, n_out)."""
+    cdef int64_t i, n = rows.shape[0]
+    if out.shape[0] != n or out.shape[1] != n_in:
+        raise ValueError(f"out must have shape ({n}, {n_in})")
+    for i in range(n):
+        if not 0 <= rows[i] < n_out:
+            raise ValueError(f"row index {rows[i]} out of range")
+
+
 cdef class DenseKernel:
     """A dense packed matrix ready for products: the C description and its arrays.
 
@@ -290,11 +300,7 @@ cdef class DenseKernel:
     def gather_rows(self, const int64_t[::1] rows, float[:, ::1] out, int num_threads):
         """out[i] = W_hat[rows[i]] (an embedding lookup straight from the packed rows)."""
         cdef int64_t i, n = rows.shape[0]
-        if out.shape[0] != n or out.shape[1] != self.n_in:
-            raise ValueError(f"out must have shape ({n}, {self.n_in})")
-        for i in range(n):
-            if not 0 <= rows[i] < self.n_out:
-                raise ValueError(f"row index {rows[i]} out of range")
+        _check_gather(rows, out, self.n_out, self.n_in)
         cdef qk_dense w = self._current()
         cdef int tid, nt = max(1, num_threads)
         cdef uint8_t[:, ::1] codes = np.empty((nt, self.n_in + 64), dtype=np.uint8)
@@ -452,11 +458,7 @@ cdef class SparseKernel:
     def gather_rows(self, const int64_t[::1] rows, float[:, ::1] out, int num_threads):
         """out[i] = W_hat[rows[i]] (zeros where pruned)."""
         cdef int64_t i, n = rows.shape[0]
-        if out.shape[0] != n or out.shape[1] != self.n_in:
-            raise ValueError(f"out must have shape ({n}, {self.n_in})")
-        for i in range(n):
-            if not 0 <= rows[i] < self.n_out:
-                raise ValueError(f"row index {rows[i]} out of range")
+        _check_gather(rows, out, self.n_out, self.n_in)
         cdef qk_sparse w = self._current()
         with nogil:
             for i in prange(n, num_threads=max(1, num_threads), schedule="static"):

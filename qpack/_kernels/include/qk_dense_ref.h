@@ -40,7 +40,6 @@ typedef struct {
     int64_t block, nblocks;
 } qk_xq;
 
-static inline int qk_min64(int64_t a, int64_t b) { return (int)(a < b ? a : b); }
 
 /* Dequantize columns [c0, c1) of row r from its unpacked codes (codes[c] for column c)
    into out[c]: exactly the reference formula, in float32. */
