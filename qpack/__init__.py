@@ -36,6 +36,7 @@ _EXPORTS = {
     "CompressedTensor": "qpack.tensor",
     "get_num_threads": "qpack.threads", "set_num_threads": "qpack.threads",
     "kernel_info": "qpack.isa",
+    "DispatchPolicy": "qpack.dispatch",
 }
 _SUBMODULES = ("metrics",)
 
@@ -68,6 +69,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         kmeans_1d,
         quantize_kmeans,
     )
+    from qpack.dispatch import DispatchPolicy  # noqa: F401
     from qpack.entropy import (  # noqa: F401
         HuffmanCode,
         huffman_decode,

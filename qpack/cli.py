@@ -391,6 +391,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return subprocess.call(command, cwd=str(script.parent.parent))
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Measure the dispatch cost model's rates on this machine and cache them."""
+    from qpack import dispatch
+    from qpack.isa import kernel_info
+
+    costs = dispatch.calibrate(save=not args.dry_run)
+    print(f"variant {kernel_info()['isa']}: {costs.source}")
+    print(f"  blas: {costs.blas[0]:.3g} ns/weight + {costs.blas[1]:.3g} ns/MAC, tile fill "
+          f"{costs.fill_ns_per_weight:.3g} ns/weight")
+    for key in sorted(k for k in costs.kernel if k.count("/") == 1):
+        k0, k1 = costs.kernel[key]
+        print(f"  {key}: {k0:.3g} ns/weight + {k1:.3g} ns/MAC")
+    if not args.dry_run:
+        print(f"saved to {dispatch.cache_path()}")
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -489,6 +506,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "'demo' extra (scikit-learn): pip install \"qpack[demo]\".")
     p.add_argument("--quick", action="store_true", help="short training, three settings")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("calibrate", help="measure this machine's kernel and BLAS speeds "
+                                         "for the kernel-or-tiles choice (a few seconds)",
+                       description="Times every packed kernel path and BLAS on one thread "
+                                   "and saves the rates for this CPU, kernel variant and "
+                                   "build in $QPACK_DISPATCH_CACHE or "
+                                   "~/.cache/qpack/dispatch.json, where every later "
+                                   "process finds them (qpack.dispatch). Changes speed "
+                                   "only, never results beyond float32 rounding.")
+    p.add_argument("--dry-run", action="store_true", help="measure and print, save nothing")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("bench", help="run the benchmark suite (source checkout only)")
     p.add_argument("--quick", action="store_true", help="small sizes, about a minute each")

@@ -41,7 +41,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from qpack._validate import check_int
-from qpack.matmul import TILED_MIN_BATCH
+from qpack.dispatch import TILES_MIN_BATCH
 from qpack.threads import get_num_threads
 
 # Bytes of one chunk of patches. Whole images are grouped up to this size; an image whose
@@ -61,7 +61,7 @@ WIDE_MAX_POSITIONS = 1024
 WEIGHT_TILE_BYTES = 4 << 20
 # Calls with fewer output positions (batch * OH * OW) than this take the rows path: the
 # batch sizes at which matmul always runs its packed kernels (see the module doc).
-ROWS_MAX_POSITIONS = TILED_MIN_BATCH
+ROWS_MAX_POSITIONS = TILES_MIN_BATCH
 # Threads writing patches: one. The copy is bound by memory bandwidth, and a second
 # OpenMP pool next to OpenBLAS's on a 2-core machine made it 8x slower (measured).
 IM2COL_THREADS = 1

@@ -31,6 +31,7 @@ import numpy as np
 from qpack._kernels import matmul as _k
 from qpack._validate import check_bits, check_group_size, column_group, group_layout
 from qpack.bitpack import packed_nbytes, unpack
+from qpack.dispatch import check_path, get_policy
 from qpack.threads import get_num_threads
 
 __all__ = ["CodebookWeights", "LinearWeights", "SparseWeights", "dequantized_activations",
@@ -39,29 +40,8 @@ __all__ = ["CodebookWeights", "LinearWeights", "SparseWeights", "dequantized_act
 LINEAR, CODEBOOK = 0, 1
 # Columns per int8 activation block when the weight grouping allows it.
 INT8_BLOCK = 128
-# Products smaller than this many multiply-adds per thread run on fewer threads: waking a
-# second OpenMP thread costs more than it saves on small layers (and on a busy machine a
-# sleeping worker can wait milliseconds for a core).
-MIN_MACS_PER_THREAD = 1 << 21
 # From this batch size on, sparse products use the transposed-activation kernel.
 SPARSE_BATCHED_MIN = 16
-# When dense products run as BLAS on dequantized tiles of ~TILE_BYTES (L2-sized) instead
-# of the packed kernels: see _DenseWeights._use_tiles for the measured rule.
-TILED_MIN_BATCH = 4
-TILED_LARGE_BATCH = 256
-TILED_MID_WEIGHTS = 1 << 22
-TILED_MID_BATCH = 128
-TILED_CODEBOOK8_BATCH = 32
-TILE_BYTES = 1 << 20
-# Cost model choosing tiles + BLAS over the sparse kernel (ns, measured on 4096x4096 at
-# batch 450, one thread): the sparse kernel spends SPARSE_NS_PER_KEPT_MAC per kept weight
-# and input row, BLAS BLAS_NS_PER_MAC per weight and input row, and filling a dense tile
-# TILE_FILL_NS_PER_WEIGHT per weight. Tiles pay once
-#   batch * (density * SPARSE_NS_PER_KEPT_MAC - BLAS_NS_PER_MAC) > TILE_FILL_NS_PER_WEIGHT,
-# i.e. from batch ~60 at half the weights kept, and never at 10% kept.
-SPARSE_NS_PER_KEPT_MAC = 0.106
-BLAS_NS_PER_MAC = 0.0108
-TILE_FILL_NS_PER_WEIGHT = 2.5
 # Rows unpacked at a time when checking codes against a short codebook.
 _CHECK_ROWS = 256
 
@@ -188,22 +168,15 @@ def _prepare_out(out, shape: tuple) -> np.ndarray:
     return out
 
 
-def _threads_for(macs: int) -> int:
-    """Threads for a product of ``macs`` multiply-adds: qpack.get_num_threads(), fewer for
-    small products (at least MIN_MACS_PER_THREAD each)."""
-    return max(1, min(get_num_threads(), macs // MIN_MACS_PER_THREAD))
-
-
 def _tiled_product(x2: np.ndarray, y2: np.ndarray, shape: tuple[int, int],
-                   fill_rows) -> None:
-    """y2 = x2 @ W_hat.T by dequantizing about TILE_BYTES of rows at a time into one reused
-    float32 buffer (``fill_rows(row0, tile)`` writes W_hat[row0 : row0 + len(tile)]) and
-    calling BLAS (numpy matmul) on each tile: W_hat is never materialized whole. Both
-    accuracy modes may take this path; it is exact in float32, so the int8 bound holds
-    a fortiori. The tiles are filled on one thread: BLAS brings its own pool, and two
-    pools fight on a 2-core machine."""
+                   fill_rows, rows: int) -> None:
+    """y2 = x2 @ W_hat.T by dequantizing ``rows`` rows at a time (the plan's tile_rows)
+    into one reused float32 buffer (``fill_rows(row0, tile)`` writes W_hat[row0 : row0 +
+    len(tile)]) and calling BLAS (numpy matmul) on each tile: W_hat is never materialized
+    whole. Both accuracy modes may take this path; it is exact in float32, so the int8
+    bound holds a fortiori. The tiles are filled on one thread: BLAS brings its own
+    pool, and two pools fight on a 2-core machine (qpack.dispatch)."""
     n_out, n_in = shape
-    rows = max(8, min(n_out, TILE_BYTES // (4 * n_in)))
     tile_buf = np.empty((rows, n_in), dtype=np.float32)
     for r0 in range(0, n_out, rows):
         r1 = min(n_out, r0 + rows)
@@ -365,6 +338,11 @@ class _DenseWeights:
         self.act_scale: float | None = None
 
     @property
+    def kind(self) -> str:
+        """The encoding: "linear" or "codebook"."""
+        return "codebook" if self._kind == CODEBOOK else "linear"
+
+    @property
     def nbytes(self) -> int:
         """Bytes of memory held: packed codes plus parameters (a mapped file's pages count)."""
         return int(sum(a.nbytes for a in self._arrays))
@@ -389,8 +367,8 @@ class _DenseWeights:
             self._kernel.dequantize_rows(0, out, get_num_threads())
         return out
 
-    def matmul(self, x, act_quant: str | None = None, out: np.ndarray | None = None
-               ) -> np.ndarray:
+    def matmul(self, x, act_quant: str | None = None, out: np.ndarray | None = None,
+               path: str | None = None) -> np.ndarray:
         """y = x @ W_hat.T in float32.
 
         Parameters
@@ -400,6 +378,9 @@ class _DenseWeights:
         act_quant : None (float32 activations) or "int8" (per-block int8 activations and
             integer dot products; error bound in docs/KERNELS.md and int8_error_bound).
         out : optional float32 C-contiguous array of shape (n_out,) or (batch, n_out).
+        path : None (the current DispatchPolicy decides, qpack.dispatch), "kernel" (the
+            packed kernels) or "tiles" (dequantized tiles + BLAS); results agree to
+            float32 rounding.
 
         Returns
         -------
@@ -407,27 +388,28 @@ class _DenseWeights:
 
         Raises
         ------
-        ValueError: x not floating, not 1-D/2-D or of the wrong inner size; bad act_quant
-            or out.
+        ValueError: x not floating, not 1-D/2-D or of the wrong inner size; bad act_quant,
+            out or path.
         """
         int8 = _check_act_quant(act_quant)
         static = _static_scale(self, act_quant)
-        n_out, n_in = self.shape
+        policy = get_policy()
         x2, y, y2 = _begin_product(x, out, self.shape)
         if y2 is None:
+            check_path(path)
             return y
-        batch = x2.shape[0]
-        if self._use_tiles(batch, int8):
+        plan = policy.dense_plan(self, x2.shape[0], int8, path)
+        if plan.path == "tiles":
             # the int8 mode means int8-rounded activations on every path, so results do not
             # depend on which kernels this CPU has
-            self._matmul_tiled(dequantized_activations(x2, self._block, static) if int8
-                               else x2, y2)
-            return y
-        nt = _threads_for(batch * n_out * n_in)
-        if int8:
-            self._kernel.matmul_int8(x2, y2, self._block, static, nt)
+            kernel = self._kernel
+            _tiled_product(dequantized_activations(x2, self._block, static) if int8 else x2,
+                           y2, self.shape, lambda r0, t: kernel.dequantize_rows(r0, t, 1),
+                           plan.tile_rows)
+        elif int8:
+            self._kernel.matmul_int8(x2, y2, self._block, static, plan.threads)
         else:
-            self._kernel.matmul_float(x2, y2, nt)
+            self._kernel.matmul_float(x2, y2, plan.threads)
         return y
 
     def take_rows(self, indices) -> np.ndarray:
@@ -436,32 +418,9 @@ class _DenseWeights:
         flat, lead = _row_indices(indices, self.shape[0])
         out = np.empty((flat.size, self.shape[1]), dtype=np.float32)
         if flat.size and self.shape[1]:
-            self._kernel.gather_rows(flat, out, _threads_for(flat.size * self.shape[1]))
+            nt = get_policy().threads_for(flat.size * self.shape[1])
+            self._kernel.gather_rows(flat, out, nt)
         return out.reshape(lead + (self.shape[1],))
-
-    def _use_tiles(self, batch: int, int8: bool) -> bool:
-        """Whether a batch runs as dequantized row tiles times BLAS instead of the kernels.
-
-        Measured (docs/KERNELS.md): the packed kernels win for small batches on rows that
-        fill whole 128-column blocks; layers with short or unaligned rows (the kernels'
-        scalar tail path) lose to tiles from batch 4 on. In float mode, matrices of up to
-        TILED_MID_WEIGHTS weights (cache-resident tiles) go to tiles from batch
-        TILED_MID_BATCH (TILED_CODEBOOK8_BATCH for 8-bit codebooks, whose 256-entry lookup
-        vectorizes poorly); everything goes to tiles from TILED_LARGE_BATCH.
-        """
-        if batch < TILED_MIN_BATCH:
-            return False
-        n_out, n_in = self.shape
-        if self._kernel.float_path == "generic" or n_in % 128 or batch >= TILED_LARGE_BATCH:
-            return True
-        if int8 or n_out * n_in > TILED_MID_WEIGHTS:
-            return False
-        codebook8 = self._kind == CODEBOOK and self.bits == 8
-        return batch >= (TILED_CODEBOOK8_BATCH if codebook8 else TILED_MID_BATCH)
-
-    def _matmul_tiled(self, x2: np.ndarray, y2: np.ndarray) -> None:
-        kernel = self._kernel
-        _tiled_product(x2, y2, self.shape, lambda r0, tile: kernel.dequantize_rows(r0, tile, 1))
 
     def int8_error_bound(self, x) -> np.ndarray:
         """Upper bound on |matmul(x, "int8") - x @ W_hat.T| per output (float64).
@@ -710,11 +669,12 @@ class SparseWeights:
         flat, lead = _row_indices(indices, self.shape[0])
         out = np.empty((flat.size, self.shape[1]), dtype=np.float32)
         if flat.size and self.shape[1]:
-            self._kernel.gather_rows(flat, out, _threads_for(flat.size * self.shape[1]))
+            nt = get_policy().threads_for(flat.size * self.shape[1])
+            self._kernel.gather_rows(flat, out, nt)
         return out.reshape(lead + (self.shape[1],))
 
-    def matmul(self, x, act_quant: str | None = None, out: np.ndarray | None = None
-               ) -> np.ndarray:
+    def matmul(self, x, act_quant: str | None = None, out: np.ndarray | None = None,
+               path: str | None = None) -> np.ndarray:
         """y = x @ W_hat.T in float32; arguments, shapes and errors as LinearWeights.matmul.
 
         In the int8 mode x is quantized per block exactly as for dense weights (same error
@@ -724,23 +684,22 @@ class SparseWeights:
         """
         int8 = _check_act_quant(act_quant)
         static = _static_scale(self, act_quant)
-        n_out, n_in = self.shape
+        policy = get_policy()
         x2, y, y2 = _begin_product(x, out, self.shape)
         if y2 is None:
+            check_path(path)
             return y
         batch = x2.shape[0]
         if int8:  # before choosing a path: every path sees the same rounded activations
             x2 = dequantized_activations(x2, self._block, static)
-        gain_per_row = self.density * SPARSE_NS_PER_KEPT_MAC - BLAS_NS_PER_MAC
-        if gain_per_row > 0 and batch * gain_per_row > TILE_FILL_NS_PER_WEIGHT:
+        plan = policy.sparse_plan(self, batch, path)
+        if plan.path == "tiles":
             kernel = self._kernel
             # the kernel writes every element of each row, zeros included
             _tiled_product(x2, y2, self.shape,
-                           lambda r0, tile: kernel.dequantize_rows(r0, tile, 1))
+                           lambda r0, tile: kernel.dequantize_rows(r0, tile, 1), plan.tile_rows)
             return y
-        # a kept weight costs about as much as 8 dense multiply-adds (a gather and a table
-        # look-up; measured 4096x4096: 1.7M kept weights take as long as 16.7M dense MACs)
-        nt = _threads_for(batch * max(8 * self.nnz, n_out))
+        nt = plan.threads
         if batch >= SPARSE_BATCHED_MIN:
             # columns of x contiguous over the batch: one AXPY per kept weight
             self._kernel.matmul_batched(np.ascontiguousarray(x2.T), y2, nt)

@@ -39,6 +39,11 @@ def set_num_threads(n: int | None) -> None:
     _requested = n
 
 
+def threads_requested() -> int | None:
+    """What set_num_threads last asked for (None: the default)."""
+    return _requested
+
+
 def get_num_threads() -> int:
     """Threads a kernel call started now on this thread may use (at least 1).
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import qpack
 import qpack.isa
+from qpack.dispatch import DispatchPolicy, use_policy
 from qpack.matmul import (
     CodebookWeights,
     LinearWeights,
@@ -123,11 +124,11 @@ def build(rng, enc, n_out, n_in, bits):
 
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request, monkeypatch):
-    # small test matrices would otherwise run on one thread (MIN_MACS_PER_THREAD)
-    monkeypatch.setattr(qpack.matmul, "MIN_MACS_PER_THREAD", 1)
+def threads(request):
+    # small test matrices would otherwise run on one thread (min_macs_per_thread)
     qpack.set_num_threads(request.param)
-    yield request.param
+    with use_policy(DispatchPolicy(min_macs_per_thread=1)):
+        yield request.param
     qpack.set_num_threads(None)
 
 
@@ -142,19 +143,13 @@ def kernel_isa(request):
 
 # ---- the main grid ---------------------------------------------------------------------
 
-@pytest.fixture(params=["kernels", "tiles"])
-def dense_path(request, monkeypatch):
-    """Run products on the packed kernels only, or on dequantized tiles + BLAS only."""
-    if request.param == "kernels":
-        monkeypatch.setattr(qpack.matmul, "TILED_MIN_BATCH", 1 << 62)
-        monkeypatch.setattr(qpack.matmul, "TILE_FILL_NS_PER_WEIGHT", float("inf"))
-    else:
-        monkeypatch.setattr(qpack.matmul, "TILED_MIN_BATCH", 1)
-        monkeypatch.setattr(qpack.matmul, "TILED_LARGE_BATCH", 1)
-        monkeypatch.setattr(qpack.matmul, "BLAS_NS_PER_MAC", 0.0)  # sparse: tiles always pay
-        monkeypatch.setattr(qpack.matmul, "TILE_FILL_NS_PER_WEIGHT", 0.0)
-        monkeypatch.setattr(qpack.matmul, "TILE_BYTES", 4 * 300 * 7)  # several tiles
-    return request.param
+@pytest.fixture(params=["kernel", "tiles"])
+def dense_path(request, threads):
+    """Run products on the packed kernels only, or on dequantized tiles + BLAS only (tiles
+    of 7 rows of 300 columns, so a product spans several)."""
+    policy = DispatchPolicy(request.param, min_macs_per_thread=1, tile_bytes=4 * 300 * 7)
+    with use_policy(policy):
+        yield request.param
 
 
 @pytest.mark.parametrize("enc", ENCODINGS)
@@ -187,13 +182,15 @@ def test_other_widths(bits, enc, kernel_isa):
 
 def test_large_fast_path(threads, kernel_isa):
     """A 4096-wide row exercises the vector kernels over many blocks and groups; a batch
-    of 300 takes the tiled BLAS path on the same weights."""
+    of 300 runs on both the kernels and the tiled BLAS path on the same weights."""
     rng = np.random.default_rng(7)
     for bits, batch in ((2, 2), (4, 2), (8, 2), (4, 300)):
         w, w_hat = make_linear(rng, 64, 4096, bits, 128)
         x = rng.standard_normal((batch, 4096)).astype(np.float32)
-        assert_close(w.matmul(x), x, w_hat)
-        assert (np.abs(w.matmul(x, "int8") - ref_matmul(x, w_hat)) <= w.int8_error_bound(x)).all()
+        bound = w.int8_error_bound(x)
+        for path in ("kernel", "tiles") if batch > 4 else ("kernel",):
+            assert_close(w.matmul(x, path=path), x, w_hat)
+            assert (np.abs(w.matmul(x, "int8", path=path) - ref_matmul(x, w_hat)) <= bound).all()
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
