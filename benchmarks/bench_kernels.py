@@ -39,6 +39,7 @@ from bench_matmul import (  # noqa: E402
 from harness import optional_peer  # noqa: E402
 
 import qpack  # noqa: E402
+from qpack.dispatch import get_policy  # noqa: E402
 from qpack.isa import get_isa, set_isa  # noqa: E402
 from qpack.matmul import CodebookWeights, LinearWeights  # noqa: E402
 
@@ -60,8 +61,7 @@ MODES = (None, "int8")
 # llama.cpp formats for the size table (bits per weight from gguf's block sizes)
 GGUF_FORMATS = ("Q2_K", "Q3_K", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 # Cold calls for a product on the generic kernel at a batch of SLOW_BATCH or more (full
-# mode): e.g. 8-bit codebook int8 on the AVX2 variant, ~2.8 s a call at 4096x4096 batch 64
-# (its float path is vectorized, so matmul does not hand the batch to tiles).
+# mode; the dispatch policy normally sends those to tiles, but a calibration may not).
 SLOW_BATCH = 16
 SLOW_REPEAT = 3
 
@@ -99,9 +99,9 @@ def make_encoding(rng, name: str, n_out: int, n_in: int):
 
 def product_path(weights, batch: int, mode: str | None) -> str:
     """The path ``weights.matmul`` takes for this batch and mode with the current variant:
-    kernel_paths()'s name, or "tiles+BLAS" when matmul hands the batch to dequantized
-    tiles (it decides that before any kernel runs, so kernel_paths alone would hide it)."""
-    if weights._use_tiles(batch, mode is not None):  # matmul's own rule, not a copy of it
+    kernel_paths()'s name, or "tiles+BLAS" when the dispatch policy hands the batch to
+    dequantized tiles (kernel_paths alone would hide that)."""
+    if get_policy().dense_plan(weights, batch, mode is not None).path == "tiles":
         return "tiles+BLAS"
     return weights.kernel_paths()["int8" if mode else "float"]
 
