@@ -103,7 +103,7 @@ def product_path(weights, batch: int, mode: str | None) -> str:
     dequantized tiles (kernel_paths alone would hide that)."""
     if get_policy().dense_plan(weights, batch, mode is not None).path == "tiles":
         return "tiles+BLAS"
-    return weights.kernel_paths()["int8" if mode else "float"]
+    return weights.kernel_paths(batch)["int8" if mode else "float"]
 
 
 def build_info() -> dict:

@@ -54,6 +54,7 @@ PATHS = ("auto", "kernel", "tiles")
 TILES_MIN_BATCH = 4
 # Columns the vector paths take per block; the rest of a row runs on the generic loop.
 _VECTOR_BLOCK = {"avx512": 128, "avx2": 128, "avx512-any": 64, "avx2-any": 64, "neon": 128}
+# (the int8 GEMM, "avx512-gemm", has no scalar tail: it pads rows to 4 columns)
 _ENV_CACHE = "QPACK_DISPATCH_CACHE"
 
 
@@ -275,7 +276,7 @@ class DispatchPolicy:
         activation mode). ``path`` overrides the policy's own for this call."""
         n_out, n_in = weights.shape
         mode = "int8" if int8 else "float"
-        kpath = weights.kernel_paths()[mode]
+        kpath = weights.kernel_paths(batch)[mode]
         rate = self.costs.kernel_rate(kpath, mode, weights.kind, weights.bits)
         block = _VECTOR_BLOCK.get(kpath)
         if block and n_in % block:  # the row tails run on the generic loop
@@ -436,12 +437,13 @@ def _two_point(time_at, weights: int, lo: int, hi: int) -> Rate:
     return (max(0.0, t_lo / weights - lo * per_mac), per_mac)
 
 
-CALIBRATION_BATCHES = (8, 128)
+# both from 16, so that int8 products run on the GEMM at both (QK_GEMM_MIN_BATCH)
+CALIBRATION_BATCHES = (16, 128)
 
 
 def calibrate(save: bool = True, *, n: int = 1024, repeat: int = 7) -> KernelCosts:
     """Measure the cost model's rates on this machine (one thread, n x n weights, batches
-    8 and 128; a few seconds) and, with ``save``, store them in cache_path() for this CPU,
+    16 and 128; a few seconds) and, with ``save``, store them in cache_path() for this CPU,
     variant and build, where every later DispatchPolicy() finds them.
 
     Every encoding (linear g128 and codebook, 2..8 bits) is timed on the path it takes
@@ -499,7 +501,7 @@ def calibrate(save: bool = True, *, n: int = 1024, repeat: int = 7) -> KernelCos
                 if only is not None and (kind, bits) not in only:
                     continue
                 for mode in ("float", "int8"):
-                    key = f"{w.kernel_paths()[mode]}/{mode}/{kind}-{bits}"
+                    key = f"{w.kernel_paths(lo)[mode]}/{mode}/{kind}-{bits}"
                     if key not in table:
                         act = "int8" if mode == "int8" else None
                         table[key] = _two_point(lambda b, w=w, act=act: product_ns(w, act, b),

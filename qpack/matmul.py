@@ -347,12 +347,15 @@ class _DenseWeights:
         """Bytes of memory held: packed codes plus parameters (a mapped file's pages count)."""
         return int(sum(a.nbytes for a in self._arrays))
 
-    def kernel_paths(self) -> dict:
-        """Which kernel each mode runs on with the current variant (qpack.kernel_info()):
-        {"float": name, "int8": name}, names "generic" or the variant's ("avx512")."""
+    def kernel_paths(self, batch: int = 1) -> dict:
+        """Which kernel each mode runs on for ``batch`` rows with the current variant
+        (qpack.kernel_info()) when the kernels run (not tiles, see qpack.dispatch):
+        {"float": name, "int8": name}, names "generic" or the variant's ("avx512",
+        "avx512-any", "avx512-gemm" for int8 batches from 16)."""
         if self._kernel is None:
             return {"float": "none", "int8": "none"}
-        return {"float": self._kernel.float_path, "int8": self._kernel.int8_path(self._block)}
+        return {"float": self._kernel.float_path,
+                "int8": self._kernel.int8_path(self._block, max(1, int(batch)))}
 
     @property
     def int8_block(self) -> int:

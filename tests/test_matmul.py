@@ -198,13 +198,14 @@ def test_large_fast_path(threads, kernel_isa):
 def test_every_width_and_group(bits, group, kernel_isa):
     """Each width with groups of one, two, three and four 32-column halves (96: x blocks
     that split a 64-column chunk), a large odd group and per channel; 1000 columns end in
-    a partial chunk. Batches 1, 5 and 9 cover every batch tile size."""
+    a partial chunk. Batches 1, 5 and 9 cover every batch tile size of the row kernels,
+    16, 17 and 35 the int8 GEMM's (one, two and three groups of 16 lanes, partial)."""
     rng = np.random.default_rng(bits * 1000 + group)
     w, w_hat = make_linear(rng, 9, 1000 if group != 4032 else 4100, bits, group, np.float32)
-    for batch in (1, 5, 9):
+    for batch in (1, 5, 9, 16, 17, 35):
         x = rng.standard_normal((batch, w.shape[1])).astype(np.float32)
-        assert_close(w.matmul(x), x, w_hat)
-        err = np.abs(w.matmul(x, "int8") - ref_matmul(x, w_hat))
+        assert_close(w.matmul(x, path="kernel"), x, w_hat)
+        err = np.abs(w.matmul(x, "int8", path="kernel") - ref_matmul(x, w_hat))
         assert (err <= w.int8_error_bound(x)).all()
 
 
@@ -215,11 +216,11 @@ def test_every_codebook_width(bits, per_row, kernel_isa):
     vpermi2b with a blend), entries at +-max so the int8 table reaches 1 and 255."""
     rng = np.random.default_rng(bits + 50 * per_row)
     w, w_hat = make_codebook(rng, 7, 777, bits, per_row=per_row)
-    for batch in (1, 4, 11):
+    for batch in (1, 4, 11, 21):
         x = rng.standard_normal((batch, 777)).astype(np.float32)
         x[:, ::97] *= 50  # outliers: some int8 activations at +-127
-        assert_close(w.matmul(x), x, w_hat)
-        err = np.abs(w.matmul(x, "int8") - ref_matmul(x, w_hat))
+        assert_close(w.matmul(x, path="kernel"), x, w_hat)
+        err = np.abs(w.matmul(x, "int8", path="kernel") - ref_matmul(x, w_hat))
         assert (err <= w.int8_error_bound(x)).all()
 
 
@@ -235,6 +236,9 @@ def test_kernel_paths_follow_the_variant():
         if "avx512" in qpack.isa.available_isas():
             qpack.isa.set_isa("avx512")
             assert w.kernel_paths() == {"float": "avx512-any", "int8": "avx512-any"}
+            # from a batch of 16 the int8 mode runs the GEMM (qk_gemm_avx512.h)
+            assert w.kernel_paths(15)["int8"] == "avx512-any"
+            assert w.kernel_paths(16) == {"float": "avx512-any", "int8": "avx512-gemm"}
     finally:
         qpack.isa.set_isa(before)
     with pytest.raises(ValueError, match="unknown kernel variant"):
@@ -484,7 +488,7 @@ def test_int8_extreme_values_exact(n_out):
     vpmaddubsw) would be far off. Batches and row counts cover every register tile."""
     rng = np.random.default_rng(11)
     n_in = 384
-    for batch in (1, 2, 3, 4, 5, 8, 9, 13):
+    for batch in (1, 2, 3, 4, 5, 8, 9, 13, 16, 19, 48):
         sgn = np.where(rng.random((batch, n_in)) < 0.5, -1.0, 1.0).astype(np.float32)
         x = sgn.copy()
         x[:, ::7] *= 0.5   # a few activations off the extremes
@@ -507,7 +511,7 @@ def test_int8_extreme_values_exact(n_out):
                                                     (n_out, n_in)),
                           ref_linear(codes, s, zz, -1)))
         for w, w_hat in cases:
-            y8 = w.matmul(x, act_quant="int8")
+            y8 = w.matmul(x, act_quant="int8", path="kernel")
             assert (np.abs(y8 - ref_matmul(x, w_hat)) <= w.int8_error_bound(x)).all()
             # x = +-1 and +-0.5 quantize to q = +-127 and +-64 (not exactly 0.5): the
             # int8 product of the quantized activations, to float rounding

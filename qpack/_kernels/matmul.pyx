@@ -34,13 +34,18 @@ from qpack._kernels.qk cimport (
     QK_PATH_AVX2,
     QK_PATH_AVX512,
     QK_PATH_AVX512_ANY,
+    QK_PATH_AVX512_GEMM,
     QK_PATH_GENERIC,
+    QK_GEMM_LANES,
     qk_dense,
     qk_dense_float_rows,
     qk_dense_int8_rows,
     qk_dequant_row,
     qk_float_path,
     qk_int8_path,
+    qk_int8_batch_path,
+    qk_gemm_pack_x,
+    qk_gemm_rows_avx512,
     qk_build_flags,
     qk_isa_best,
     qk_isa_supported,
@@ -62,7 +67,7 @@ cdef enum:
     ROW_CHUNK = 16
 
 PATH_NAMES = {QK_PATH_GENERIC: "generic", QK_PATH_AVX2: "avx2", QK_PATH_AVX512: "avx512",
-              QK_PATH_AVX512_ANY: "avx512-any"}
+              QK_PATH_AVX512_ANY: "avx512-any", QK_PATH_AVX512_GEMM: "avx512-gemm"}
 
 def isa_supported(int isa):
     """1 if this CPU can run variant ``isa`` (0 ref, 1 avx2, 2 avx512)."""
@@ -205,14 +210,14 @@ cdef class DenseKernel:
         cdef qk_dense w = self._current()
         return PATH_NAMES[qk_float_path(&w, w.isa)]
 
-    def int8_path(self, int64_t block=128):
-        """Name of the kernel that int8 products with activation blocks of ``block``
-        columns run on with the current variant."""
+    def int8_path(self, int64_t block=128, int64_t batch=1):
+        """Name of the kernel that int8 products of ``batch`` rows with activation blocks
+        of ``block`` columns run on with the current variant."""
         cdef qk_dense w = self._current()
-        return PATH_NAMES[self._int8_path(&w, block)]
+        return PATH_NAMES[self._int8_path(&w, block, batch)]
 
-    cdef int _int8_path(self, qk_dense *w, int64_t block):
-        return qk_int8_path(w, w.isa, block)
+    cdef int _int8_path(self, qk_dense *w, int64_t block, int64_t batch):
+        return qk_int8_batch_path(w, w.isa, block, batch)
 
     def _check_out(self, y, int64_t batch):
         if y.shape[0] != batch or y.shape[1] != self.n_out:
@@ -263,9 +268,9 @@ cdef class DenseKernel:
         if not static_scale >= 0 or static_scale == float("inf"):
             raise ValueError("static_scale must be finite and >= 0")
         cdef qk_dense w = self._current()
-        cdef int path = self._int8_path(&w, block)
-        cdef int perm = qk_path_permute_bits(path, w.bits)
         cdef int64_t r, batch = x.shape[0], n_in = self.n_in
+        cdef int path = self._int8_path(&w, block, batch)
+        cdef int perm = qk_path_permute_bits(path, w.bits)
         cdef int tid, nt = max(1, num_threads)
         xq, xs, xsum = quantize(x, block, perm, nt, static_scale)
         cdef const int8_t[:, ::1] xqv = xq
@@ -278,6 +283,25 @@ cdef class DenseKernel:
         q.block = block
         q.nblocks = xs.shape[1]
         cdef uint8_t[:, ::1] codes = np.empty((nt, 5 * (n_in + 64)), dtype=np.uint8)
+        cdef int64_t nbg = (batch + QK_GEMM_LANES - 1) // QK_GEMM_LANES
+        cdef int8_t[:, ::1] xi
+        cdef float[:, ::1] xst, xzt
+        if path == QK_PATH_AVX512_GEMM:
+            # the GEMM's interleaved activations (qk_gemm_avx512.h): zero padding lanes
+            # and columns, so the kernel needs no batch or column tails
+            xi = np.zeros((nbg, ((n_in + 3) // 4) * 4 * QK_GEMM_LANES), dtype=np.int8)
+            xst = np.zeros((nbg, q.nblocks * QK_GEMM_LANES), dtype=np.float32)
+            xzt = np.zeros((nbg, q.nblocks * QK_GEMM_LANES), dtype=np.float32)
+            with nogil:
+                qk_gemm_pack_x(&q, batch, n_in, &xi[0, 0], &xst[0, 0], &xzt[0, 0])
+                with parallel(num_threads=nt):
+                    tid = threadid()
+                    for r in prange((w.n_out + 3) // 4, schedule="dynamic",
+                                    chunksize=ROW_CHUNK // 4):
+                        qk_gemm_rows_avx512(&w, 4 * r, min(4, w.n_out - 4 * r), &xi[0, 0],
+                                            &xst[0, 0], &xzt[0, 0], batch, block, q.nblocks,
+                                            &y[0, 0], &codes[tid, 0])
+            return
         with nogil, parallel(num_threads=nt):
             tid = threadid()
             for r in prange((w.n_out + 3) // 4, schedule="dynamic", chunksize=ROW_CHUNK // 4):

@@ -45,8 +45,16 @@ cdef extern from "qk_dense.h" nogil:
         QK_PATH_AVX2
         QK_PATH_AVX512
         QK_PATH_AVX512_ANY
+        QK_PATH_AVX512_GEMM
+        QK_GEMM_LANES
     int qk_float_path(const qk_dense *w, int isa)
     int qk_int8_path(const qk_dense *w, int isa, int64_t block)
+    int qk_int8_batch_path(const qk_dense *w, int isa, int64_t block, int64_t batch)
+    void qk_gemm_pack_x(const qk_xq *q, int64_t batch, int64_t n, int8_t *xi, float *xst,
+                        float *xzt)
+    void qk_gemm_rows_avx512(const qk_dense *w, int64_t r0, int64_t nrows, const int8_t *xi,
+                             const float *xst, const float *xzt, int64_t batch,
+                             int64_t block, int64_t nb, float *y, uint8_t *scratch)
     int qk_path_permute_bits(int path, int bits)
     void qk_dense_float_rows(const qk_dense *w, int path, int64_t r0, int64_t nrows,
                              const float *xp, int64_t batch, float *y, uint8_t *codes,

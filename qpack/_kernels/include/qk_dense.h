@@ -11,10 +11,14 @@
 #include "qk_dense_ref.h"
 #include "qk_dense_avx512.h"
 #include "qk_dense_avx2.h"
+#include "qk_gemm_avx512.h"
 
 /* AVX512: 2/4/8-bit codes in 128-column blocks (permuted activations for 2 and 4 bits);
    AVX512_ANY: any width, groups of any multiple of 32, natural order. */
-enum { QK_PATH_GENERIC = 0, QK_PATH_AVX2 = 1, QK_PATH_AVX512 = 2, QK_PATH_AVX512_ANY = 3 };
+/* AVX512_GEMM: int8 mode from a batch of QK_GEMM_MIN_BATCH, any width (qk_gemm_avx512.h);
+   chosen per call by qk_int8_batch_path, never by qk_int8_path. */
+enum { QK_PATH_GENERIC = 0, QK_PATH_AVX2 = 1, QK_PATH_AVX512 = 2, QK_PATH_AVX512_ANY = 3,
+       QK_PATH_AVX512_GEMM = 6 };
 
 /* Groups that the 128-column block kernels handle: a multiple of 128, or none. */
 static inline int qk_groups_aligned(const qk_dense *w) {
@@ -52,6 +56,13 @@ QK_FN int qk_int8_path(const qk_dense *w, int isa, int64_t block) {
         && (b == 2 || b == 4 || (b == 8 && w->kind == 0)))
         return QK_PATH_AVX2;
     return QK_PATH_GENERIC;
+}
+
+/* The int8 path for a product of `batch` rows: the GEMM where it applies, else the
+   row kernels' path. */
+QK_FN int qk_int8_batch_path(const qk_dense *w, int isa, int64_t block, int64_t batch) {
+    if (batch >= QK_GEMM_MIN_BATCH && qk_gemm_ok(w, isa, block)) return QK_PATH_AVX512_GEMM;
+    return qk_int8_path(w, isa, block);
 }
 
 /* Column layout of the activations for a path: 2 or 4 when each 128-column block must be

@@ -1,0 +1,173 @@
+/* Batched int8 products ("GEMM"), AVX-512 VNNI variant: for a batch of 16 rows or more.
+ *
+ * The row kernels (qk_dense_avx512.h) put columns in the vector lanes, so every output
+ * needs a horizontal reduction and every 32-128 columns a float conversion per (row,
+ * batch row): at batch 64 that overhead weighs as much as the dot products. Here the 16
+ * lanes are 16 batch rows instead. The activations are interleaved once per call into
+ * xi[bg][step][lane][4] (bg: group of 16 batch rows, step: 4 columns), so one vpdpbusd
+ * takes 4 codes of one weight row, broadcast to every lane, against the same 4 columns
+ * of 16 batch rows: 64 multiply-adds, no reduction, and each weight row is read once per
+ * tile of 64 batch rows. Codes are decoded once per call (any width, natural order, the
+ * codebook's int8 entries for codebooks) into the thread's scratch.
+ *
+ * Per x block (block columns, each inside one weight group):
+ *   y[b, r] += s_r * xs[b, blk] * dot_blk(code, xq[b]) - s_r * z_r * xs[b, blk] * xsum[b, blk]
+ * with s, z the linear scale and zero-point, or cb_scale and 128 for codebooks: the same
+ * arithmetic as the row kernels, so results agree to float rounding. int32 sums are
+ * exact for blocks of up to 4096 columns (255 * 127 * 4096 < 2**31).
+ *
+ * Trusts its caller (matmul.pyx) for every length: xi holds ceil(batch / 16) * n4 * 16
+ * bytes (n4 = n_in rounded up to 4, zero padded), xst and xzt ceil(batch / 16) *
+ * nblocks * 16 floats, the scratch 5 * (n_in + 64) bytes, block % 4 == 0.
+ */
+#ifndef QK_GEMM_AVX512_H
+#define QK_GEMM_AVX512_H
+
+#include "qk_dense_avx512.h"
+
+#define QK_GEMM_LANES 16
+/* From this batch the GEMM replaces the row kernels in int8 mode. */
+#define QK_GEMM_MIN_BATCH 16
+
+/* Whether the GEMM takes weights w with x blocks of `block` columns on variant isa. */
+static inline int qk_gemm_ok(const qk_dense *w, int isa, int64_t block) {
+    (void)w;
+    return QK_X86 && isa >= QK_ISA_AVX512 && block % 4 == 0 && block <= 4096;
+}
+
+/* Interleave the int8 activations for the GEMM (see the header comment): xi, xst and xzt
+   must be zero-filled by the caller (padding lanes and columns stay zero). */
+QK_FN void qk_gemm_pack_x(const qk_xq *q, int64_t batch, int64_t n, int8_t *xi, float *xst,
+                          float *xzt) {
+    const int64_t n4 = (n + 3) & ~(int64_t)3, nb = q->nblocks;
+    for (int64_t b = 0; b < batch; b++) {
+        const int64_t bg = b / QK_GEMM_LANES, lane = b % QK_GEMM_LANES;
+        const int8_t *src = q->xq + b * n;
+        int8_t *dst = xi + bg * n4 * QK_GEMM_LANES + lane * 4;
+        int64_t s = 0;
+        for (; 4 * s + 4 <= n; s++) memcpy(dst + s * 4 * QK_GEMM_LANES, src + 4 * s, 4);
+        for (int64_t c = 4 * s; c < n; c++) dst[s * 4 * QK_GEMM_LANES + (c - 4 * s)] = src[c];
+        for (int64_t k = 0; k < nb; k++) {
+            const float xs = q->xs[b * nb + k];
+            xst[(bg * nb + k) * QK_GEMM_LANES + lane] = xs;
+            xzt[(bg * nb + k) * QK_GEMM_LANES + lane] = xs * (float)q->xsum[b * nb + k];
+        }
+    }
+}
+
+#if QK_X86
+
+/* Row r as int8-ready bytes (codes, or codebook entries + 128) in dst[0 .. n4), zero
+   past n_in; tmp: 64 bytes. */
+QK_AVX512_FN void qk_gemm_decode_row(const qk_dense *w, int64_t r, uint8_t *dst, uint8_t *tmp) {
+    const int64_t n = w->n_in, nch = n / 64, c0 = nch * 64, n4 = (n + 3) & ~(int64_t)3;
+    const int b = w->bits;
+    qk_predecode_row_avx512(w, r, nch, dst);
+    if (c0 < n) {  /* a 64-code chunk is 8 * b bytes, so the tail starts on a byte */
+        qk_unpack_any(w->packed + r * w->row_bytes + nch * 8 * b, tmp, n - c0, b, QK_ISA_AVX512);
+        if (w->kind == 1) {
+            const uint8_t *lut = w->cb_u8 + r * w->cbrow;
+            for (int64_t k = 0; k < n - c0; k++) dst[c0 + k] = lut[tmp[k]];
+        } else {
+            memcpy(dst + c0, tmp, (size_t)(n - c0));
+        }
+    }
+    for (int64_t c = n; c < n4; c++) dst[c] = 0;
+}
+
+/* 4 weight rows x NB groups of 16 batch rows. Rows past nrows repeat row 0 and are not
+   stored. accf lives in memory: it changes once per block, the int32 sums every step. */
+QK_AVX512_INL void
+qk_gemm_tile_avx512(const qk_dense *w, int64_t r0, int64_t nrows, const uint8_t *const *wr,
+                    const int8_t *xi, const float *xst, const float *xzt, int64_t bg0,
+                    int64_t batch, int64_t block, int64_t nb, float *y, float *accf,
+                    const int NB) {
+    const int64_t n = w->n_in, n4 = (n + 3) & ~(int64_t)3;
+    const int64_t xgs = n4 * QK_GEMM_LANES;
+    /* accf[(i * 4 + j) * 16 ..]: the float sums, in memory (the caller's buffer) so that
+       the int32 sums, the activations and the weights keep all 32 registers */
+    for (int k = 0; k < 16 * QK_GEMM_LANES; k++) accf[k] = 0.0f;
+    int64_t g = 0, gend = w->kind == 1 ? n : w->group;
+    for (int64_t blk = 0; blk < nb; blk++) {
+        const int64_t c0 = blk * block, c1 = c0 + block < n ? c0 + block : n;
+        const int64_t s0 = c0 / 4, s1 = (c1 + 3) / 4;
+        __m512i acc[4][4];
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < NB; j++) acc[i][j] = _mm512_setzero_si512();
+        const int8_t *xp = xi + bg0 * xgs;
+        for (int64_t s = s0; s < s1; s++) {
+            __m512i xv[4];
+            for (int j = 0; j < NB; j++)
+                xv[j] = _mm512_loadu_si512((const void *)(xp + j * xgs + s * 64));
+            for (int i = 0; i < 4; i++) {
+                int32_t c4;
+                memcpy(&c4, wr[i] + 4 * s, 4);
+                const __m512i wv = _mm512_set1_epi32(c4);
+                for (int j = 0; j < NB; j++) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], wv, xv[j]);
+            }
+        }
+        /* the weight group of this block (blocks never straddle groups) */
+        if (c0 >= gend) { g++; gend += w->group; }
+        for (int i = 0; i < 4; i++) {
+            const int64_t r = r0 + (i < nrows ? i : 0);
+            float s, z;
+            if (w->kind == 1) { s = w->cb_scale[w->cbrow ? r : 0]; z = 128.0f; }
+            else { s = w->scales[r * w->prow + g]; z = w->zeros[r * w->prow + g]; }
+            const __m512 vs = _mm512_set1_ps(s), vsz = _mm512_set1_ps(s * z);
+            for (int j = 0; j < NB; j++) {
+                const int64_t o = ((bg0 + j) * nb + blk) * QK_GEMM_LANES;
+                float *a = accf + (i * 4 + j) * QK_GEMM_LANES;
+                const __m512 xs = _mm512_mul_ps(vs, _mm512_loadu_ps(xst + o));
+                __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][j]), xs, _mm512_loadu_ps(a));
+                _mm512_storeu_ps(a, _mm512_fnmadd_ps(vsz, _mm512_loadu_ps(xzt + o), f));
+            }
+        }
+    }
+    for (int i = 0; i < nrows; i++)
+        for (int j = 0; j < NB; j++) {
+            const float *out = accf + (i * 4 + j) * QK_GEMM_LANES;
+            const int64_t b0 = (bg0 + j) * QK_GEMM_LANES;
+            const int64_t m = batch - b0 < QK_GEMM_LANES ? batch - b0 : QK_GEMM_LANES;
+            for (int64_t l = 0; l < m; l++) y[(b0 + l) * w->n_out + r0 + i] = out[l];
+        }
+}
+
+/* Rows r0 .. r0+nrows (nrows <= 4) of y for the whole batch. scratch: 5 * (n_in + 64). */
+QK_AVX512_FN void qk_gemm_rows_avx512(const qk_dense *w, int64_t r0, int64_t nrows,
+                                      const int8_t *xi, const float *xst, const float *xzt,
+                                      int64_t batch, int64_t block, int64_t nb, float *y,
+                                      uint8_t *scratch) {
+    const int64_t stride = w->n_in + 64;
+    const uint8_t *wr[4];
+    for (int64_t i = 0; i < 4; i++) {
+        if (i < nrows) {
+            uint8_t *dst = scratch + (i + 1) * stride;
+            qk_gemm_decode_row(w, r0 + i, dst, scratch);
+            wr[i] = dst;
+        } else {
+            wr[i] = wr[0];
+        }
+    }
+    const int64_t nbg = (batch + QK_GEMM_LANES - 1) / QK_GEMM_LANES;
+    float accf[16 * QK_GEMM_LANES] __attribute__((aligned(64)));
+    for (int64_t bg = 0; bg < nbg; bg += 4) {
+        switch (nbg - bg >= 4 ? 4 : nbg - bg) {
+        case 4: qk_gemm_tile_avx512(w, r0, nrows, wr, xi, xst, xzt, bg, batch, block, nb, y, accf, 4); break;
+        case 3: qk_gemm_tile_avx512(w, r0, nrows, wr, xi, xst, xzt, bg, batch, block, nb, y, accf, 3); break;
+        case 2: qk_gemm_tile_avx512(w, r0, nrows, wr, xi, xst, xzt, bg, batch, block, nb, y, accf, 2); break;
+        default: qk_gemm_tile_avx512(w, r0, nrows, wr, xi, xst, xzt, bg, batch, block, nb, y, accf, 1); break;
+        }
+    }
+}
+
+#else
+static inline void qk_gemm_rows_avx512(const qk_dense *w, int64_t r0, int64_t nrows,
+                                       const int8_t *xi, const float *xst, const float *xzt,
+                                       int64_t batch, int64_t block, int64_t nb, float *y,
+                                       uint8_t *scratch) {
+    (void)w; (void)r0; (void)nrows; (void)xi; (void)xst; (void)xzt; (void)batch;
+    (void)block; (void)nb; (void)y; (void)scratch;
+}
+#endif /* QK_X86 */
+
+#endif
