@@ -136,6 +136,7 @@ DEFAULT_COSTS = KernelCosts(
         "avx512/float": (0.05, 0.034), "avx512/int8": (0.06, 0.025),
         "avx512/float/codebook-8": (0.15, 0.15),
         "avx512-any/float": (0.05, 0.075), "avx512-any/int8": (0.07, 0.045),
+        "avx512-gemm/int8": (0.13, 0.007),
         "avx2/float": (0.02, 0.038), "avx2/int8": (0.02, 0.026),
         "vector/float": (0.05, 0.075), "vector/int8": (0.07, 0.045),
     },
