@@ -214,7 +214,8 @@ def test_calibrate_saves_for_this_machine_only(tmp_path, monkeypatch):
         measured = dispatch.calibrate(n=128, repeat=1)
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
         assert measured.source.startswith("calibrated")
-        assert all(v[0] >= 0 and v[1] > 0 for v in measured.kernel.values())
+        # (a two-point fit on a noisy machine may put all of a cost in one term)
+        assert all(min(v) >= 0 and v[0] + 128 * v[1] > 0 for v in measured.kernel.values())
         isa = qpack.isa.get_isa()
         expect = "generic/float" if isa == "ref" else "vector/float"
         assert expect in measured.kernel
