@@ -227,7 +227,7 @@ cdef class DenseKernel:
         cdef int path = qk_float_path(&w, w.isa)
         cdef int perm = qk_path_permute_bits(path, w.bits)
         cdef int64_t i, r, batch = x.shape[0], n_in = self.n_in
-        cdef int tid, nt = max(1, num_threads)
+        cdef int tid = 0, nt = max(1, num_threads)  # 0: Cython copies it into the parallel block
         cdef const float[:, ::1] xin = x
         cdef float[:, ::1] xp
         if perm:
@@ -266,7 +266,7 @@ cdef class DenseKernel:
         cdef int path = self._int8_path(&w, block)
         cdef int perm = qk_path_permute_bits(path, w.bits)
         cdef int64_t r, batch = x.shape[0], n_in = self.n_in
-        cdef int tid, nt = max(1, num_threads)
+        cdef int tid = 0, nt = max(1, num_threads)  # 0: Cython copies it into the parallel block
         xq, xs, xsum = quantize(x, block, perm, nt, static_scale)
         cdef const int8_t[:, ::1] xqv = xq
         cdef const float[:, ::1] xsv = xs
@@ -290,7 +290,7 @@ cdef class DenseKernel:
             raise ValueError("rows out of range or out of the wrong width")
         cdef qk_dense w = self._current()
         cdef int64_t i, nrows = out.shape[0]
-        cdef int tid, nt = max(1, num_threads)
+        cdef int tid = 0, nt = max(1, num_threads)  # 0: Cython copies it into the parallel block
         cdef uint8_t[:, ::1] codes = np.empty((nt, self.n_in + 64), dtype=np.uint8)
         with nogil, parallel(num_threads=nt):
             tid = threadid()
@@ -302,7 +302,7 @@ cdef class DenseKernel:
         cdef int64_t i, n = rows.shape[0]
         _check_gather(rows, out, self.n_out, self.n_in)
         cdef qk_dense w = self._current()
-        cdef int tid, nt = max(1, num_threads)
+        cdef int tid = 0, nt = max(1, num_threads)  # 0: Cython copies it into the parallel block
         cdef uint8_t[:, ::1] codes = np.empty((nt, self.n_in + 64), dtype=np.uint8)
         with nogil, parallel(num_threads=nt):
             tid = threadid()
@@ -438,7 +438,7 @@ cdef class SparseKernel:
             raise ValueError("xt or y of the wrong shape")
         cdef qk_sparse w = self._current()
         cdef int64_t r, batch = xt.shape[1]
-        cdef int tid, nt = max(1, num_threads)
+        cdef int tid = 0, nt = max(1, num_threads)  # 0: Cython copies it into the parallel block
         cdef float[:, ::1] acc = np.empty((nt, max(batch, 1)), dtype=np.float32)
         with nogil, parallel(num_threads=nt):
             tid = threadid()
