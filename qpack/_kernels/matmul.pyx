@@ -15,7 +15,7 @@ short codebook's length) do not affect memory safety: codebooks are padded to
 max(16, 2**bits) entries, so every code of a row indexes inside its table.
 
 The loops are C in qpack/_kernels/include (qk_dense*.h, qk_sparse.h); the variant they
-run (reference, AVX2, AVX-512) is chosen at import from the CPU and can be forced with
+run (reference, AVX2, AVX-512, NEON) is chosen at import from the CPU and can be forced with
 ``set_isa`` (qpack/kernel_info.py reads QPACK_ISA). docs/KERNELS.md describes the layouts
 and the selection.
 """
@@ -35,6 +35,7 @@ from qpack._kernels.qk cimport (
     QK_PATH_AVX512,
     QK_PATH_AVX512_ANY,
     QK_PATH_GENERIC,
+    QK_PATH_NEON,
     qk_dense,
     qk_dense_float_rows,
     qk_dense_int8_rows,
@@ -62,10 +63,10 @@ cdef enum:
     ROW_CHUNK = 16
 
 PATH_NAMES = {QK_PATH_GENERIC: "generic", QK_PATH_AVX2: "avx2", QK_PATH_AVX512: "avx512",
-              QK_PATH_AVX512_ANY: "avx512-any"}
+              QK_PATH_AVX512_ANY: "avx512-any", QK_PATH_NEON: "neon"}
 
 def isa_supported(int isa):
-    """1 if this CPU can run variant ``isa`` (0 ref, 1 avx2, 2 avx512)."""
+    """1 if this CPU can run variant ``isa`` (0 ref, 1 avx2, 2 avx512, 3 neon)."""
     return qk_isa_supported(isa) if 0 <= isa < len(ISA_NAMES) else 0
 
 
@@ -93,7 +94,7 @@ def set_isa(int isa):
 
 
 def get_isa():
-    """The variant the kernels run (0 ref, 1 avx2, 2 avx512)."""
+    """The variant the kernels run (0 ref, 1 avx2, 2 avx512, 3 neon)."""
     return _isa
 
 
