@@ -12,7 +12,8 @@
  *     dequantized weights, for linear and codebook codes of every width, several groupings,
  *     shared and per-row parameters, batches 1..9 and a partial last quad of rows;
  *   - dense int8 rows (qk_dense_int8_rows on the path qk_int8_path picks) against the
- *     int8 formula evaluated here with exact integer block sums;
+ *     int8 formula evaluated here with exact integer block sums (NEON: also bit for bit
+ *     against the generic kernel);
  *   - on aarch64, the NEON integer block sums (sdot and the vmull/vpadal fallback)
  *     bit for bit against a plain loop.
  * Prints one line per variant with the paths that ran, then "ALL OK" (exit 0), or the
@@ -251,6 +252,17 @@ static void test_int8(const mat *m, int isa, int64_t batch, int64_t block) {
     for (int64_t i = 0; i < batch * n_out; i++) y[i] = NAN;
     for (int64_t r0 = 0; r0 < n_out; r0 += 4)
         qk_dense_int8_rows(&w, path, r0, n_out - r0 < 4 ? n_out - r0 : 4, &q, batch, y, codes);
+#if QK_ARM64
+    if (path == QK_PATH_NEON) {   /* same integer sums and formula: the generic result exactly */
+        float *yg = xmalloc(sizeof(float) * (size_t)(batch * n_out));
+        for (int64_t r0 = 0; r0 < n_out; r0 += 4)
+            qk_dense_int8_rows(&w, QK_PATH_GENERIC, r0, n_out - r0 < 4 ? n_out - r0 : 4, &q, batch, yg, codes);
+        CHECK(memcmp(y, yg, sizeof(float) * (size_t)(batch * n_out)) == 0,
+              "neon int8 bits=%d kind=%d n_in=%lld block=%lld: not bit-identical to generic",
+              w.bits, w.kind, (long long)n, (long long)block);
+        free(yg);
+    }
+#endif
     for (int64_t bi = 0; bi < batch; bi++)
         for (int64_t r = 0; r < n_out; r++) {
             double ref = 0.0, mag = 0.0;
