@@ -2,7 +2,7 @@
 
 Every vector kernel is compiled into every build for its own instruction set (function
 target attributes, qpack/_kernels/include/qk_isa.h); at import the best variant the CPU
-supports is chosen. ``QPACK_ISA=ref|avx2|avx512`` in the environment forces one (for tests
+supports is chosen. ``QPACK_ISA=ref|avx2|avx512|neon`` in the environment forces one (for tests
 and benchmarks; a variant the CPU lacks raises when the kernels are imported rather than
 crash later: qpack/_kernels/__init__.py), and ``set_isa`` switches at run time.
 ``kernel_info()`` reports the choice.
@@ -15,23 +15,24 @@ import os
 from qpack._kernels import bitpack as _bitpack
 from qpack._kernels import matmul as _matmul
 
-ISA_NAMES = tuple(_matmul.ISA_NAMES)  # ("ref", "avx2", "avx512"), weakest first
+ISA_NAMES = tuple(_matmul.ISA_NAMES)  # ("ref", "avx2", "avx512", "neon")
 _MODULES = (_matmul, _bitpack)
 
 
 def available_isas() -> list[str]:
-    """The variants this CPU can run, weakest first (always starts with "ref")."""
+    """The variants this CPU can run, weakest first (always starts with "ref"; then
+    avx2/avx512 on x86-64, or neon on AArch64)."""
     return [name for i, name in enumerate(ISA_NAMES) if _matmul.isa_supported(i)]
 
 
 def set_isa(name: str | None) -> str:
-    """Run the kernels of variant ``name`` ("ref", "avx2", "avx512") from now on; None
+    """Run the kernels of variant ``name`` ("ref", "avx2", "avx512", "neon") from now on; None
     picks the best this CPU supports. Returns the name in force.
 
     Raises ValueError for an unknown name or one this CPU cannot run.
     """
     if name is None:
-        level = len(available_isas()) - 1
+        level = ISA_NAMES.index(available_isas()[-1])
     else:
         if name not in ISA_NAMES:
             raise ValueError(f"unknown kernel variant {name!r}; choose from {list(ISA_NAMES)}")

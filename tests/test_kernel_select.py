@@ -2,6 +2,7 @@
 checks, and the thread helper (OpenMP limit at call time, cores shared by workers)."""
 
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -32,6 +33,29 @@ def test_qpack_isa_rejects_unknown_names():
     out = _run("import qpack; qpack.pack([1, 0], 1)", QPACK_ISA="sse9")
     assert out.returncode != 0
     assert "QPACK_ISA='sse9'" in out.stderr
+
+
+def test_qpack_isa_rejects_variants_this_cpu_lacks():
+    """Every known name the CPU cannot run (neon on x86-64, avx2/avx512 on AArch64, and
+    whatever this x86 lacks) fails at import with the same clear message."""
+    missing = [n for n in qpack.isa.ISA_NAMES if n not in qpack.isa.available_isas()]
+    assert missing, "some variant is always foreign to this CPU"
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert "neon" in missing
+    for name in missing:
+        out = _run("import qpack; qpack.pack([1, 0], 1)", QPACK_ISA=name)
+        assert out.returncode != 0
+        assert f"QPACK_ISA={name!r}: this CPU cannot run these kernels" in out.stderr
+        with pytest.raises(ValueError, match="cannot run"):
+            qpack.isa.set_isa(name)
+
+
+def test_set_isa_none_picks_the_best_available():
+    before = qpack.isa.get_isa()
+    try:
+        assert qpack.isa.set_isa(None) == qpack.isa.available_isas()[-1]
+    finally:
+        qpack.isa.set_isa(before)
 
 
 def test_kernel_info_reports_the_build():

@@ -2,8 +2,9 @@
 
 import os as _os
 
-# Kernel variants (qpack/_kernels/include/qk_isa.h levels), weakest first.
-ISA_NAMES = ("ref", "avx2", "avx512")
+# Kernel variants (qpack/_kernels/include/qk_isa.h levels): the x86-64 ones weakest first,
+# then NEON (AArch64). A CPU supports "ref" and either some x86 levels or "neon".
+ISA_NAMES = ("ref", "avx2", "avx512", "neon")
 
 
 def initial_isa(best: int, supported) -> int:

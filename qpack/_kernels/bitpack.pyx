@@ -44,7 +44,8 @@ cdef int _isa = initial_isa(qk_isa_best(), lambda level: qk_isa_supported(level)
 
 
 def set_isa(int isa):
-    """Run the ``isa`` variant (0 ref, 1 avx2, 2 avx512); ValueError if this CPU lacks it."""
+    """Run the ``isa`` variant (0 ref, 1 avx2, 2 avx512, 3 neon); ValueError if this CPU
+    lacks it."""
     global _isa
     if not qk_isa_supported(isa):
         raise ValueError(f"this CPU cannot run kernel variant {isa}")
@@ -56,7 +57,8 @@ def get_isa():
     return _isa
 
 
-_ODD_WIDTH_PATHS = ("portable simple loop", "bmi2 pext/pdep", "avx512-vbmi + bmi2 tail")
+_ODD_WIDTH_PATHS = ("portable simple loop", "bmi2 pext/pdep", "avx512-vbmi + bmi2 tail",
+                    "portable simple loop")  # neon: 2 and 4 bits only
 
 
 def odd_width_path():

@@ -189,8 +189,9 @@ def lloyd_rows(const value_t[:, ::1] xs, const double[:, ::1] P, const double[::
     """
     cdef Py_ssize_t rows = xs.shape[0], n = xs.shape[1], k = centroids.shape[1]
     cdef Py_ssize_t r
-    cdef Py_ssize_t* edges
-    cdef Py_ssize_t* prev
+    # NULL before the parallel block: Cython copies them into it (firstprivate)
+    cdef Py_ssize_t* edges = NULL
+    cdef Py_ssize_t* prev = NULL
     if rows == 0:
         return
     with nogil, parallel(num_threads=num_threads):

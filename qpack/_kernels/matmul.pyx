@@ -15,7 +15,7 @@ short codebook's length) do not affect memory safety: codebooks are padded to
 max(16, 2**bits) entries, so every code of a row indexes inside its table.
 
 The loops are C in qpack/_kernels/include (qk_dense*.h, qk_sparse.h); the variant they
-run (reference, AVX2, AVX-512) is chosen at import from the CPU and can be forced with
+run (reference, AVX2, AVX-512, NEON) is chosen at import from the CPU and can be forced with
 ``set_isa`` (qpack/kernel_info.py reads QPACK_ISA). docs/KERNELS.md describes the layouts
 and the selection.
 """
@@ -37,6 +37,7 @@ from qpack._kernels.qk cimport (
     QK_PATH_AVX512_GEMM,
     QK_PATH_GENERIC,
     QK_GEMM_LANES,
+    QK_PATH_NEON,
     qk_dense,
     qk_dense_float_rows,
     qk_dense_int8_rows,
@@ -67,10 +68,11 @@ cdef enum:
     ROW_CHUNK = 16
 
 PATH_NAMES = {QK_PATH_GENERIC: "generic", QK_PATH_AVX2: "avx2", QK_PATH_AVX512: "avx512",
-              QK_PATH_AVX512_ANY: "avx512-any", QK_PATH_AVX512_GEMM: "avx512-gemm"}
+              QK_PATH_AVX512_ANY: "avx512-any", QK_PATH_AVX512_GEMM: "avx512-gemm",
+              QK_PATH_NEON: "neon"}
 
 def isa_supported(int isa):
-    """1 if this CPU can run variant ``isa`` (0 ref, 1 avx2, 2 avx512)."""
+    """1 if this CPU can run variant ``isa`` (0 ref, 1 avx2, 2 avx512, 3 neon)."""
     return qk_isa_supported(isa) if 0 <= isa < len(ISA_NAMES) else 0
 
 
@@ -98,7 +100,7 @@ def set_isa(int isa):
 
 
 def get_isa():
-    """The variant the kernels run (0 ref, 1 avx2, 2 avx512)."""
+    """The variant the kernels run (0 ref, 1 avx2, 2 avx512, 3 neon)."""
     return _isa
 
 
@@ -232,7 +234,7 @@ cdef class DenseKernel:
         cdef int path = qk_float_path(&w, w.isa)
         cdef int perm = qk_path_permute_bits(path, w.bits)
         cdef int64_t i, r, batch = x.shape[0], n_in = self.n_in
-        cdef int tid, nt = max(1, num_threads)
+        cdef int tid = 0, nt = max(1, num_threads)  # 0: Cython copies it into the parallel block
         cdef const float[:, ::1] xin = x
         cdef float[:, ::1] xp
         if perm:
@@ -271,7 +273,7 @@ cdef class DenseKernel:
         cdef int64_t r, batch = x.shape[0], n_in = self.n_in
         cdef int path = self._int8_path(&w, block, batch)
         cdef int perm = qk_path_permute_bits(path, w.bits)
-        cdef int tid, nt = max(1, num_threads)
+        cdef int tid = 0, nt = max(1, num_threads)  # 0: Cython copies it into the parallel block
         xq, xs, xsum = quantize(x, block, perm, nt, static_scale)
         cdef const int8_t[:, ::1] xqv = xq
         cdef const float[:, ::1] xsv = xs
@@ -314,7 +316,7 @@ cdef class DenseKernel:
             raise ValueError("rows out of range or out of the wrong width")
         cdef qk_dense w = self._current()
         cdef int64_t i, nrows = out.shape[0]
-        cdef int tid, nt = max(1, num_threads)
+        cdef int tid = 0, nt = max(1, num_threads)  # 0: Cython copies it into the parallel block
         cdef uint8_t[:, ::1] codes = np.empty((nt, self.n_in + 64), dtype=np.uint8)
         with nogil, parallel(num_threads=nt):
             tid = threadid()
@@ -326,7 +328,7 @@ cdef class DenseKernel:
         cdef int64_t i, n = rows.shape[0]
         _check_gather(rows, out, self.n_out, self.n_in)
         cdef qk_dense w = self._current()
-        cdef int tid, nt = max(1, num_threads)
+        cdef int tid = 0, nt = max(1, num_threads)  # 0: Cython copies it into the parallel block
         cdef uint8_t[:, ::1] codes = np.empty((nt, self.n_in + 64), dtype=np.uint8)
         with nogil, parallel(num_threads=nt):
             tid = threadid()
@@ -462,7 +464,7 @@ cdef class SparseKernel:
             raise ValueError("xt or y of the wrong shape")
         cdef qk_sparse w = self._current()
         cdef int64_t r, batch = xt.shape[1]
-        cdef int tid, nt = max(1, num_threads)
+        cdef int tid = 0, nt = max(1, num_threads)  # 0: Cython copies it into the parallel block
         cdef float[:, ::1] acc = np.empty((nt, max(batch, 1)), dtype=np.float32)
         with nogil, parallel(num_threads=nt):
             tid = threadid()

@@ -8,6 +8,7 @@ cdef extern from "qk_isa.h" nogil:
         QK_ISA_REF
         QK_ISA_AVX2
         QK_ISA_AVX512
+        QK_ISA_NEON
         QK_ISA_COUNT
     int qk_isa_supported(int isa)
     int qk_isa_best()
@@ -47,6 +48,7 @@ cdef extern from "qk_dense.h" nogil:
         QK_PATH_AVX512_ANY
         QK_PATH_AVX512_GEMM
         QK_GEMM_LANES
+        QK_PATH_NEON
     int qk_float_path(const qk_dense *w, int isa)
     int qk_int8_path(const qk_dense *w, int isa, int64_t block)
     int qk_int8_batch_path(const qk_dense *w, int isa, int64_t block, int64_t batch)

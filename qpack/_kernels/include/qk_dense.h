@@ -12,6 +12,7 @@
 #include "qk_dense_avx512.h"
 #include "qk_dense_avx2.h"
 #include "qk_gemm_avx512.h"
+#include "qk_dense_neon.h"  /* QK_PATH_NEON = 5 */
 
 /* AVX512: 2/4/8-bit codes in 128-column blocks (permuted activations for 2 and 4 bits);
    AVX512_ANY: any width, groups of any multiple of 32, natural order. */
@@ -31,10 +32,11 @@ static inline int qk_groups_halves(const qk_dense *w) {
 }
 
 QK_FN int qk_float_path(const qk_dense *w, int isa) {
+    if (isa == QK_ISA_NEON) return qk_float_path_neon(w);
     const int b = w->bits;
-    if (isa >= QK_ISA_AVX512 && qk_groups_aligned(w) && (b == 2 || b == 4 || b == 8))
+    if (isa == QK_ISA_AVX512 && qk_groups_aligned(w) && (b == 2 || b == 4 || b == 8))
         return QK_PATH_AVX512;
-    if (isa >= QK_ISA_AVX512 && qk_groups_halves(w)) return QK_PATH_AVX512_ANY;
+    if (isa == QK_ISA_AVX512 && qk_groups_halves(w)) return QK_PATH_AVX512_ANY;
     if (isa == QK_ISA_AVX2 && qk_groups_aligned(w) && (b == 2 || b == 4 || b == 8))
         return QK_PATH_AVX2;
     return QK_PATH_GENERIC;
@@ -43,13 +45,14 @@ QK_FN int qk_float_path(const qk_dense *w, int isa) {
 /* block: columns per int8 activation block (each inside one weight group). The any-width
    kernel sums at most 4096 products per int32 lane (255 * 127 * 4096 < 2**31). */
 QK_FN int qk_int8_path(const qk_dense *w, int isa, int64_t block) {
+    if (isa == QK_ISA_NEON) return qk_int8_path_neon(w, block);
     const int b = w->bits;
-    if (isa >= QK_ISA_AVX512 && qk_groups_aligned(w) && block == 128
+    if (isa == QK_ISA_AVX512 && qk_groups_aligned(w) && block == 128
         && (b == 2 || b == 4 || (b == 8 && w->kind == 0)))
         return QK_PATH_AVX512;
     /* codebooks: the any-width kernel scales whole 64-column chunks (their x blocks are
        128 columns from qpack.matmul; other multiples of 64 work too) */
-    if (isa >= QK_ISA_AVX512 && qk_groups_halves(w) && block % 32 == 0 && block <= 4096
+    if (isa == QK_ISA_AVX512 && qk_groups_halves(w) && block % 32 == 0 && block <= 4096
         && (w->kind == 0 || block % 64 == 0))
         return QK_PATH_AVX512_ANY;
     if (isa == QK_ISA_AVX2 && qk_groups_aligned(w) && block == 128
@@ -76,6 +79,9 @@ static inline int qk_path_permute_bits(int path, int bits) {
 QK_FN void qk_dense_float_rows(const qk_dense *w, int path, int64_t r0, int64_t nrows,
                                 const float *xp, int64_t batch, float *y, uint8_t *codes,
                                 float *wrow) {
+#if QK_ARM64
+    if (path == QK_PATH_NEON) { qk_rows_float_neon(w, r0, nrows, xp, batch, y, codes); return; }
+#endif
 #if QK_X86
     if (path == QK_PATH_AVX512) {
         if (batch >= 4) qk_rows_float_avx512(w, r0, nrows, xp, batch, y, codes);
@@ -98,6 +104,9 @@ QK_FN void qk_dense_float_rows(const qk_dense *w, int path, int64_t r0, int64_t 
 /* The same with int8 activations (q in the path's layout). */
 QK_FN void qk_dense_int8_rows(const qk_dense *w, int path, int64_t r0, int64_t nrows,
                                const qk_xq *q, int64_t batch, float *y, uint8_t *codes) {
+#if QK_ARM64
+    if (path == QK_PATH_NEON) { qk_rows_int8_neon(w, r0, nrows, q, batch, y, codes); return; }
+#endif
 #if QK_X86
     if (path == QK_PATH_AVX512) {
         if (batch >= 4) qk_rows_int8_avx512(w, r0, nrows, q, batch, y, codes);

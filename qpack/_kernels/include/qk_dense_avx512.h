@@ -775,7 +775,8 @@ qk_int8_any_rb_tile_avx512(const qk_dense *w, int64_t r0, const qk_xq *q, int64_
 QK_AVX512_FN void qk_predecode_row_avx512(const qk_dense *w, int64_t r, int64_t nch, uint8_t *dst) {
     const uint8_t *row = w->packed + r * w->row_bytes;
     const int b = w->bits;
-    qk_btab bt;
+    qk_btab bt;   /* zeroed for linear codes, which never read it (-Wmaybe-uninitialized) */
+    for (int i = 0; i < 4; i++) bt.t[i] = _mm512_setzero_si512();
     if (w->kind == 1) qk_btab_load(&bt, w->cb_u8 + r * w->cbrow, b);
     #define QK_PREDECODE(B) for (int64_t ch = 0; ch < nch; ch++) { \
         __m512i u = qk_codes64_avx512(row, ch, B); \

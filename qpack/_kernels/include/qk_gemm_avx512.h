@@ -32,7 +32,7 @@
 /* Whether the GEMM takes weights w with x blocks of `block` columns on variant isa. */
 static inline int qk_gemm_ok(const qk_dense *w, int isa, int64_t block) {
     (void)w;
-    return QK_X86 && isa >= QK_ISA_AVX512 && block % 4 == 0 && block <= 4096;
+    return QK_X86 && isa == QK_ISA_AVX512 && block % 4 == 0 && block <= 4096;
 }
 
 /* Interleave the int8 activations for the GEMM (see the header comment): xi, xst and xzt

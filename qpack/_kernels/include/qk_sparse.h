@@ -61,7 +61,7 @@ QK_FN void qk_sparse_row(const qk_sparse *w, int64_t r, const float *x, int64_t 
         int64_t j = j0;
         if (w->kind == 1) {
             const float *cb = w->codebook + r * w->cbrow;
-            if (w->isa >= QK_ISA_AVX512 && w->k <= 16)
+            if (w->isa == QK_ISA_AVX512 && w->k <= 16)
                 s = qk_sparse_cb16_avx512(cb, codes, cols, xb, &j, j1);
             for (; j < j1; j++) s += cb[codes[j]] * xb[cols[j]];
         } else {

@@ -11,6 +11,7 @@
  *   1, 2, 4 bits    byte-at-a-time loops the compiler vectorizes (one clone per ISA).
  *   3, 5, 6, 7 bits AVX-512 VBMI (64 codes a step), else BMI2 pext/pdep (8 codes a step),
  *                   else the simple loop.
+ *   2, 4 bits       NEON (AArch64) vld2q/vld4q and vst2q/vst4q, 32 or 64 codes a step.
  *   any             the simple 64-bit-accumulator loop: portable, the readable reference for
  *                   the others, and what finishes every run's partial group.
  * Callers guarantee that src holds ceil(n*b/8) bytes and dst n codes (unpack), and the
@@ -332,6 +333,80 @@ QK_ANY_CLONES(avx512, QK_AVX512_FN)
 #undef QK_ANY_CLONES
 #endif /* QK_X86 */
 
+QK_FN uint8_t qk_pack_any_ref(const uint8_t *src, uint8_t *dst, int64_t n, int b);
+QK_FN void qk_unpack_any_ref(const uint8_t *src, uint8_t *dst, int64_t n, int b);
+
+#if QK_ARM64
+/* ---- 2 and 4 bits with NEON: the structured loads and stores (de)interleave the fields.
+   Pack: vld2q/vld4q split 32 or 64 codes into the 2 or 4 fields of 16 bytes, shifted and
+   ORed into one byte each (the same expression as the byte loop, also for codes out of
+   range); unpack masks and shifts 16 bytes into their fields and vst2q/vst4q writes
+   them back in code order. Other widths, and the codes after the last full step, take
+   the reference paths. */
+QK_NEON_INL uint8_t qk_or_bytes_neon(uint8x16_t v) {
+    uint64_t x = vgetq_lane_u64(vreinterpretq_u64_u8(v), 0) | vgetq_lane_u64(vreinterpretq_u64_u8(v), 1);
+    x |= x >> 32;
+    x |= x >> 16;
+    x |= x >> 8;
+    return (uint8_t)x;
+}
+
+QK_NEON_FN uint8_t qk_pack_any_neon(const uint8_t *src, uint8_t *dst, int64_t n, int b) {
+    uint8x16_t seen = vdupq_n_u8(0);
+    int64_t i = 0;
+    if (b == 4) {
+        for (; i + 32 <= n; i += 32) {
+            const uint8x16x2_t v = vld2q_u8(src + i);
+            seen = vorrq_u8(seen, vorrq_u8(v.val[0], v.val[1]));
+            vst1q_u8(dst + i / 2, vorrq_u8(v.val[0], vshlq_n_u8(v.val[1], 4)));
+        }
+        return qk_or_bytes_neon(seen) | qk_pack_bytes_ref(src + i, dst + i / 2, n - i, 4);
+    }
+    if (b == 2) {
+        for (; i + 64 <= n; i += 64) {
+            const uint8x16x4_t v = vld4q_u8(src + i);
+            seen = vorrq_u8(seen, vorrq_u8(vorrq_u8(v.val[0], v.val[1]), vorrq_u8(v.val[2], v.val[3])));
+            const uint8x16_t lo = vorrq_u8(v.val[0], vshlq_n_u8(v.val[1], 2));
+            const uint8x16_t hi = vorrq_u8(vshlq_n_u8(v.val[2], 4), vshlq_n_u8(v.val[3], 6));
+            vst1q_u8(dst + i / 4, vorrq_u8(lo, hi));
+        }
+        return qk_or_bytes_neon(seen) | qk_pack_bytes_ref(src + i, dst + i / 4, n - i, 2);
+    }
+    return qk_pack_any_ref(src, dst, n, b);
+}
+
+QK_NEON_FN void qk_unpack_any_neon(const uint8_t *src, uint8_t *dst, int64_t n, int b) {
+    int64_t i = 0;
+    if (b == 4) {
+        const uint8x16_t m4 = vdupq_n_u8(0x0F);
+        for (; i + 32 <= n; i += 32) {
+            const uint8x16_t p = vld1q_u8(src + i / 2);
+            uint8x16x2_t v;
+            v.val[0] = vandq_u8(p, m4);
+            v.val[1] = vshrq_n_u8(p, 4);
+            vst2q_u8(dst + i, v);
+        }
+        qk_unpack_bytes_ref(src + i / 2, dst + i, n - i, 4);
+        return;
+    }
+    if (b == 2) {
+        const uint8x16_t m2 = vdupq_n_u8(0x03);
+        for (; i + 64 <= n; i += 64) {
+            const uint8x16_t p = vld1q_u8(src + i / 4);
+            uint8x16x4_t v;
+            v.val[0] = vandq_u8(p, m2);
+            v.val[1] = vandq_u8(vshrq_n_u8(p, 2), m2);
+            v.val[2] = vandq_u8(vshrq_n_u8(p, 4), m2);
+            v.val[3] = vshrq_n_u8(p, 6);
+            vst4q_u8(dst + i, v);
+        }
+        qk_unpack_bytes_ref(src + i / 4, dst + i, n - i, 2);
+        return;
+    }
+    qk_unpack_any_ref(src, dst, n, b);
+}
+#endif /* QK_ARM64 */
+
 QK_FN uint8_t qk_pack_any_ref(const uint8_t *src, uint8_t *dst, int64_t n, int b) {
     switch (b) {
         case 3: return qk_pack_simple(src, dst, n, 3);
@@ -357,8 +432,11 @@ QK_FN void qk_unpack_any_ref(const uint8_t *src, uint8_t *dst, int64_t n, int b)
 /* Entry points: isa is the caller's selected level (qk_isa.h). */
 static inline uint8_t qk_pack_any(const uint8_t *src, uint8_t *dst, int64_t n, int b, int isa) {
 #if QK_X86
-    if (isa >= QK_ISA_AVX512) return qk_pack_any_avx512(src, dst, n, b);
+    if (isa == QK_ISA_AVX512) return qk_pack_any_avx512(src, dst, n, b);
     if (isa == QK_ISA_AVX2) return qk_pack_any_avx2(src, dst, n, b);
+#endif
+#if QK_ARM64
+    if (isa == QK_ISA_NEON) return qk_pack_any_neon(src, dst, n, b);
 #endif
     (void)isa;
     return qk_pack_any_ref(src, dst, n, b);
@@ -366,8 +444,11 @@ static inline uint8_t qk_pack_any(const uint8_t *src, uint8_t *dst, int64_t n, i
 
 static inline void qk_unpack_any(const uint8_t *src, uint8_t *dst, int64_t n, int b, int isa) {
 #if QK_X86
-    if (isa >= QK_ISA_AVX512) { qk_unpack_any_avx512(src, dst, n, b); return; }
+    if (isa == QK_ISA_AVX512) { qk_unpack_any_avx512(src, dst, n, b); return; }
     if (isa == QK_ISA_AVX2) { qk_unpack_any_avx2(src, dst, n, b); return; }
+#endif
+#if QK_ARM64
+    if (isa == QK_ISA_NEON) { qk_unpack_any_neon(src, dst, n, b); return; }
 #endif
     (void)isa;
     qk_unpack_any_ref(src, dst, n, b);
