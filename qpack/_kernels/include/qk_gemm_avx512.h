@@ -75,78 +75,115 @@ QK_AVX512_FN void qk_gemm_decode_row(const qk_dense *w, int64_t r, uint8_t *dst,
     for (int64_t c = n; c < n4; c++) dst[c] = 0;
 }
 
-/* The dot products of one block for a full tile (4 weight rows x 4 groups of 16 batch
-   rows): nsteps >= 1 steps of 4 columns; w0..w3 point at the rows' codes and x0 at the
-   first lane group's activations for the block's first step (the next groups follow
-   every xgs bytes). Written in assembly because GCC 12 keeps each loop-carried
+/* The dot products of one block for a tile of 4 weight rows x NB = 1, 2 or 4 groups of 16
+   batch rows: nsteps >= 1 steps of 4 columns. The rows' codes are at w, w + ws, w + 2 ws,
+   w + 3 ws; the lane groups' activations at x, x + xgs, x + 2 xgs, x + 3 xgs (both from
+   the block's first step). Written in assembly because GCC 12 keeps each loop-carried
    intrinsic accumulator in two registers (a copy each way per step, seen in the
-   disassembly): 32 registers for 16 sums, so it folds the activation loads into every
+   disassembly): 32 registers for 16 sums, so it folded the activation loads into every
    vpdpbusd (16 loads of 64 bytes per step instead of 4) and the loads, not the dot
    products, set the pace (0.4 against 1 vpdpbusd per cycle, measured). Here each step
-   loads 4 activation vectors once and broadcasts 4 weight words. */
+   loads NB activation vectors once (zmm28..31) and broadcasts one weight word per row
+   (zmm26/27, alternating). */
+#define QK_ASM_ROW1(W, B, A0) \
+    "vpbroadcastd " W ", %%zmm" B "\n\t" "vpdpbusd %%zmm28, %%zmm" B ", %[" A0 "]\n\t"
+#define QK_ASM_ROW2(W, B, A0, A1) \
+    QK_ASM_ROW1(W, B, A0) "vpdpbusd %%zmm29, %%zmm" B ", %[" A1 "]\n\t"
+#define QK_ASM_ROW4(W, B, A0, A1, A2, A3) QK_ASM_ROW2(W, B, A0, A1) \
+    "vpdpbusd %%zmm30, %%zmm" B ", %[" A2 "]\n\t" "vpdpbusd %%zmm31, %%zmm" B ", %[" A3 "]\n\t"
+#define QK_ASM_ZERO(A) "vpxord %[" A "], %[" A "], %[" A "]\n\t"
+#define QK_ASM_W0 "(%[w])"
+#define QK_ASM_W1 "(%[w],%[ws],1)"
+#define QK_ASM_W2 "(%[w],%[ws],2)"
+#define QK_ASM_W3 "(%[w3])"
+#define QK_ASM_NEXT "add $64, %[x]\n\t" "add $4, %[w]\n\t" "add $4, %[w3]\n\t" \
+    "dec %[k]\n\t" "jnz 1b\n\t"
+#define QK_ASM_IN [xgs] "r"(xgs), [ws] "r"(ws)
+#define QK_ASM_CLOBBERS "zmm26", "zmm27", "zmm28", "zmm29", "zmm30", "zmm31", "cc", "memory"
+
 QK_AVX512_INL void qk_gemm_dots_4x4(const uint8_t *w, int64_t ws, const int8_t *x,
                                     int64_t xgs, int64_t nsteps, __m512i out[16]) {
-    /* rows w, w + ws, w + 2 ws, w + 3 ws; lane groups x, x + xgs, x + 2 xgs, x + 3 xgs */
     __m512i a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15;
     const uint8_t *w3 = w + 3 * ws;
     const int8_t *x2 = x + 2 * xgs;
     __asm__(
-        "vpxord %[a0], %[a0], %[a0]\n\t"
-        "vmovdqa64 %[a0], %[a1]\n\t" "vmovdqa64 %[a0], %[a2]\n\t"
-        "vmovdqa64 %[a0], %[a3]\n\t" "vmovdqa64 %[a0], %[a4]\n\t"
-        "vmovdqa64 %[a0], %[a5]\n\t" "vmovdqa64 %[a0], %[a6]\n\t"
-        "vmovdqa64 %[a0], %[a7]\n\t" "vmovdqa64 %[a0], %[a8]\n\t"
-        "vmovdqa64 %[a0], %[a9]\n\t" "vmovdqa64 %[a0], %[a10]\n\t"
-        "vmovdqa64 %[a0], %[a11]\n\t" "vmovdqa64 %[a0], %[a12]\n\t"
-        "vmovdqa64 %[a0], %[a13]\n\t" "vmovdqa64 %[a0], %[a14]\n\t"
-        "vmovdqa64 %[a0], %[a15]\n\t"
+        QK_ASM_ZERO("a0") QK_ASM_ZERO("a1") QK_ASM_ZERO("a2") QK_ASM_ZERO("a3")
+        QK_ASM_ZERO("a4") QK_ASM_ZERO("a5") QK_ASM_ZERO("a6") QK_ASM_ZERO("a7")
+        QK_ASM_ZERO("a8") QK_ASM_ZERO("a9") QK_ASM_ZERO("a10") QK_ASM_ZERO("a11")
+        QK_ASM_ZERO("a12") QK_ASM_ZERO("a13") QK_ASM_ZERO("a14") QK_ASM_ZERO("a15")
         "1:\n\t"
         "vmovdqu64 (%[x]), %%zmm28\n\t"
         "vmovdqu64 (%[x],%[xgs],1), %%zmm29\n\t"
         "vmovdqu64 (%[x2]), %%zmm30\n\t"
         "vmovdqu64 (%[x2],%[xgs],1), %%zmm31\n\t"
-        "vpbroadcastd (%[w]), %%zmm26\n\t"
-        "vpdpbusd %%zmm28, %%zmm26, %[a0]\n\t"
-        "vpdpbusd %%zmm29, %%zmm26, %[a1]\n\t"
-        "vpdpbusd %%zmm30, %%zmm26, %[a2]\n\t"
-        "vpdpbusd %%zmm31, %%zmm26, %[a3]\n\t"
-        "vpbroadcastd (%[w],%[ws],1), %%zmm27\n\t"
-        "vpdpbusd %%zmm28, %%zmm27, %[a4]\n\t"
-        "vpdpbusd %%zmm29, %%zmm27, %[a5]\n\t"
-        "vpdpbusd %%zmm30, %%zmm27, %[a6]\n\t"
-        "vpdpbusd %%zmm31, %%zmm27, %[a7]\n\t"
-        "vpbroadcastd (%[w],%[ws],2), %%zmm26\n\t"
-        "vpdpbusd %%zmm28, %%zmm26, %[a8]\n\t"
-        "vpdpbusd %%zmm29, %%zmm26, %[a9]\n\t"
-        "vpdpbusd %%zmm30, %%zmm26, %[a10]\n\t"
-        "vpdpbusd %%zmm31, %%zmm26, %[a11]\n\t"
-        "vpbroadcastd (%[w3]), %%zmm27\n\t"
-        "vpdpbusd %%zmm28, %%zmm27, %[a12]\n\t"
-        "vpdpbusd %%zmm29, %%zmm27, %[a13]\n\t"
-        "vpdpbusd %%zmm30, %%zmm27, %[a14]\n\t"
-        "vpdpbusd %%zmm31, %%zmm27, %[a15]\n\t"
-        "add $64, %[x]\n\t"
+        QK_ASM_ROW4(QK_ASM_W0, "26", "a0", "a1", "a2", "a3")
+        QK_ASM_ROW4(QK_ASM_W1, "27", "a4", "a5", "a6", "a7")
+        QK_ASM_ROW4(QK_ASM_W2, "26", "a8", "a9", "a10", "a11")
+        QK_ASM_ROW4(QK_ASM_W3, "27", "a12", "a13", "a14", "a15")
         "add $64, %[x2]\n\t"
-        "add $4, %[w]\n\t"
-        "add $4, %[w3]\n\t"
-        "dec %[k]\n\t"
-        "jnz 1b\n\t"
+        QK_ASM_NEXT
         : [a0] "=&v"(a0), [a1] "=&v"(a1), [a2] "=&v"(a2), [a3] "=&v"(a3), [a4] "=&v"(a4),
           [a5] "=&v"(a5), [a6] "=&v"(a6), [a7] "=&v"(a7), [a8] "=&v"(a8), [a9] "=&v"(a9),
           [a10] "=&v"(a10), [a11] "=&v"(a11), [a12] "=&v"(a12), [a13] "=&v"(a13),
           [a14] "=&v"(a14), [a15] "=&v"(a15), [x] "+r"(x), [x2] "+r"(x2), [w] "+r"(w),
           [w3] "+r"(w3), [k] "+r"(nsteps)
-        : [xgs] "r"(xgs), [ws] "r"(ws)
-        : "zmm26", "zmm27", "zmm28", "zmm29", "zmm30", "zmm31", "cc", "memory");
+        : QK_ASM_IN
+        : QK_ASM_CLOBBERS);
     out[0] = a0; out[1] = a1; out[2] = a2; out[3] = a3; out[4] = a4; out[5] = a5;
     out[6] = a6; out[7] = a7; out[8] = a8; out[9] = a9; out[10] = a10; out[11] = a11;
     out[12] = a12; out[13] = a13; out[14] = a14; out[15] = a15;
 }
 
-/* 4 weight rows x NB groups of 16 batch rows; the rows' codes wr[i] = wr[0] + i * wstride.
-   Rows past nrows repeat row 0 and are not stored. accf lives in memory: it changes once per block, the int32 sums every step. */
+QK_AVX512_INL void qk_gemm_dots_4x2(const uint8_t *w, int64_t ws, const int8_t *x,
+                                    int64_t xgs, int64_t nsteps, __m512i out[8]) {
+    __m512i a0, a1, a2, a3, a4, a5, a6, a7;
+    const uint8_t *w3 = w + 3 * ws;
+    __asm__(
+        QK_ASM_ZERO("a0") QK_ASM_ZERO("a1") QK_ASM_ZERO("a2") QK_ASM_ZERO("a3")
+        QK_ASM_ZERO("a4") QK_ASM_ZERO("a5") QK_ASM_ZERO("a6") QK_ASM_ZERO("a7")
+        "1:\n\t"
+        "vmovdqu64 (%[x]), %%zmm28\n\t"
+        "vmovdqu64 (%[x],%[xgs],1), %%zmm29\n\t"
+        QK_ASM_ROW2(QK_ASM_W0, "26", "a0", "a1")
+        QK_ASM_ROW2(QK_ASM_W1, "27", "a2", "a3")
+        QK_ASM_ROW2(QK_ASM_W2, "26", "a4", "a5")
+        QK_ASM_ROW2(QK_ASM_W3, "27", "a6", "a7")
+        QK_ASM_NEXT
+        : [a0] "=&v"(a0), [a1] "=&v"(a1), [a2] "=&v"(a2), [a3] "=&v"(a3), [a4] "=&v"(a4),
+          [a5] "=&v"(a5), [a6] "=&v"(a6), [a7] "=&v"(a7), [x] "+r"(x), [w] "+r"(w),
+          [w3] "+r"(w3), [k] "+r"(nsteps)
+        : QK_ASM_IN
+        : QK_ASM_CLOBBERS);
+    /* out[i * 4 + j]: row i, lane group j (the 4x4 tile's order) */
+    out[0] = a0; out[1] = a1; out[4] = a2; out[5] = a3;
+    out[8] = a4; out[9] = a5; out[12] = a6; out[13] = a7;
+}
+
+QK_AVX512_INL void qk_gemm_dots_4x1(const uint8_t *w, int64_t ws, const int8_t *x,
+                                    int64_t xgs, int64_t nsteps, __m512i out[4]) {
+    __m512i a0, a1, a2, a3;
+    const uint8_t *w3 = w + 3 * ws;
+    __asm__(
+        QK_ASM_ZERO("a0") QK_ASM_ZERO("a1") QK_ASM_ZERO("a2") QK_ASM_ZERO("a3")
+        "1:\n\t"
+        "vmovdqu64 (%[x]), %%zmm28\n\t"
+        QK_ASM_ROW1(QK_ASM_W0, "26", "a0")
+        QK_ASM_ROW1(QK_ASM_W1, "27", "a1")
+        QK_ASM_ROW1(QK_ASM_W2, "26", "a2")
+        QK_ASM_ROW1(QK_ASM_W3, "27", "a3")
+        QK_ASM_NEXT
+        : [a0] "=&v"(a0), [a1] "=&v"(a1), [a2] "=&v"(a2), [a3] "=&v"(a3), [x] "+r"(x),
+          [w] "+r"(w), [w3] "+r"(w3), [k] "+r"(nsteps)
+        : QK_ASM_IN
+        : QK_ASM_CLOBBERS);
+    (void)xgs;
+    out[0] = a0; out[4] = a1; out[8] = a2; out[12] = a3;
+}
+
+/* 4 weight rows x NB (1, 2 or 4) groups of 16 batch rows; row i's decoded codes at
+   wrows + i * wstride. Rows past nrows repeat row 0 and are not stored. */
 QK_AVX512_INL void
-qk_gemm_tile_avx512(const qk_dense *w, int64_t r0, int64_t nrows, const uint8_t *const *wr,
+qk_gemm_tile_avx512(const qk_dense *w, int64_t r0, int64_t nrows, const uint8_t *wrows,
                     int64_t wstride, const int8_t *xi, const float *xst, const float *xzt, int64_t bg0,
                     int64_t batch, int64_t block, int64_t nb, float *y, float *accf,
                     const int NB) {
@@ -159,28 +196,13 @@ qk_gemm_tile_avx512(const qk_dense *w, int64_t r0, int64_t nrows, const uint8_t 
     for (int64_t blk = 0; blk < nb; blk++) {
         const int64_t c0 = blk * block, c1 = c0 + block < n ? c0 + block : n;
         const int64_t s0 = c0 / 4, s1 = (c1 + 3) / 4;
-        __m512i acc[4][4];
-        const int8_t *xp = xi + bg0 * xgs;
-        if (NB == 4) {
-            __m512i d[16];
-            qk_gemm_dots_4x4(wr[0] + 4 * s0, wstride, xp + s0 * 64, xgs, s1 - s0, d);
-            for (int i = 0; i < 4; i++)
-                for (int j = 0; j < 4; j++) acc[i][j] = d[i * 4 + j];
-        } else {
-        for (int i = 0; i < 4; i++)
-            for (int j = 0; j < NB; j++) acc[i][j] = _mm512_setzero_si512();
-        for (int64_t s = s0; s < s1; s++) {
-            __m512i xv[4];
-            for (int j = 0; j < NB; j++)
-                xv[j] = _mm512_loadu_si512((const void *)(xp + j * xgs + s * 64));
-            for (int i = 0; i < 4; i++) {
-                int32_t c4;
-                memcpy(&c4, wr[i] + 4 * s, 4);
-                const __m512i wv = _mm512_set1_epi32(c4);
-                for (int j = 0; j < NB; j++) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], wv, xv[j]);
-            }
-        }
-        }
+        /* d[i * 4 + j]: the int32 sums of row i, lane group j over this block */
+        __m512i d[16];
+        const int8_t *xp = xi + bg0 * xgs + s0 * 64;
+        const uint8_t *wp = wrows + 4 * s0;
+        if (NB == 4) qk_gemm_dots_4x4(wp, wstride, xp, xgs, s1 - s0, d);
+        else if (NB == 2) qk_gemm_dots_4x2(wp, wstride, xp, xgs, s1 - s0, d);
+        else qk_gemm_dots_4x1(wp, wstride, xp, xgs, s1 - s0, d);
         /* the weight group of this block (blocks never straddle groups) */
         if (c0 >= gend) { g++; gend += w->group; }
         for (int i = 0; i < 4; i++) {
@@ -193,7 +215,7 @@ qk_gemm_tile_avx512(const qk_dense *w, int64_t r0, int64_t nrows, const uint8_t 
                 const int64_t o = ((bg0 + j) * nb + blk) * QK_GEMM_LANES;
                 float *a = accf + (i * 4 + j) * QK_GEMM_LANES;
                 const __m512 xs = _mm512_mul_ps(vs, _mm512_loadu_ps(xst + o));
-                __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][j]), xs, _mm512_loadu_ps(a));
+                __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d[i * 4 + j]), xs, _mm512_loadu_ps(a));
                 _mm512_storeu_ps(a, _mm512_fnmadd_ps(vsz, _mm512_loadu_ps(xzt + o), f));
             }
         }
@@ -213,23 +235,20 @@ QK_AVX512_FN void qk_gemm_rows_avx512(const qk_dense *w, int64_t r0, int64_t nro
                                       int64_t batch, int64_t block, int64_t nb, float *y,
                                       uint8_t *scratch) {
     const int64_t stride = w->n_in + 64;
-    const uint8_t *wr[4];
-    /* rows at a fixed stride (the assembly tile addresses them so); a quad's missing
-       rows repeat row r0 and are never stored */
-    for (int64_t i = 0; i < 4; i++) {
-        uint8_t *dst = scratch + (i + 1) * stride;
-        qk_gemm_decode_row(w, r0 + (i < nrows ? i : 0), dst, scratch);
-        wr[i] = dst;
-    }
+    /* rows at a fixed stride (the assembly addresses them so); a quad's missing rows
+       repeat row r0 and are never stored */
+    uint8_t *rows = scratch + stride;
+    for (int64_t i = 0; i < 4; i++)
+        qk_gemm_decode_row(w, r0 + (i < nrows ? i : 0), rows + i * stride, scratch);
     const int64_t nbg = (batch + QK_GEMM_LANES - 1) / QK_GEMM_LANES;
     float accf[16 * QK_GEMM_LANES] __attribute__((aligned(64)));
-    for (int64_t bg = 0; bg < nbg; bg += 4) {
-        switch (nbg - bg >= 4 ? 4 : nbg - bg) {
-        case 4: qk_gemm_tile_avx512(w, r0, nrows, wr, stride, xi, xst, xzt, bg, batch, block, nb, y, accf, 4); break;
-        case 3: qk_gemm_tile_avx512(w, r0, nrows, wr, stride, xi, xst, xzt, bg, batch, block, nb, y, accf, 3); break;
-        case 2: qk_gemm_tile_avx512(w, r0, nrows, wr, stride, xi, xst, xzt, bg, batch, block, nb, y, accf, 2); break;
-        default: qk_gemm_tile_avx512(w, r0, nrows, wr, stride, xi, xst, xzt, bg, batch, block, nb, y, accf, 1); break;
-        }
+    for (int64_t bg = 0; bg < nbg;) {
+        /* tiles of 4 lane groups, then 2, then 1 (the assembly has those three) */
+        const int64_t left = nbg - bg, nb_tile = left >= 4 ? 4 : left >= 2 ? 2 : 1;
+        if (nb_tile == 4) qk_gemm_tile_avx512(w, r0, nrows, rows, stride, xi, xst, xzt, bg, batch, block, nb, y, accf, 4);
+        else if (nb_tile == 2) qk_gemm_tile_avx512(w, r0, nrows, rows, stride, xi, xst, xzt, bg, batch, block, nb, y, accf, 2);
+        else qk_gemm_tile_avx512(w, r0, nrows, rows, stride, xi, xst, xzt, bg, batch, block, nb, y, accf, 1);
+        bg += nb_tile;
     }
 }
 
