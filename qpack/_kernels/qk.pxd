@@ -45,6 +45,7 @@ cdef extern from "qk_dense.h" nogil:
         QK_PATH_AVX2
         QK_PATH_AVX512
         QK_PATH_AVX512_ANY
+        QK_PATH_AVX2_ANY
     int qk_float_path(const qk_dense *w, int isa)
     int qk_int8_path(const qk_dense *w, int isa, int64_t block)
     int qk_path_permute_bits(int path, int bits)
