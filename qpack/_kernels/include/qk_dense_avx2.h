@@ -452,13 +452,18 @@ QK_AVX2_INL void qk_float_any_dequant_avx2(const qk_dense *w, int64_t r, const u
     }
 }
 
-/* Batched float tile: R (4 or 1) rows x NB (2 or 1) batch rows from dequantized rows
-   (wf, row stride wstride). Decoding stays out of the inner loop: per 8 columns R + NB
-   loads and R * NB FMAs (4 x 2: 8 accumulators, 4 weights, 2 activations in 16 ymm). */
+/* Batched float tile: R (4 or 1) rows x NB (2 or 1) batch rows over the 8-column vectors
+   v0 .. v1 of dequantized rows (wf, row stride wstride), added to y (set when first;
+   the scalar tail added when last). Decoding stays out of the inner loop: per 8 columns
+   R + NB loads and R * NB FMAs (4 x 2: 8 accumulators, 4 weights, 2 activations in 16
+   ymm). The caller walks the columns in slices of QK_ANY_FSLICE so that the 4 rows'
+   floats of a slice stay in L1 for every batch tile: whole 4096-column rows (64 KB for
+   4) came from L2 in every tile and the loop was bound by L2 bandwidth. */
+#define QK_ANY_FSLICE 128   /* vectors of 8 columns: 4 rows x 1024 columns = 16 KB */
 QK_AVX2_INL void
 qk_float_any_rb_tile_avx2(const qk_dense *w, int64_t r0, const float *wf, int64_t wstride,
-                          const float *x, int64_t b0, float *y, uint8_t *codes, const int R,
-                          const int NB) {
+                          const float *x, int64_t b0, float *y, uint8_t *codes, int64_t v0,
+                          int64_t v1, int first, int last, const int R, const int NB) {
     const int64_t n = w->n_in, nv = (n / 32) * 4;
     __m256 acc[4][2];
     const float *xb[2];
@@ -466,7 +471,7 @@ qk_float_any_rb_tile_avx2(const qk_dense *w, int64_t r0, const float *wf, int64_
         xb[t] = x + (b0 + t) * n;
         for (int i = 0; i < R; i++) acc[i][t] = _mm256_setzero_ps();
     }
-    for (int64_t j = 0; j < nv; j++) {
+    for (int64_t j = v0; j < v1; j++) {
         __m256 wv[4], xv[2];
         for (int i = 0; i < R; i++) wv[i] = _mm256_loadu_ps(wf + i * wstride + 8 * j);
         for (int t = 0; t < NB; t++) xv[t] = _mm256_loadu_ps(xb[t] + 8 * j);
@@ -474,9 +479,12 @@ qk_float_any_rb_tile_avx2(const qk_dense *w, int64_t r0, const float *wf, int64_
             for (int i = 0; i < R; i++) acc[i][t] = _mm256_fmadd_ps(wv[i], xv[t], acc[i][t]);
     }
     for (int t = 0; t < NB; t++)
-        for (int i = 0; i < R; i++)
-            y[(b0 + t) * w->n_out + r0 + i] = qk_hsum_avx2(acc[i][t])
-                + (nv * 8 < n ? qk_tail_float(w, r0 + i, xb[t], nv * 8, codes) : 0.0f);
+        for (int i = 0; i < R; i++) {
+            float s = qk_hsum_avx2(acc[i][t]);
+            if (last && nv * 8 < n) s += qk_tail_float(w, r0 + i, xb[t], nv * 8, codes);
+            float *yy = y + (b0 + t) * w->n_out + r0 + i;
+            *yy = first ? s : *yy + s;
+        }
 }
 
 QK_AVX2_INL void
@@ -496,22 +504,33 @@ qk_rows_float_any_bk_avx2(const qk_dense *w, int64_t r0, int64_t nrows, const fl
     /* From a batch of 4 every row is dequantized once per call into wrow: decoding costs
        more than the FMAs it feeds (4 instructions per 8 linear weights), so redoing it
        per batch tile would make the kernel decode-bound, as on AVX-512. */
-    const int64_t wstride = w->n_in;
+    const int64_t wstride = w->n_in, nv = (w->n_in / 32) * 4;
     for (int64_t i = 0; i < nrows; i++)
         qk_float_any_dequant_avx2(w, r0 + i, qk_any_codes_avx2(w, r0 + i, codes + pstride),
                                   wrow + i * wstride, b, kind);
-    if (nrows == 4) {
-        int64_t b0 = 0;
-        for (; b0 + 2 <= batch; b0 += 2) qk_float_any_rb_tile_avx2(w, r0, wrow, wstride, x, b0, y, codes, 4, 2);
-        if (b0 < batch) qk_float_any_rb_tile_avx2(w, r0, wrow, wstride, x, b0, y, codes, 4, 1);
-    } else {
-        for (int64_t i = 0; i < nrows; i++) {
+    int64_t v0 = 0;
+    do {
+        const int64_t v1 = v0 + QK_ANY_FSLICE < nv ? v0 + QK_ANY_FSLICE : nv;
+        const int first = v0 == 0, last = v1 == nv;
+        if (nrows == 4) {
             int64_t b0 = 0;
             for (; b0 + 2 <= batch; b0 += 2)
-                qk_float_any_rb_tile_avx2(w, r0 + i, wrow + i * wstride, wstride, x, b0, y, codes, 1, 2);
-            if (b0 < batch) qk_float_any_rb_tile_avx2(w, r0 + i, wrow + i * wstride, wstride, x, b0, y, codes, 1, 1);
+                qk_float_any_rb_tile_avx2(w, r0, wrow, wstride, x, b0, y, codes, v0, v1, first, last, 4, 2);
+            if (b0 < batch)
+                qk_float_any_rb_tile_avx2(w, r0, wrow, wstride, x, b0, y, codes, v0, v1, first, last, 4, 1);
+        } else {
+            for (int64_t i = 0; i < nrows; i++) {
+                int64_t b0 = 0;
+                for (; b0 + 2 <= batch; b0 += 2)
+                    qk_float_any_rb_tile_avx2(w, r0 + i, wrow + i * wstride, wstride, x, b0, y, codes,
+                                              v0, v1, first, last, 1, 2);
+                if (b0 < batch)
+                    qk_float_any_rb_tile_avx2(w, r0 + i, wrow + i * wstride, wstride, x, b0, y, codes,
+                                              v0, v1, first, last, 1, 1);
+            }
         }
-    }
+        v0 = v1;
+    } while (v0 < nv);
 }
 
 /* Each (width, kind) its own instantiation, so tables and tile sizes are constants. */
@@ -582,75 +601,92 @@ QK_AVX2_INL void qk_int8_any_bytes_avx2(const qk_dense *w, int64_t r, uint8_t *d
     }
 }
 
-/* R (4 or 1) rows x one batch row bi, weight bytes of row r0 + i at pre + i * pstride.
-   Each activation load serves the R rows; 4 x 1 keeps 4 int32 and 4 float accumulators,
-   the 4 weight vectors and the activations in the 16 ymm registers (a 4 x 2 tile, as on
-   AVX-512, would need 16 accumulators alone). */
+/* R (4 or 1) rows x NB (2 or 1) batch rows from b0, weight bytes of row r0 + i at
+   pre + i * pstride. Each activation load serves the R rows and each weight load the NB
+   batch rows. The loops follow the x blocks (each inside one weight group, which the
+   wrapper checked), so the inner loop over a block's halves has no bookkeeping. */
 QK_AVX2_INL void
 qk_int8_any_tile_avx2(const qk_dense *w, int64_t r0, const uint8_t *pre, int64_t pstride,
-                      const qk_xq *q, int64_t bi, float *y, uint8_t *codes, const int R,
-                      const int b, const int kind) {
+                      const qk_xq *q, int64_t b0, float *y, uint8_t *codes, const int R,
+                      const int NB, const int b, const int kind) {
     const int64_t n = w->n_in, nh = n / 32, NBK = q->nblocks;
     const int64_t hpb = q->block / 32, hpg = qk_halves_per_group(w);
+    const int64_t bpg = hpg == INT64_MAX ? INT64_MAX : hpg / hpb;   /* blocks per group */
     const int sgn = kind == 1 || b == 8;   /* weights stored as w' = u - 128 */
     const __m256i ones = _mm256_set1_epi16(1);
-    const int8_t *xb = q->xq + bi * n;
-    const float *xsb = q->xs + bi * NBK;
-    const int32_t *xsumb = q->xsum + bi * NBK;
+    const int8_t *xb[2];
+    const float *xsb[2];
+    const int32_t *xsumb[2];
     const float *sc[4], *zz[4];
-    float sw[4], z[4], zacc[4];
-    __m256 facc[4];
-    __m256i iacc[4];
+    float sw[4], z[4], zacc[4][2];
+    __m256 facc[4][2];
+    __m256i iacc[4][2];
+    for (int t = 0; t < NB; t++) {
+        xb[t] = q->xq + (b0 + t) * n; xsb[t] = q->xs + (b0 + t) * NBK; xsumb[t] = q->xsum + (b0 + t) * NBK;
+    }
     for (int i = 0; i < R; i++) {
         sc[i] = w->scales + (r0 + i) * w->prow;
         zz[i] = w->zeros + (r0 + i) * w->prow;
         if (kind == 1) { sw[i] = w->cb_scale[w->cbrow ? r0 + i : 0]; z[i] = 128.0f; }
         else { sw[i] = sc[i][0]; z[i] = zz[i][0]; }
-        facc[i] = _mm256_setzero_ps(); iacc[i] = _mm256_setzero_si256(); zacc[i] = 0.0f;
+        for (int t = 0; t < NB; t++) {
+            facc[i][t] = _mm256_setzero_ps(); iacc[i][t] = _mm256_setzero_si256(); zacc[i][t] = 0.0f;
+        }
     }
-    int64_t g = 0, gpos = 0, k = 0, kpos = 0;   /* group and x block of the next half */
-    for (int64_t h = 0; h < nh; h++) {
-        if (kind == 0 && gpos == hpg) {
+    int64_t g = 0, gpos = 0, k = 0, h0 = 0;
+    int cut = 0;   /* the last block started ends in the tail or is short */
+    for (; h0 < nh; h0 += hpb, k++) {
+        if (kind == 0 && gpos == bpg) {
             gpos = 0; g++;
             for (int i = 0; i < R; i++) { sw[i] = sc[i][g]; z[i] = zz[i][g]; }
         }
-        if (kpos == hpb) { kpos = 0; k++; }
-        if (kpos == 0)   /* block k starts here: its zero-point term, once */
-            for (int i = 0; i < R; i++) zacc[i] += (sw[i] * xsb[k]) * (z[i] * (float)xsumb[k]);
-        gpos++; kpos++;
-        const __m256i xv = _mm256_loadu_si256((const __m256i *)(xb + 32 * h));
-        const __m256i xa = kind == 1 ? _mm256_abs_epi8(xv) : xv;
-        for (int i = 0; i < R; i++) {
-            const __m256i wv = _mm256_loadu_si256((const __m256i *)(pre + i * pstride + 32 * h));
-            __m256i p;
-            if (kind == 1) p = _mm256_maddubs_epi16(xa, _mm256_sign_epi8(wv, xv));
-            else if (b == 8) p = _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(xv, wv));
-            else p = _mm256_maddubs_epi16(wv, xv);
-            iacc[i] = _mm256_add_epi32(iacc[i], _mm256_madd_epi16(p, ones));
-        }
-        if (kpos == hpb) {   /* the block ends with this half: scale its sums */
-            const __m256i corr = _mm256_set1_epi32(sgn ? 16 * xsumb[k] : 0);
-            for (int i = 0; i < R; i++) {
-                const __m256i ia = sgn ? _mm256_add_epi32(iacc[i], corr) : iacc[i];
-                facc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), _mm256_set1_ps(sw[i] * xsb[k]), facc[i]);
-                iacc[i] = _mm256_setzero_si256();
+        gpos++;
+        for (int t = 0; t < NB; t++)   /* block k starts here: its zero-point term, once */
+            for (int i = 0; i < R; i++) zacc[i][t] += (sw[i] * xsb[t][k]) * (z[i] * (float)xsumb[t][k]);
+        const int64_t he = h0 + hpb < nh ? h0 + hpb : nh;
+        for (int64_t h = h0; h < he; h++) {
+            __m256i wv[4];
+            for (int i = 0; i < R; i++) wv[i] = _mm256_loadu_si256((const __m256i *)(pre + i * pstride + 32 * h));
+            for (int t = 0; t < NB; t++) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xb[t] + 32 * h));
+                const __m256i xa = kind == 1 ? _mm256_abs_epi8(xv) : xv;
+                for (int i = 0; i < R; i++) {
+                    __m256i p;
+                    if (kind == 1) p = _mm256_maddubs_epi16(xa, _mm256_sign_epi8(wv[i], xv));
+                    else if (b == 8) p = _mm256_maddubs_epi16(_mm256_abs_epi8(wv[i]), _mm256_sign_epi8(xv, wv[i]));
+                    else p = _mm256_maddubs_epi16(wv[i], xv);
+                    iacc[i][t] = _mm256_add_epi32(iacc[i][t], _mm256_madd_epi16(p, ones));
+                }
             }
         }
+        /* block k is complete unless it goes on into the tail (only the last can) */
+        if (h0 + hpb <= nh || nh * 32 == n) {
+            for (int t = 0; t < NB; t++) {   /* the block ends with this half: scale its sums */
+                const __m256i corr = _mm256_set1_epi32(sgn ? 16 * xsumb[t][k] : 0);
+                for (int i = 0; i < R; i++) {
+                    const __m256i ia = sgn ? _mm256_add_epi32(iacc[i][t], corr) : iacc[i][t];
+                    facc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), _mm256_set1_ps(sw[i] * xsb[t][k]), facc[i][t]);
+                    iacc[i][t] = _mm256_setzero_si256();
+                }
+            }
+        } else cut = 1;
     }
-    /* a block cut by the end of the vector part: its columns from nh * 32 on are in the
-       tail (qk_tail_int8_any adds them as sum u q), so the vector part's share of
-       128 * xsum is 128 * (xsum - the tail's sum of q) */
-    int32_t corr = 0;
-    if (sgn && kpos != hpb) {
-        corr = xsumb[k];
-        for (int64_t c = nh * 32; c < n; c++) corr -= xb[c];
-        corr *= 128;
-    }
-    for (int i = 0; i < R; i++) {
-        float s = qk_hsum_avx2(facc[i]) - zacc[i];
-        if (kpos != hpb)
-            s += sw[i] * xsb[k] * (float)(qk_hsum_epi32_avx2(iacc[i]) + corr);
-        y[bi * w->n_out + r0 + i] = s + (nh * 32 < n ? qk_tail_int8_any(w, r0 + i, q, bi, nh * 32, codes) : 0.0f);
+    k--;
+    for (int t = 0; t < NB; t++) {
+        /* a block cut by the end of the vector part: its columns from nh * 32 on are in
+           the tail (qk_tail_int8_any adds them as sum u q), so the vector part's share of
+           128 * xsum is 128 * (xsum - the tail's sum of q) */
+        int32_t corr = 0;
+        if (sgn && cut) {
+            corr = xsumb[t][k];
+            for (int64_t c = nh * 32; c < n; c++) corr -= xb[t][c];
+            corr *= 128;
+        }
+        for (int i = 0; i < R; i++) {
+            float s = qk_hsum_avx2(facc[i][t]) - zacc[i][t];
+            if (cut) s += sw[i] * xsb[t][k] * (float)(qk_hsum_epi32_avx2(iacc[i][t]) + corr);
+            y[(b0 + t) * w->n_out + r0 + i] = s + (nh * 32 < n ? qk_tail_int8_any(w, r0 + i, q, b0 + t, nh * 32, codes) : 0.0f);
+        }
     }
 }
 
@@ -662,12 +698,14 @@ qk_rows_int8_any_bk_avx2(const qk_dense *w, int64_t r0, int64_t nrows, const qk_
     /* every row decoded once per call, whatever the batch (AVX2 cannot decode in the
        registers of the tile, see above) */
     for (int64_t i = 0; i < nrows; i++) qk_int8_any_bytes_avx2(w, r0 + i, pre + i * pstride, b, kind);
-    for (int64_t bi = 0; bi < batch; bi++) {
-        if (nrows == 4) qk_int8_any_tile_avx2(w, r0, pre, pstride, q, bi, y, codes, 4, b, kind);
-        else
-            for (int64_t i = 0; i < nrows; i++)
-                qk_int8_any_tile_avx2(w, r0 + i, pre + i * pstride, pstride, q, bi, y, codes, 1, b, kind);
-    }
+    int64_t b0 = 0;
+    if (nrows == 4) {
+        for (; b0 + 2 <= batch; b0 += 2) qk_int8_any_tile_avx2(w, r0, pre, pstride, q, b0, y, codes, 4, 2, b, kind);
+        if (b0 < batch) qk_int8_any_tile_avx2(w, r0, pre, pstride, q, b0, y, codes, 4, 1, b, kind);
+    } else
+        for (int64_t i = 0; i < nrows; i++)
+            for (b0 = 0; b0 < batch; b0++)
+                qk_int8_any_tile_avx2(w, r0 + i, pre + i * pstride, pstride, q, b0, y, codes, 1, 1, b, kind);
 }
 
 QK_AVX2_FN void qk_rows_int8_any_avx2(const qk_dense *w, int64_t r0, int64_t nrows,
