@@ -390,7 +390,8 @@ QK_AVX2_INL __m256 qk_vtab_get_avx2(const qk_vtab_avx2 *v, const uint8_t *p, con
 }
 
 /* One row x NB (1..3) batch rows from the row's bytes u: weights decoded per 8 columns
-   and used NB times; NA accumulators per batch row keep 4 FMA chains in flight. */
+   and used NB times; NA accumulators per batch row keep 4 FMA chains in flight. Lengths
+   (x rows of n_in, u of n_in bytes, y) checked by the wrapper. */
 QK_AVX2_INL void
 qk_float_any_tile_avx2(const qk_dense *w, int64_t r, const uint8_t *u, const float *x, int64_t b0,
                        float *y, uint8_t *codes, const int NB, const int b, const int kind) {
@@ -430,7 +431,7 @@ qk_float_any_tile_avx2(const qk_dense *w, int64_t r, const uint8_t *u, const flo
 }
 
 /* Dequantized values of row r's full halves (from its bytes u) into dst: the weights of
-   the batched float tiles. */
+   the batched float tiles. dst holds n_in floats (scratch sized by the wrapper). */
 QK_AVX2_INL void qk_float_any_dequant_avx2(const qk_dense *w, int64_t r, const uint8_t *u,
                                            float *dst, const int b, const int kind) {
     const int64_t nh = w->n_in / 32;
@@ -458,7 +459,8 @@ QK_AVX2_INL void qk_float_any_dequant_avx2(const qk_dense *w, int64_t r, const u
    R + NB loads and R * NB FMAs (4 x 2: 8 accumulators, 4 weights, 2 activations in 16
    ymm). The caller walks the columns in slices of QK_ANY_FSLICE so that the 4 rows'
    floats of a slice stay in L1 for every batch tile: whole 4096-column rows (64 KB for
-   4) came from L2 in every tile and the loop was bound by L2 bandwidth. */
+   4) came from L2 in every tile and the loop was bound by L2 bandwidth. Lengths checked
+   by the wrapper. */
 #define QK_ANY_FSLICE 128   /* vectors of 8 columns: 4 rows x 1024 columns = 16 KB */
 QK_AVX2_INL void
 qk_float_any_rb_tile_avx2(const qk_dense *w, int64_t r0, const float *wf, int64_t wstride,
@@ -539,7 +541,8 @@ qk_rows_float_any_bk_avx2(const qk_dense *w, int64_t r0, int64_t nrows, const fl
     case 4: CALL(4, K); break; case 5: CALL(5, K); break; case 6: CALL(6, K); break; \
     case 7: CALL(7, K); break; default: CALL(8, K); break; }
 
-/* Rows r0 .. r0+nrows (nrows <= 4) of the float product on the any-width path. */
+/* Rows r0 .. r0+nrows (nrows <= 4) of the float product on the any-width path; the
+   wrapper checked the shapes and sized codes (5 * (n_in + 64)) and wrow (4 * n_in). */
 QK_AVX2_FN void qk_rows_float_any_avx2(const qk_dense *w, int64_t r0, int64_t nrows,
                                        const float *x, int64_t batch, float *y,
                                        uint8_t *codes, float *wrow) {
@@ -565,7 +568,8 @@ QK_AVX2_FN void qk_rows_float_any_avx2(const qk_dense *w, int64_t r0, int64_t nr
 /* Codebook codes to w' by vpshufb from 16-entry slices of the table (each slice in both
    128-bit lanes), then a blend tree on code bits 4, 5, 6, 7 (vpblendvb reads bit 7 of
    each byte: a 16-bit shift by 7 - k moves bit k there). vpshufb zeroes bytes whose
-   index has bit 7 set, so 8-bit codes index with their low nibble only. */
+   index has bit 7 set, so 8-bit codes index with their low nibble only. The padded
+   table (max(16, 2**b) bytes) and the codes < 2**b were checked by the wrapper. */
 QK_AVX2_INL void qk_cb_bytes_avx2(const qk_dense *w, int64_t r, const uint8_t *u, uint8_t *dst,
                                   const int b) {
     const int64_t nh = w->n_in / 32;
@@ -588,7 +592,8 @@ QK_AVX2_INL void qk_cb_bytes_avx2(const qk_dense *w, int64_t r, const uint8_t *u
     }
 }
 
-/* Row r's full halves as the bytes the int8 tiles read (see above), in dst. */
+/* Row r's full halves as the bytes the int8 tiles read (see above), in dst (n_in + 64
+   bytes of scratch, sized by the wrapper). */
 QK_AVX2_INL void qk_int8_any_bytes_avx2(const qk_dense *w, int64_t r, uint8_t *dst, const int b,
                                         const int kind) {
     const uint8_t *u = qk_any_codes_avx2(w, r, dst);
@@ -604,7 +609,8 @@ QK_AVX2_INL void qk_int8_any_bytes_avx2(const qk_dense *w, int64_t r, uint8_t *d
 /* R (4 or 1) rows x NB (2 or 1) batch rows from b0, weight bytes of row r0 + i at
    pre + i * pstride. Each activation load serves the R rows and each weight load the NB
    batch rows. The loops follow the x blocks (each inside one weight group, which the
-   wrapper checked), so the inner loop over a block's halves has no bookkeeping. */
+   wrapper checked, with the lengths of x, its block scales and sums, and y), so the
+   inner loop over a block's halves has no bookkeeping. */
 QK_AVX2_INL void
 qk_int8_any_tile_avx2(const qk_dense *w, int64_t r0, const uint8_t *pre, int64_t pstride,
                       const qk_xq *q, int64_t b0, float *y, uint8_t *codes, const int R,
@@ -708,6 +714,9 @@ qk_rows_int8_any_bk_avx2(const qk_dense *w, int64_t r0, int64_t nrows, const qk_
                 qk_int8_any_tile_avx2(w, r0 + i, pre + i * pstride, pstride, q, b0, y, codes, 1, 1, b, kind);
 }
 
+/* Rows r0 .. r0+nrows (nrows <= 4) of the int8 product on the any-width path; the
+   wrapper checked the shapes, the x blocks (multiples of 32 inside one group) and sized
+   codes (5 * (n_in + 64)). */
 QK_AVX2_FN void qk_rows_int8_any_avx2(const qk_dense *w, int64_t r0, int64_t nrows,
                                       const qk_xq *q, int64_t batch, float *y, uint8_t *codes) {
 #define QK_CALL(B, K) qk_rows_int8_any_bk_avx2(w, r0, nrows, q, batch, y, codes, B, K)
