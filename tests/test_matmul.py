@@ -225,8 +225,8 @@ def test_every_codebook_width(bits, per_row, kernel_isa):
 
 
 def test_kernel_paths_follow_the_variant():
-    """The any-width kernels take 3-bit codes and groups of 32 on AVX-512; the reference
-    variant runs the generic loops; the choice is visible in kernel_paths()."""
+    """The any-width kernels take 3-bit codes and groups of 32 on AVX-512 and AVX2; the
+    reference variant runs the generic loops; the choice is visible in kernel_paths()."""
     rng = np.random.default_rng(3)
     w, _ = make_linear(rng, 4, 256, 3, 32)
     before = qpack.isa.get_isa()
@@ -239,12 +239,100 @@ def test_kernel_paths_follow_the_variant():
             # from a batch of 16 the int8 mode runs the GEMM (qk_gemm_avx512.h)
             assert w.kernel_paths(15)["int8"] == "avx512-any"
             assert w.kernel_paths(16) == {"float": "avx512-any", "int8": "avx512-gemm"}
+        if "avx2" in qpack.isa.available_isas():
+            qpack.isa.set_isa("avx2")
+            assert w.kernel_paths() == {"float": "avx2-any", "int8": "avx2-any"}
+            # the 128-column block kernels keep what they handle: 4-bit g128, and 8-bit
+            # codebooks in float mode; 8-bit codebooks in int8 mode go to the any-width path
+            w4, _ = make_linear(rng, 4, 256, 4, 128)
+            assert w4.kernel_paths() == {"float": "avx2", "int8": "avx2"}
+            w8, _ = make_codebook(rng, 4, 256, 8)
+            assert w8.kernel_paths() == {"float": "avx2", "int8": "avx2-any"}
     finally:
         qpack.isa.set_isa(before)
     with pytest.raises(ValueError, match="unknown kernel variant"):
         qpack.isa.set_isa("sse9")
     info = qpack.kernel_info()
     assert info["isa"] == before and "ref" in info["available"] and info["threads"] >= 1
+
+
+@pytest.fixture
+def kernels_only():
+    """Products on the packed kernels at every batch (the dispatch policy may otherwise
+    send a batch to dequantized tiles + BLAS), with threads even for small products."""
+    with use_policy(DispatchPolicy("kernel", min_macs_per_thread=1)):
+        yield
+
+
+def _int8_on(name, w, x):
+    before = qpack.isa.get_isa()
+    try:
+        qpack.isa.set_isa(name)
+        return w.matmul(x, "int8")
+    finally:
+        qpack.isa.set_isa(before)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("enc", ["tensor", "channel", 32, 64, 96, "codebook", "codebook_rows"])
+def test_any_width_kernels_on_odd_rows(bits, enc, kernel_isa, kernels_only):
+    """The any-width kernels (avx512-any, avx2-any) on rows that end in a partial 32- and
+    64-column chunk (n_in 33, 95, 1000) and batches 1, 3, 4, 5 and 17 (every tile shape,
+    rows decoded once per call from a batch of 4), 7 rows (a partial quad): float against
+    the reference, int8 against the reference variant's kernel to float rounding (the
+    integer sums are exact on every variant, so only the float scaling may differ)."""
+    rng = np.random.default_rng(bits * 10 + (enc if isinstance(enc, int) else len(enc)))
+    for n_in in (33, 95, 1000):
+        if enc in ("codebook", "codebook_rows"):
+            w, w_hat = make_codebook(rng, 7, n_in, bits, per_row=enc == "codebook_rows")
+        else:
+            g = {"tensor": None, "channel": -1}.get(enc, enc)
+            w, w_hat = make_linear(rng, 7, n_in, bits, g, np.float32)
+        for batch in (1, 3, 4, 5, 17):
+            x = rng.standard_normal((batch, n_in)).astype(np.float32)
+            x[:, ::11] *= 30  # int8 activations at +-127
+            assert_close(w.matmul(x), x, w_hat)
+            y8 = w.matmul(x, "int8")
+            assert (np.abs(y8 - ref_matmul(x, w_hat)) <= w.int8_error_bound(x)).all()
+            y8_ref = _int8_on("ref", w, x)
+            scale = np.abs(x.astype(np.float64)) @ np.abs(w_hat.astype(np.float64)).T
+            assert (np.abs(y8 - y8_ref) <= 1e-5 * scale + 1e-30).all(), (n_in, batch)
+
+
+@pytest.mark.parametrize("n_in", [320, 1000])
+def test_any_width_int8_extreme_values_exact(n_in, kernel_isa, kernels_only):
+    """As test_int8_extreme_values_exact, on the weights the any-width kernels take:
+    codebooks of 8..256 entries at +-1 (int8 table entries 1 and 255), 8-bit linear codes
+    0 and 255 in groups of 32 and 64 (zero-points 0, 128, 255), and 7-bit codes 127 (the
+    largest pair of products AVX2's vpmaddubsw takes unsigned: 2 * 127 * 127). Every
+    product of a row has the same sign, so a saturated 16-bit sum would be far off."""
+    rng = np.random.default_rng(n_in)
+    for batch in (1, 3, 4, 5):
+        sgn = np.where(rng.random((batch, n_in)) < 0.5, -1.0, 1.0).astype(np.float32)
+        x = sgn.copy()
+        x[:, ::7] *= 0.5
+        cases = []
+        for bits in (3, 5, 6, 7, 8):
+            cb = np.where(np.arange(1 << bits) % 2 == 0, -1.0, 1.0).astype(np.float32)
+            pos = 1 + 2 * rng.integers(0, 1 << (bits - 1), size=(5, n_in))
+            codes = np.where(sgn[0] > 0, pos, pos - 1).astype(np.uint8)
+            cases.append((CodebookWeights.from_packed(qpack.pack(codes, bits), bits, cb,
+                                                      (5, n_in)), ref_codebook(codes, cb)))
+        for bits, hi in ((8, 255), (7, 127)):
+            codes = np.where(sgn[0] > 0, hi, 0).astype(np.uint8)[None, :].repeat(5, 0)
+            for g in (32, 64):
+                ng = -(-n_in // g)
+                for z in (0, 128, 255) if bits == 8 else (0, 127):
+                    s = np.full((5, ng), 0.01, np.float32)
+                    zz = np.full((5, ng), z, np.uint8)
+                    cases.append((LinearWeights.from_packed(qpack.pack(codes, bits), bits, s, zz,
+                                                            g, (5, n_in)),
+                                  ref_linear(codes, s, zz, g)))
+        for w, w_hat in cases:
+            y8 = w.matmul(x, act_quant="int8")
+            assert (np.abs(y8 - ref_matmul(x, w_hat)) <= w.int8_error_bound(x)).all()
+            xq = np.round(x * 127) / 127
+            assert_close(y8, xq, w_hat)
 
 
 # ---- odd shapes and inputs --------------------------------------------------------------

@@ -35,6 +35,7 @@ from qpack._kernels.qk cimport (
     QK_PATH_AVX512,
     QK_PATH_AVX512_ANY,
     QK_PATH_AVX512_GEMM,
+    QK_PATH_AVX2_ANY,
     QK_PATH_GENERIC,
     QK_GEMM_LANES,
     QK_PATH_NEON,
@@ -69,7 +70,7 @@ cdef enum:
 
 PATH_NAMES = {QK_PATH_GENERIC: "generic", QK_PATH_AVX2: "avx2", QK_PATH_AVX512: "avx512",
               QK_PATH_AVX512_ANY: "avx512-any", QK_PATH_AVX512_GEMM: "avx512-gemm",
-              QK_PATH_NEON: "neon"}
+              QK_PATH_AVX2_ANY: "avx2-any", QK_PATH_NEON: "neon"}
 
 def isa_supported(int isa):
     """1 if this CPU can run variant ``isa`` (0 ref, 1 avx2, 2 avx512, 3 neon)."""
@@ -243,9 +244,14 @@ cdef class DenseKernel:
                 for i in prange(batch, num_threads=min(nt, batch), schedule="static"):
                     qk_permute_row(&x[i, 0], &xp[i, 0], n_in, perm)
             xin = xp
-        cdef uint8_t[:, ::1] codes = np.empty((nt, n_in + 64), dtype=np.uint8)
-        cdef float[:, ::1] wrow = np.empty((nt, n_in if path == QK_PATH_GENERIC else 1),
-                                           dtype=np.float32)
+        # scratch per thread (qk_dense.h): the AVX2 any-width kernel keeps the unpacked
+        # codes of 4 rows besides the tail's, and from a batch of 4 their float values
+        cdef int any2 = path == QK_PATH_AVX2_ANY
+        cdef uint8_t[:, ::1] codes = np.empty((nt, (5 if any2 else 1) * (n_in + 64)),
+                                              dtype=np.uint8)
+        cdef int64_t wlen = n_in if path == QK_PATH_GENERIC else (
+            4 * n_in if any2 and batch >= 4 else 1)
+        cdef float[:, ::1] wrow = np.empty((nt, wlen), dtype=np.float32)
         with nogil, parallel(num_threads=nt):
             tid = threadid()
             for r in prange((w.n_out + 3) // 4, schedule="dynamic", chunksize=ROW_CHUNK // 4):

@@ -49,6 +49,7 @@ cdef extern from "qk_dense.h" nogil:
         QK_PATH_AVX512_GEMM
         QK_GEMM_LANES
         QK_PATH_NEON
+        QK_PATH_AVX2_ANY
     int qk_float_path(const qk_dense *w, int isa)
     int qk_int8_path(const qk_dense *w, int isa, int64_t block)
     int qk_int8_batch_path(const qk_dense *w, int isa, int64_t block, int64_t batch)

@@ -15,11 +15,12 @@
 #include "qk_dense_neon.h"  /* QK_PATH_NEON = 5 */
 
 /* AVX512: 2/4/8-bit codes in 128-column blocks (permuted activations for 2 and 4 bits);
-   AVX512_ANY: any width, groups of any multiple of 32, natural order. */
-/* AVX512_GEMM: int8 mode from a batch of QK_GEMM_MIN_BATCH, any width (qk_gemm_avx512.h);
-   chosen per call by qk_int8_batch_path, never by qk_int8_path. */
+   AVX512_ANY: any width, groups of any multiple of 32, natural order; AVX2 and AVX2_ANY
+   the same on AVX2. AVX512_GEMM: int8 mode from a batch of QK_GEMM_MIN_BATCH, any width
+   (qk_gemm_avx512.h); chosen per call by qk_int8_batch_path, never by qk_int8_path. */
 enum { QK_PATH_GENERIC = 0, QK_PATH_AVX2 = 1, QK_PATH_AVX512 = 2, QK_PATH_AVX512_ANY = 3,
        QK_PATH_AVX512_GEMM = 6 };
+enum { QK_PATH_AVX2_ANY = 4 };
 
 /* Groups that the 128-column block kernels handle: a multiple of 128, or none. */
 static inline int qk_groups_aligned(const qk_dense *w) {
@@ -39,6 +40,7 @@ QK_FN int qk_float_path(const qk_dense *w, int isa) {
     if (isa == QK_ISA_AVX512 && qk_groups_halves(w)) return QK_PATH_AVX512_ANY;
     if (isa == QK_ISA_AVX2 && qk_groups_aligned(w) && (b == 2 || b == 4 || b == 8))
         return QK_PATH_AVX2;
+    if (isa == QK_ISA_AVX2 && qk_groups_halves(w)) return QK_PATH_AVX2_ANY;
     return QK_PATH_GENERIC;
 }
 
@@ -58,6 +60,12 @@ QK_FN int qk_int8_path(const qk_dense *w, int isa, int64_t block) {
     if (isa == QK_ISA_AVX2 && qk_groups_aligned(w) && block == 128
         && (b == 2 || b == 4 || (b == 8 && w->kind == 0)))
         return QK_PATH_AVX2;
+    /* the same conditions as AVX512_ANY (the AVX2 kernel works per 32-column half and
+       could take codebook blocks of an odd number of halves, but the two any-width paths
+       accept the same calls) */
+    if (isa == QK_ISA_AVX2 && qk_groups_halves(w) && block % 32 == 0 && block <= 4096
+        && (w->kind == 0 || block % 64 == 0))
+        return QK_PATH_AVX2_ANY;
     return QK_PATH_GENERIC;
 }
 
@@ -75,7 +83,8 @@ static inline int qk_path_permute_bits(int path, int bits) {
 }
 
 /* Rows r0 .. r0+nrows (nrows <= 4) of y = x @ W_hat.T, float activations (xp in the
-   path's layout). Scratch: codes n_in + 64 bytes, wrow n_in floats (generic path). */
+   path's layout). Scratch: codes n_in + 64 bytes (AVX2_ANY: 5 * (n_in + 64)), wrow n_in
+   floats (generic path; AVX2_ANY from a batch of 4: 4 * n_in). */
 QK_FN void qk_dense_float_rows(const qk_dense *w, int path, int64_t r0, int64_t nrows,
                                 const float *xp, int64_t batch, float *y, uint8_t *codes,
                                 float *wrow) {
@@ -90,6 +99,7 @@ QK_FN void qk_dense_float_rows(const qk_dense *w, int path, int64_t r0, int64_t 
         return;
     }
     if (path == QK_PATH_AVX512_ANY) { qk_rows_float_any_avx512(w, r0, nrows, xp, batch, y, codes); return; }
+    if (path == QK_PATH_AVX2_ANY) { qk_rows_float_any_avx2(w, r0, nrows, xp, batch, y, codes, wrow); return; }
     if (path == QK_PATH_AVX2) {
         if (batch >= 4) qk_rows_float_avx2(w, r0, nrows, xp, batch, y, codes);
         else
@@ -101,7 +111,8 @@ QK_FN void qk_dense_float_rows(const qk_dense *w, int path, int64_t r0, int64_t 
     for (int64_t i = 0; i < nrows; i++) qk_row_float_generic(w, r0 + i, xp, batch, y, codes, wrow);
 }
 
-/* The same with int8 activations (q in the path's layout). */
+/* The same with int8 activations (q in the path's layout). Scratch: codes 5 * (n_in + 64)
+   bytes. */
 QK_FN void qk_dense_int8_rows(const qk_dense *w, int path, int64_t r0, int64_t nrows,
                                const qk_xq *q, int64_t batch, float *y, uint8_t *codes) {
 #if QK_ARM64
@@ -115,6 +126,7 @@ QK_FN void qk_dense_int8_rows(const qk_dense *w, int path, int64_t r0, int64_t n
         return;
     }
     if (path == QK_PATH_AVX512_ANY) { qk_rows_int8_any_avx512(w, r0, nrows, q, batch, y, codes); return; }
+    if (path == QK_PATH_AVX2_ANY) { qk_rows_int8_any_avx2(w, r0, nrows, q, batch, y, codes); return; }
     if (path == QK_PATH_AVX2) {
         if (batch >= 4) qk_rows_int8_avx2(w, r0, nrows, q, batch, y, codes);
         else

@@ -448,11 +448,6 @@ QK_AVX512_INL __m512i qk_codes64_avx512(const uint8_t *row, int64_t ch, const in
     return qk_vbmi_unpack64(row + ch * 8 * b, b);
 }
 
-/* Halves (32 columns) per weight group; a huge number when the row is one group. */
-static inline int64_t qk_halves_per_group(const qk_dense *w) {
-    return (w->kind != 0 || w->group >= w->n_in) ? INT64_MAX : w->group / 32;
-}
-
 /* Float mode: the value of each code, looked up in registers. Up to 5 bits a table of
    2**b floats (the codebook row, or (i - z) * s of the current group) in one or two
    registers (vpermps / vpermt2ps); 6 bits: four registers and a blend on bit 5 for
@@ -579,35 +574,6 @@ QK_AVX512_INL __m512i qk_btab_get(const qk_btab *bt, __m512i u, const int b) {
     __m512i lo = _mm512_permutex2var_epi8(bt->t[0], u, bt->t[1]);
     __m512i hi = _mm512_permutex2var_epi8(bt->t[2], u, bt->t[3]);
     return _mm512_mask_blend_epi8(_mm512_movepi8_mask(u), lo, hi);
-}
-
-/* Columns [c0, n) of row r in natural order against int8 activations, for any width and
-   x blocks of any multiple of 32 columns: the integer sums of each x block inside the
-   range, scaled; the zero-point term only for blocks that start at or after c0 (the
-   vector part adds it for the blocks it starts). */
-static inline float qk_tail_int8_any(const qk_dense *w, int64_t r, const qk_xq *q, int64_t bi,
-                                     int64_t c0, uint8_t *codes) {
-    const int64_t n = w->n_in, B = q->block;
-    if (c0 >= n) return 0.0f;
-    qk_unpack_any(w->packed + r * w->row_bytes + c0 * w->bits / 8, codes, n - c0, w->bits, w->isa);
-    const int8_t *xq = q->xq + bi * n;
-    const uint8_t *lut = w->kind == 1 ? w->cb_u8 + r * w->cbrow : 0;
-    float s = 0.0f;
-    for (int64_t c = c0; c < n;) {
-        const int64_t k = c / B, e = (k + 1) * B < n ? (k + 1) * B : n;
-        int32_t isum = 0;
-        for (int64_t j = c; j < e; j++)
-            isum += (int32_t)(lut ? lut[codes[j - c0]] : codes[j - c0]) * xq[j];
-        float sw, z;
-        if (w->kind == 0) { const int64_t g = c / w->group; sw = w->scales[r * w->prow + g]; z = w->zeros[r * w->prow + g]; }
-        else { sw = w->cb_scale[w->cbrow ? r : 0]; z = 128.0f; }
-        const float d = sw * q->xs[bi * q->nblocks + k];
-        /* as the generic kernel: an all-zero row of weights gives exactly 0 */
-        if (c == k * B) s += d * ((float)isum - z * (float)q->xsum[bi * q->nblocks + k]);
-        else s += d * (float)isum;
-        c = e;
-    }
-    return s;
 }
 
 /* SPLIT = 0 when x blocks are multiples of 64 columns (a chunk never straddles two: the
