@@ -129,19 +129,23 @@ def _pair(v, name) -> Rate:
 
 
 # Measured by calibrate() on the development machine (AMD EPYC Zen 4, 2 cores, AVX-512
-# VNNI/VBMI, -march=native), one thread, 1024 x 1024 weights, batch 8 and 64.
+# VNNI/VBMI, -march=native; the avx2 rows with QPACK_ISA=avx2), one thread, 1024 x 1024
+# weights, batches 16 and 128.
 DEFAULT_COSTS = KernelCosts(
     kernel={
-        "generic/float": (0.75, 0.063), "generic/int8": (0.36, 1.5),
-        "avx512/float": (0.05, 0.034), "avx512/int8": (0.06, 0.025),
-        "avx512/float/codebook-8": (0.15, 0.15),
-        "avx512-any/float": (0.05, 0.075), "avx512-any/int8": (0.07, 0.045),
-        "avx512-gemm/int8": (0.13, 0.007),
-        "avx2/float": (0.02, 0.038), "avx2/int8": (0.02, 0.026),
-        "vector/float": (0.05, 0.075), "vector/int8": (0.07, 0.045),
+        "generic/float": (0.67, 0.085), "generic/int8": (1.5, 1.5),
+        "avx512/float": (0.011, 0.042), "avx512/float/codebook-8": (0.0, 0.11),
+        "avx512-any/float": (0.0, 0.056),
+        # the row kernels' int8 rates (batches 4-15; the GEMM takes 16 and more)
+        "avx512/int8": (0.06, 0.025), "avx512-any/int8": (0.07, 0.045),
+        "avx512-gemm/int8": (0.031, 0.010),
+        "avx2/float": (0.033, 0.047), "avx2/float/codebook-8": (0.092, 0.11),
+        "avx2/int8": (0.0, 0.027), "avx2-any/float": (0.11, 0.045),
+        "avx2-any/int8": (0.36, 0.030),
+        "vector/float": (0.05, 0.05), "vector/int8": (0.1, 0.03),
     },
-    blas=(0.8, 0.02), fill_ns_per_weight=0.13, sparse=(3.0, 0.15),
-    sparse_fill_ns_per_weight=0.14, source="built-in defaults (AMD EPYC Zen 4)")
+    blas=(0.66, 0.021), fill_ns_per_weight=0.10, sparse=(3.2, 0.135),
+    sparse_fill_ns_per_weight=0.15, source="built-in defaults (AMD EPYC Zen 4)")
 
 
 @dataclass(frozen=True)
