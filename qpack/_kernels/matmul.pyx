@@ -53,6 +53,9 @@ from qpack._kernels.qk cimport (
     qk_isa_supported,
     qk_omp_max_threads,
     qk_path_permute_bits,
+    qk_float_scratch_codes,
+    qk_float_scratch_wrow,
+    qk_int8_scratch_codes,
     qk_permute_row,
     qk_quantize_row,
     qk_sparse,
@@ -246,12 +249,10 @@ cdef class DenseKernel:
             xin = xp
         # scratch per thread (qk_dense.h): the AVX2 any-width kernel keeps the unpacked
         # codes of 4 rows besides the tail's, and from a batch of 4 their float values
-        cdef int any2 = path == QK_PATH_AVX2_ANY
-        cdef uint8_t[:, ::1] codes = np.empty((nt, (5 if any2 else 1) * (n_in + 64)),
+        cdef uint8_t[:, ::1] codes = np.empty((nt, qk_float_scratch_codes(path, n_in)),
                                               dtype=np.uint8)
-        cdef int64_t wlen = n_in if path == QK_PATH_GENERIC else (
-            4 * n_in if any2 and batch >= 4 else 1)
-        cdef float[:, ::1] wrow = np.empty((nt, wlen), dtype=np.float32)
+        cdef float[:, ::1] wrow = np.empty((nt, qk_float_scratch_wrow(path, n_in, batch)),
+                                           dtype=np.float32)
         with nogil, parallel(num_threads=nt):
             tid = threadid()
             for r in prange((w.n_out + 3) // 4, schedule="dynamic", chunksize=ROW_CHUNK // 4):
@@ -290,7 +291,7 @@ cdef class DenseKernel:
         q.xsum = &xsumv[0, 0]
         q.block = block
         q.nblocks = xs.shape[1]
-        cdef uint8_t[:, ::1] codes = np.empty((nt, 5 * (n_in + 64)), dtype=np.uint8)
+        cdef uint8_t[:, ::1] codes = np.empty((nt, qk_int8_scratch_codes(n_in)), dtype=np.uint8)
         cdef int64_t nbg = (batch + QK_GEMM_LANES - 1) // QK_GEMM_LANES
         cdef int8_t[:, ::1] xi
         cdef float[:, ::1] xst, xzt

@@ -59,6 +59,9 @@ cdef extern from "qk_dense.h" nogil:
                              const float *xst, const float *xzt, int64_t batch,
                              int64_t block, int64_t nb, float *y, uint8_t *scratch)
     int qk_path_permute_bits(int path, int bits)
+    int64_t qk_float_scratch_codes(int path, int64_t n_in)
+    int64_t qk_float_scratch_wrow(int path, int64_t n_in, int64_t batch)
+    int64_t qk_int8_scratch_codes(int64_t n_in)
     void qk_dense_float_rows(const qk_dense *w, int path, int64_t r0, int64_t nrows,
                              const float *xp, int64_t batch, float *y, uint8_t *codes,
                              float *wrow)

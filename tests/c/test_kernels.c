@@ -202,8 +202,8 @@ static void test_float(const mat *m, int isa, int64_t batch) {
     const int pb = qk_path_permute_bits(path, w.bits);
     float *x = xmalloc(sizeof(float) * (size_t)(batch * n)), *xp = xmalloc(sizeof(float) * (size_t)(batch * n));
     float *y = xmalloc(sizeof(float) * (size_t)(batch * n_out));
-    uint8_t *codes = xmalloc((size_t)n + 64);
-    float *wrow = xmalloc(sizeof(float) * (size_t)n);
+    uint8_t *codes = xmalloc((size_t)qk_float_scratch_codes(path, n));
+    float *wrow = xmalloc(sizeof(float) * (size_t)qk_float_scratch_wrow(path, n, batch));
     for (int64_t i = 0; i < batch * n; i++) x[i] = frnd(-1.0f, 1.0f);
     for (int64_t bi = 0; bi < batch; bi++) {
         if (pb) qk_permute_row(x + bi * n, xp + bi * n, n, pb);
@@ -241,7 +241,7 @@ static void test_int8(const mat *m, int isa, int64_t batch, int64_t block) {
     int8_t *tmp = xmalloc((size_t)n);
     float *xs = xmalloc(sizeof(float) * (size_t)(batch * nb));
     int32_t *xsum = xmalloc(sizeof(int32_t) * (size_t)(batch * nb));
-    uint8_t *codes = xmalloc((size_t)(5 * (n + 64)));
+    uint8_t *codes = xmalloc((size_t)qk_int8_scratch_codes(n));
     for (int64_t i = 0; i < batch * n; i++) x[i] = frnd(-1.0f, 1.0f);
     for (int64_t bi = 0; bi < batch; bi++) {
         /* the kernel's layout, and natural order for the reference */

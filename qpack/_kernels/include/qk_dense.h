@@ -76,6 +76,21 @@ QK_FN int qk_int8_batch_path(const qk_dense *w, int isa, int64_t block, int64_t 
     return qk_int8_path(w, isa, block);
 }
 
+/* Per-thread scratch of the float rows (qk_dense_float_rows) on a path: bytes of codes,
+   and floats of wrow for a batch of `batch` rows. The wrapper and the C test allocate
+   exactly this; the AVX2 any-width kernel keeps the codes of 4 rows besides the tail's,
+   and from a batch of 4 their float values. */
+static inline int64_t qk_float_scratch_codes(int path, int64_t n_in) {
+    return (path == QK_PATH_AVX2_ANY ? 5 : 1) * (n_in + 64);
+}
+static inline int64_t qk_float_scratch_wrow(int path, int64_t n_in, int64_t batch) {
+    if (path == QK_PATH_GENERIC) return n_in;
+    return path == QK_PATH_AVX2_ANY && batch >= 4 ? 4 * n_in : 1;
+}
+
+/* Per-thread scratch bytes of the int8 rows and of the GEMM (every int8 path). */
+static inline int64_t qk_int8_scratch_codes(int64_t n_in) { return 5 * (n_in + 64); }
+
 /* Column layout of the activations for a path: 2 or 4 when each 128-column block must be
    split into 8/bits streams (qk_permute_row), 0 for natural order. */
 static inline int qk_path_permute_bits(int path, int bits) {

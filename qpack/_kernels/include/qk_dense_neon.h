@@ -228,12 +228,7 @@ QK_NEON_INL void qk_int8_row_neon(const qk_dense *w, int64_t r, const qk_xq *q, 
             const int64_t isum = dot ? qk_isum_neon_dot(wv + c0, xq + c0, c1 - c0, biased)
                                      : qk_isum_neon_plain(wv + c0, xq + c0, c1 - c0, biased);
             float s, z;
-            if (w->kind == 0) {
-                int64_t g = c0 / w->group;
-                s = w->scales[r * w->prow + g]; z = w->zeros[r * w->prow + g];
-            } else {
-                s = w->cb_scale[r * (w->cbrow ? 1 : 0)]; z = 128.0f;
-            }
+            qk_block_scale_zero(w, r, c0, &s, &z);
             float d = s * q->xs[bi * q->nblocks + k];
             acc += (double)(d * ((float)isum - z * (float)q->xsum[bi * q->nblocks + k]));
         }

@@ -94,6 +94,20 @@ QK_FN void qk_dequant_row(const qk_dense *w, int64_t r, uint8_t *codes, float *o
 }
 
 /* ---- generic int8 row -------------------------------------------------------- */
+/* The int8 mode's weight scale and zero-point for row r's block starting at column c0:
+   the linear group's, or the codebook's int8 scale and 128. */
+static inline void qk_block_scale_zero(const qk_dense *w, int64_t r, int64_t c0, float *s,
+                                       float *z) {
+    if (w->kind == 0) {
+        const int64_t g = c0 / w->group;
+        *s = w->scales[r * w->prow + g];
+        *z = w->zeros[r * w->prow + g];
+    } else {
+        *s = w->cb_scale[w->cbrow ? r : 0];
+        *z = 128.0f;
+    }
+}
+
 /* Weight value as an unsigned byte u with W_hat = (u - zero) * scale:
    linear: u = code, zero = zero-point; codebook: u = cb_u8[code], zero = 128. */
 QK_FN void qk_row_int8_generic(const qk_dense *w, int64_t r, const qk_xq *q, int64_t batch,
@@ -117,12 +131,7 @@ QK_FN void qk_row_int8_generic(const qk_dense *w, int64_t r, const qk_xq *q, int
             }
             isum += part;
             float s, z;
-            if (w->kind == 0) {
-                int64_t g = c0 / w->group;
-                s = w->scales[r * w->prow + g]; z = w->zeros[r * w->prow + g];
-            } else {
-                s = w->cb_scale[r * (w->cbrow ? 1 : 0)]; z = 128.0f;
-            }
+            qk_block_scale_zero(w, r, c0, &s, &z);
             float d = s * q->xs[bi * q->nblocks + k];
             acc += (double)(d * ((float)isum - z * (float)q->xsum[bi * q->nblocks + k]));
         }
