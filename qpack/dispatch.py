@@ -53,7 +53,7 @@ PATHS = ("auto", "kernel", "tiles")
 # gains nothing on a few rows (a structural bound, not a tuned one).
 TILES_MIN_BATCH = 4
 # Columns the vector paths take per block; the rest of a row runs on the generic loop.
-_VECTOR_BLOCK = {"avx512": 128, "avx2": 128, "avx512-any": 64, "avx2-any": 64, "neon": 128}
+_VECTOR_BLOCK = {"avx512": 128, "avx2": 128, "avx512-any": 64, "avx2-any": 64, "neon": 16}
 # (the int8 GEMM, "avx512-gemm", has no scalar tail: it pads rows to 4 columns)
 _ENV_CACHE = "QPACK_DISPATCH_CACHE"
 
