@@ -155,19 +155,30 @@ def _check_exists(path: str) -> None:
         raise CliError(f"{path}: not a regular file")
 
 
-def _check_input(path: str, extensions: tuple[str, ...]) -> None:
-    _check_exists(path)
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in extensions:
-        raise CliError(f"{path}: unknown input type {ext or '(no extension)'!r} "
-                       f"(expected {' or '.join(extensions)})")
+def _check_checkpoint(paths: list[str]) -> None:
+    """The compress inputs: one file (a model type or a shard index) or folder, or
+    several files; checked before anything is read."""
+    from qpack.checkpoint import INDEX_SUFFIX, SINGLE_FILE_EXTENSIONS
+
+    for path in paths:
+        if len(paths) == 1 and os.path.isdir(path):
+            continue
+        _check_exists(path)
+        if path.endswith(INDEX_SUFFIX) and len(paths) == 1:
+            continue
+        ext = os.path.splitext(path)[1].lower()
+        if ext not in SINGLE_FILE_EXTENSIONS:
+            raise CliError(f"{path}: unknown input type {ext or '(no extension)'!r} "
+                           f"(expected {', '.join(SINGLE_FILE_EXTENSIONS)}, a "
+                           f"*{INDEX_SUFFIX} shard index or a folder)")
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    """Compress a .safetensors/.npz model into a .qpk file and print the report."""
+    """Compress a checkpoint (file, shard index, folder or shard files) into a .qpk file
+    and print the report."""
     from qpack.model import compress
 
-    _check_input(args.input, MODEL_EXTENSIONS)
+    _check_checkpoint(args.input)
     _check_output(args.output, (".qpk",))
     overrides: dict[str, dict] = {}
     for pattern, settings in args.override:
@@ -175,14 +186,16 @@ def cmd_compress(args: argparse.Namespace) -> int:
     progress = not args.quiet and sys.stderr.isatty()
     # given the path, compress also keeps the file's own metadata (safetensors
     # __metadata__) for decompress to write back
-    model = compress(args.input, bits=args.bits, prune=args.prune, method=args.method,
+    source = args.input[0] if len(args.input) == 1 else list(args.input)
+    model = compress(source, bits=args.bits, prune=args.prune, method=args.method,
                      group_size=args.group_size, symmetric=args.symmetric, clip=args.clip,
                      entropy=None if args.no_entropy else "huffman",
                      include=args.include or None, exclude=args.exclude or None,
                      overrides=overrides or None, min_numel=args.min_numel,
                      prune_scope=args.prune_scope, per_channel=args.per_channel,
                      scale_dtype=args.scale_dtype, codebook_dtype=args.codebook_dtype,
-                     metadata={"source": os.path.basename(args.input)},
+                     metadata={"source": ", ".join(os.path.basename(os.path.normpath(p))
+                                                   for p in args.input)},
                      target_bpw=args.target_bpw, progress=progress)
     size = model.save(args.output)
     if not args.quiet:
@@ -429,10 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND",
                                 parser_class=lambda **kw: _Parser(parents=[common], **kw))
 
-    p = sub.add_parser("compress", help="compress a .safetensors or .npz model to .qpk",
+    p = sub.add_parser("compress", help="compress a model (file, shard set or folder) to .qpk",
                        description="Compress every floating tensor of >= 2 dims and at least "
                                    "--min-numel elements; store the others exactly.")
-    p.add_argument("input", metavar="IN", help="model file: .safetensors or .npz")
+    p.add_argument("input", metavar="IN", nargs="+",
+                   help="the model: a .safetensors, .npz, .pt or .bin file, a Hugging Face "
+                        "*.index.json shard index or a folder holding one (or one model "
+                        "file), or several shard files")
     p.add_argument("-o", "--output", required=True, metavar="OUT.qpk", help="file to write")
     p.add_argument("--bits", type=_bits, default=4, help="bits per weight code, 1-8 (4)")
     p.add_argument("--prune", type=_fraction, default=0.0,

@@ -1,8 +1,9 @@
 """Turn what users hand to ``compress`` into an ordered dict of numpy arrays.
 
 Accepted: a mapping of names to numpy arrays or array-likes (PyTorch tensors work through
-duck typing: ``.detach()``, ``.cpu()``, ``.numpy()``; qpack never imports torch), or a path
-to a ``.npz`` or ``.safetensors`` file (``read_model``).
+duck typing: ``.detach()``, ``.cpu()``, ``.numpy()``; qpack never imports torch for
+them), or a checkpoint on disk: a ``.npz`` / ``.safetensors`` / ``.pt`` / ``.bin`` file, a
+Hugging Face shard index or folder, or a list of shard files (``qpack.checkpoint``).
 """
 
 from __future__ import annotations
@@ -18,35 +19,31 @@ from qpack import dtypes
 from qpack.handover import is_prequantized
 
 
-def read_model(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read all tensors of a ``.npz`` or ``.safetensors`` file into numpy arrays.
+def read_model(path) -> dict[str, np.ndarray]:
+    """Read all tensors of a checkpoint into numpy arrays: a ``.npz``, ``.safetensors``,
+    ``.pt`` / ``.bin`` / ``.pth`` file, a ``*.index.json`` shard index, a folder holding
+    one of those, or a list of files (``qpack.checkpoint.open_checkpoint``).
 
     Every dtype is kept (bfloat16 as ml_dtypes.bfloat16). Raises ValueError naming the
-    file for a missing file, an unknown extension, or a damaged or truncated file.
+    file for a missing file, an unknown extension, a damaged or truncated file, or an
+    inconsistent shard set.
     """
     return read_model_file(path)[0]
 
 
-def read_model_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """(arrays, the file's own metadata) of a ``.npz`` or ``.safetensors`` file.
+def read_model_file(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(arrays, the files' own metadata) of a checkpoint, as ``read_model`` reads it.
 
-    The metadata is a safetensors file's ``__metadata__`` ({} for ``.npz``). Errors as
+    The metadata is the safetensors ``__metadata__`` ({} for other formats). Errors as
     ``read_model``.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: no such file")
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".safetensors":
-        from qpack.safetensors_file import read_safetensors
+    from qpack.checkpoint import open_checkpoint
 
-        return read_safetensors(path)
-    if ext == ".npz":
-        return _read_npz(path), {}
-    raise ValueError(f"{path}: unknown model file type {ext!r} (expected .safetensors or .npz)")
+    ckpt = open_checkpoint(path)
+    return {name: ckpt[name] for name in ckpt}, dict(ckpt.metadata)
 
 
-def _read_npz(path: str) -> dict[str, np.ndarray]:
+def read_npz(path: str) -> dict[str, np.ndarray]:
     """Every array of a ``.npz`` (a zip of ``.npy`` files), never unpickling anything."""
     with open(path, "rb") as fh:
         magic = fh.read(4)
@@ -66,9 +63,15 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
 
 def read_input(model) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """(arrays, source metadata) of what ``compress`` was given: a path or a mapping."""
-    if isinstance(model, (str, os.PathLike)):
+    if isinstance(model, (str, os.PathLike)) or _is_path_list(model):
         return read_model_file(model)
     return as_array_dict(model), {}
+
+
+def _is_path_list(model) -> bool:
+    """A list or tuple of paths (shard files), as opposed to a mapping of tensors."""
+    return isinstance(model, (list, tuple)) and bool(model) and all(
+        isinstance(p, (str, os.PathLike)) for p in model)
 
 
 def _torch_bfloat16_to_numpy(value) -> np.ndarray:
@@ -105,13 +108,14 @@ def as_array_dict(model) -> dict[str, np.ndarray]:
     """Normalize ``model`` (mapping, module with ``state_dict()``, or path) to {name:
     ndarray}; pre-quantized values (KMeansQuantized / LinearQuantized) pass through as they
     are. ValueError if unusable."""
-    if isinstance(model, (str, os.PathLike)):
+    if isinstance(model, (str, os.PathLike)) or _is_path_list(model):
         return read_model(model)
     if not isinstance(model, Mapping) and callable(getattr(model, "state_dict", None)):
         model = model.state_dict()  # a torch nn.Module, duck-typed (torch is never imported)
     if not isinstance(model, Mapping) and not hasattr(model, "items"):
-        raise ValueError("model_dict must be a mapping of names to arrays or a path to a "
-                         f".npz/.safetensors file, got {type(model).__name__}")
+        raise ValueError("model_dict must be a mapping of names to arrays, or a checkpoint "
+                         "path (.safetensors/.npz/.pt/.bin file, shard index or folder) or "
+                         f"list of shard paths, got {type(model).__name__}")
     out = {}
     for name, value in model.items():
         if not isinstance(name, str):

@@ -26,28 +26,39 @@ _NAME_TO_ST = {v: k for k, v in _ST_TO_NAME.items()}
 MAX_HEADER = 100 << 20
 
 
-def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read every tensor of a ``.safetensors`` file; return (arrays, metadata).
+class SafetensorsFile:
+    """A ``.safetensors`` file opened for reading: its header checked, its data mapped.
 
-    Arrays are copies in native byte order (bfloat16 as ml_dtypes.bfloat16). Raises
-    ValueError for a damaged or unsupported file.
+    ``tensors`` maps each name to (dtype name, shape, begin, end) in file order;
+    ``metadata`` is the file's ``__metadata__``. ``read(name)`` copies one tensor out
+    (native byte order, bfloat16 as ml_dtypes.bfloat16), so a caller holding only the
+    tensors it works on never holds the whole file in memory. Raises ValueError naming the
+    file for a damaged or unsupported one.
     """
-    path = os.fspath(path)
-    with open(path, "rb") as fh:
-        if os.fstat(fh.fileno()).st_size < 8:
-            raise ValueError(f"{path}: too short for a safetensors file")
-        # mapped, not read: each tensor is copied out once, so peak memory is the arrays
-        data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    (n,) = struct.unpack_from("<Q", data, 0)
-    if n > MAX_HEADER or 8 + n > len(data):
-        raise ValueError(f"{path}: bad safetensors header length {n}")
-    header = parse_header(data[8:8 + n], f"{path}: safetensors")
-    meta = header.pop("__metadata__", None) or {}
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise ValueError(f"{path}: safetensors __metadata__ must map strings to strings")
-    body = memoryview(data)[8 + n:]
-    out = {}
-    for name, info in header.items():
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = path = os.fspath(path)
+        with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size < 8:
+                raise ValueError(f"{path}: too short for a safetensors file")
+            # mapped, not read: each tensor is copied out once when asked for
+            self._data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        data = self._data
+        (n,) = struct.unpack_from("<Q", data, 0)
+        if n > MAX_HEADER or 8 + n > len(data):
+            raise ValueError(f"{path}: bad safetensors header length {n}")
+        header = parse_header(data[8:8 + n], f"{path}: safetensors")
+        meta = header.pop("__metadata__", None) or {}
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise ValueError(f"{path}: safetensors __metadata__ must map strings to strings")
+        self.metadata: dict[str, str] = meta
+        self._body = memoryview(data)[8 + n:]
+        self.tensors: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+        for name, info in header.items():
+            self.tensors[name] = self._check_entry(name, info)
+
+    def _check_entry(self, name: str, info) -> tuple[str, tuple[int, ...], int, int]:
+        path = self.path
         try:
             st_dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
         except (TypeError, KeyError, ValueError):
@@ -61,11 +72,25 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
         dname = _ST_TO_NAME[st_dtype]
         need = int(np.prod(shape, dtype=object)) * dtypes.itemsize(dname)
         if not (isinstance(begin, int) and isinstance(end, int)
-                and 0 <= begin <= end <= len(body) and end - begin == need):
+                and 0 <= begin <= end <= len(self._body) and end - begin == need):
             raise ValueError(f"{path}: tensor {name!r} has bad data offsets {[begin, end]}")
-        raw = np.frombuffer(body[begin:end], dtype=dtypes.storage_dtype(dname)).reshape(shape)
-        out[name] = np.array(dtypes.from_storage(raw, dname))
-    return out, meta
+        return dname, tuple(shape), begin, end
+
+    def read(self, name: str) -> np.ndarray:
+        """A copy of tensor ``name`` (KeyError if the file has none of that name)."""
+        dname, shape, begin, end = self.tensors[name]
+        raw = np.frombuffer(self._body[begin:end], dtype=dtypes.storage_dtype(dname))
+        return np.array(dtypes.from_storage(raw.reshape(shape), dname))
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read every tensor of a ``.safetensors`` file; return (arrays, metadata).
+
+    Arrays are copies in native byte order (bfloat16 as ml_dtypes.bfloat16). Raises
+    ValueError for a damaged or unsupported file.
+    """
+    f = SafetensorsFile(path)
+    return {name: f.read(name) for name in f.tensors}, f.metadata
 
 
 def write_safetensors(path: str | os.PathLike, arrays: dict[str, np.ndarray],
