@@ -35,6 +35,7 @@ from bench_matmul import (  # noqa: E402
     CacheEvictor,
     cold_median_ms,
     l3_bytes,
+    torch_linears,
 )
 from harness import optional_peer  # noqa: E402
 
@@ -146,12 +147,7 @@ def bench(shape, configs, names, repeat, evict, variants, *, torch=None,
     w32 = (rng.standard_normal((n_out, n_in)) * 0.02).astype(np.float32)
     lin8 = None
     if torch is not None:
-        lin = torch.nn.Linear(n_in, n_out, bias=False)
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(w32))
-        lin8 = torch.ao.quantization.quantize_dynamic(
-            torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
-        del lin
+        lin8 = torch_linears(torch, w32)[1]
     engine = torch.backends.quantized.engine if torch is not None else ""
     label = f"{n_out}x{n_in}"
     rows = []

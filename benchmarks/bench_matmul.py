@@ -119,6 +119,18 @@ def make_weights(rng, n_out, n_in):
     }, (packed4, s4, z4)
 
 
+def torch_linears(torch, w32: np.ndarray):
+    """(float32 nn.Linear, torch's dynamic int8 quantized Linear) holding the weights w32
+    (n_out, n_in), bias-free: the torch peers of the packed products."""
+    n_out, n_in = w32.shape
+    lin = torch.nn.Linear(n_in, n_out, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(w32))
+    lin8 = torch.ao.quantization.quantize_dynamic(
+        torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
+    return lin, lin8
+
+
 def numpy_dequant_matmul(packed, scales, zeros, n_in, x):
     """Plain-numpy baseline: unpack 4-bit codes, dequantize per group of 128, x @ W.T."""
     codes = np.empty((packed.shape[0], packed.shape[1] * 2), dtype=np.uint8)
@@ -193,11 +205,7 @@ def run(quick: bool) -> dict:
         methods["numpy unpack+dequant+matmul 4-bit"] = (
             (packed4, s4, z4), packed4.nbytes + s4.nbytes + z4.nbytes)
         if torch is not None:
-            lin = torch.nn.Linear(n_in, n_out, bias=False)
-            with torch.no_grad():
-                lin.weight.copy_(torch.from_numpy(w32))
-            lin8 = torch.ao.quantization.quantize_dynamic(
-                torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
+            lin, lin8 = torch_linears(torch, w32)
             methods["torch float32 Linear"] = (lin, w32.nbytes)
             methods["torch dynamic int8 Linear"] = (lin8, n_out * n_in + 8 * n_out)
         for threads in thread_counts:
