@@ -266,7 +266,7 @@ def run(quick: bool) -> dict:
         "<= 1.5 meets the 3/5/6/7-bit target and <= 1.3 the g32/g64 target",
         "numpy's BLAS (threadpoolctl), torch (set_num_threads) and qpack use the same "
         "thread count; products under 2M multiply-adds per thread use fewer qpack threads "
-        "(MIN_MACS_PER_THREAD), e.g. 1024x1024 batch 1 runs on one",
+        "(the dispatch policy's min_macs_per_thread), e.g. 1024x1024 batch 1 runs on one",
         f"{IDLE_BETWEEN_METHODS} s idle before each encoding and peer (OpenBLAS spins "
         "~0.1 s after a call); the two modes of an encoding run back to back",
         "codes are random (speed does not depend on their values); codebook rows share one "
