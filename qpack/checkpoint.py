@@ -6,7 +6,8 @@ Accepted (``open_checkpoint``):
   (read with ``torch.load(weights_only=True)``: the ``torch`` extra);
 - a Hugging Face shard index ``*.safetensors.index.json`` (its ``weight_map`` names the
   shard of every tensor; shards are files beside the index) or ``*.bin.index.json``;
-- a folder holding one index, or one single-file checkpoint (``model.safetensors``);
+- a folder holding one index (a safetensors index is preferred to a ``.bin`` one), or one
+  single-file checkpoint (``model.safetensors``, preferred to other formats);
 - several files (a list of paths), merged; a tensor name in two of them is an error.
 
 Safetensors shards are memory-mapped and only their headers are read when the checkpoint
@@ -181,6 +182,8 @@ def _open_index(path: str) -> Checkpoint:
 def _open_folder(path: str) -> Checkpoint:
     entries = sorted(os.listdir(path))
     indexes = [e for e in entries if e.endswith(INDEX_SUFFIX)]
+    # Hugging Face repositories often carry both a safetensors and a .bin shard set
+    indexes = [e for e in indexes if e.endswith(".safetensors" + INDEX_SUFFIX)] or indexes
     if len(indexes) == 1:
         return _open_index(os.path.join(path, indexes[0]))
     if len(indexes) > 1:

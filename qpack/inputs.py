@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -19,7 +19,8 @@ from qpack import dtypes
 from qpack.handover import is_prequantized
 
 
-def read_model(path) -> dict[str, np.ndarray]:
+def read_model(path: str | os.PathLike | Sequence[str | os.PathLike]
+               ) -> dict[str, np.ndarray]:
     """Read all tensors of a checkpoint into numpy arrays: a ``.npz``, ``.safetensors``,
     ``.pt`` / ``.bin`` / ``.pth`` file, a ``*.index.json`` shard index, a folder holding
     one of those, or a list of files (``qpack.checkpoint.open_checkpoint``).
@@ -31,7 +32,8 @@ def read_model(path) -> dict[str, np.ndarray]:
     return read_model_file(path)[0]
 
 
-def read_model_file(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def read_model_file(path: str | os.PathLike | Sequence[str | os.PathLike]
+                    ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """(arrays, the files' own metadata) of a checkpoint, as ``read_model`` reads it.
 
     The metadata is the safetensors ``__metadata__`` ({} for other formats). Errors as

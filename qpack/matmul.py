@@ -396,10 +396,10 @@ class _DenseWeights:
         """
         int8 = _check_act_quant(act_quant)
         static = _static_scale(self, act_quant)
+        path = check_path(path)
         policy = get_policy()
         x2, y, y2 = _begin_product(x, out, self.shape)
         if y2 is None:
-            check_path(path)
             return y
         plan = policy.dense_plan(self, x2.shape[0], int8, path)
         if plan.path == "tiles":
@@ -687,10 +687,10 @@ class SparseWeights:
         """
         int8 = _check_act_quant(act_quant)
         static = _static_scale(self, act_quant)
+        path = check_path(path)
         policy = get_policy()
         x2, y, y2 = _begin_product(x, out, self.shape)
         if y2 is None:
-            check_path(path)
             return y
         batch = x2.shape[0]
         if int8:  # before choosing a path: every path sees the same rounded activations

@@ -66,6 +66,17 @@ def test_index_folder_and_shard_list_read_the_same(tmp_path):
     assert os.path.basename(ckpt.shard_of("layer1.mlp.bias")).startswith("model-00002")
 
 
+def test_folder_with_safetensors_and_bin_indexes_prefers_safetensors(tmp_path):
+    arrays = tensors(np.random.default_rng(6))
+    write_shards(tmp_path, arrays)
+    (tmp_path / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"weight_map": {"x": "pytorch_model-00001-of-00001.bin"}}))
+    assert_same(open_checkpoint(tmp_path), arrays)
+    (tmp_path / "extra.safetensors.index.json").write_text("{}")
+    with pytest.raises(ValueError, match="several shard indexes"):
+        open_checkpoint(tmp_path)
+
+
 def test_folder_with_one_model_file(tmp_path):
     arrays = tensors(np.random.default_rng(1))
     write_safetensors(tmp_path / "model.safetensors", arrays)

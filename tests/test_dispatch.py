@@ -156,6 +156,8 @@ def test_bad_paths_and_policies_are_refused():
             DispatchPolicy(bad)
     with pytest.raises(ValueError, match="path"):  # refused on an empty product too
         w.matmul(np.ones((0, 128), np.float32), path="fast")
+    with pytest.raises(ValueError, match="path"):  # before x is looked at
+        w.matmul("not an array", path="fast")
     for kw in ({"tile_bytes": 0}, {"tile_bytes": 1.5}, {"min_macs_per_thread": -1},
                {"threads": 0}, {"threads": True}):
         with pytest.raises(ValueError, match=next(iter(kw))):
