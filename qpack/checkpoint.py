@@ -25,6 +25,8 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from qpack.stored_tensor import StoredTensor
+
 SINGLE_FILE_EXTENSIONS = (".safetensors", ".npz", ".pt", ".bin", ".pth")
 TORCH_EXTENSIONS = (".pt", ".bin", ".pth")
 INDEX_SUFFIX = ".index.json"
@@ -66,6 +68,11 @@ class Checkpoint(Mapping):
     def __len__(self) -> int:
         return len(self._where)
 
+    def stored(self, name: str) -> StoredTensor:
+        """Tensor ``name`` as a StoredTensor: read later, by byte offset for safetensors
+        shards (by any process that sees the file), held in memory for other formats."""
+        return self._where[name].stored(name)
+
     def shard_of(self, name: str) -> str:
         """The file holding tensor ``name``."""
         return self._where[name].path
@@ -91,6 +98,11 @@ class _ArraysReader:
 
     def read(self, name: str) -> np.ndarray:
         return self._arrays[name]
+
+    def stored(self, name: str) -> StoredTensor:
+        dname, shape = self.tensors[name]
+        return StoredTensor(name, dname, tuple(shape), os.path.abspath(self.path),
+                            array=self._arrays[name])
 
 
 def _torch_state_dict(path: str) -> dict[str, np.ndarray]:

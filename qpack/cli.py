@@ -8,6 +8,7 @@ value, no command, an unknown benchmark name).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -89,6 +90,16 @@ def _non_negative_int(text: str) -> int:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
 
 
@@ -187,23 +198,55 @@ def cmd_compress(args: argparse.Namespace) -> int:
     # given the path, compress also keeps the file's own metadata (safetensors
     # __metadata__) for decompress to write back
     source = args.input[0] if len(args.input) == 1 else list(args.input)
-    model = compress(source, bits=args.bits, prune=args.prune, method=args.method,
-                     group_size=args.group_size, symmetric=args.symmetric, clip=args.clip,
-                     entropy=None if args.no_entropy else "huffman",
-                     include=args.include or None, exclude=args.exclude or None,
-                     overrides=overrides or None, min_numel=args.min_numel,
-                     prune_scope=args.prune_scope, per_channel=args.per_channel,
-                     scale_dtype=args.scale_dtype, codebook_dtype=args.codebook_dtype,
-                     metadata={"source": ", ".join(os.path.basename(os.path.normpath(p))
-                                                   for p in args.input)},
-                     target_bpw=args.target_bpw, progress=progress)
-    size = model.save(args.output)
+    with _executor(args) as executor:
+        # out=: each tensor is written as soon as it is encoded (bounded memory)
+        model = compress(source, bits=args.bits, prune=args.prune, method=args.method,
+                         group_size=args.group_size, symmetric=args.symmetric,
+                         clip=args.clip, entropy=None if args.no_entropy else "huffman",
+                         include=args.include or None, exclude=args.exclude or None,
+                         overrides=overrides or None, min_numel=args.min_numel,
+                         prune_scope=args.prune_scope, per_channel=args.per_channel,
+                         scale_dtype=args.scale_dtype, codebook_dtype=args.codebook_dtype,
+                         metadata={"source": ", ".join(os.path.basename(os.path.normpath(p))
+                                                       for p in args.input)},
+                         target_bpw=args.target_bpw, progress=progress, out=args.output,
+                         executor=executor)
+    size = model.nbytes
     if not args.quiet:
         print(model.report())
     print(f"wrote {args.output}: {size:,} bytes, "
           f"{size_comparison(size, model.original_nbytes)} the "
           f"{model.original_nbytes:,} input bytes")
     return 0
+
+
+@contextlib.contextmanager
+def _executor(args: argparse.Namespace):
+    """The executor ``--workers`` / ``--dask-scheduler`` ask for (None: this process's
+    threads), shut down when the block ends."""
+    if args.workers is not None and args.dask_scheduler is not None:
+        raise CliError("give --workers or --dask-scheduler, not both")
+    if args.workers is not None:
+        from qpack.executors import local_workers
+
+        with local_workers(args.workers) as pool:
+            yield pool
+        return
+    if args.dask_scheduler is not None:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise CliError("--dask-scheduler needs dask.distributed: pip install "
+                           "'qpack[dask]'") from None
+        try:
+            client = Client(args.dask_scheduler, timeout=30)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise CliError(f"cannot reach the Dask scheduler at {args.dask_scheduler} "
+                           f"({type(exc).__name__}: {exc})") from None
+        with client:
+            yield client
+        return
+    yield None
 
 
 def size_comparison(size: int, original: int) -> str:
@@ -491,6 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smaller tensors are stored exactly (1024)")
     p.add_argument("--prune-scope", choices=("tensor", "global"), default="tensor",
                    help="prune each tensor by --prune, or one threshold for all (tensor)")
+    p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                   help="encode on N local worker processes, which share the cores "
+                        "(default: threads of this process)")
+    p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
+                   help="encode on a Dask cluster (e.g. tcp://10.0.0.5:8786); its workers "
+                        "must see the input files at the same paths (needs qpack[dask])")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress counter and no per-tensor report")
     p.set_defaults(func=cmd_compress)

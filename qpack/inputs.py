@@ -63,10 +63,16 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: damaged or unreadable .npz ({reason})") from None
 
 
-def read_input(model) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """(arrays, source metadata) of what ``compress`` was given: a path or a mapping."""
+def read_input(model) -> tuple[dict, dict[str, str]]:
+    """(tensors, source metadata) of what ``compress`` was given: a mapping's arrays, or
+    for a checkpoint on disk a ``StoredTensor`` per tensor (read when it is encoded)."""
     if isinstance(model, (str, os.PathLike)) or _is_path_list(model):
-        return read_model_file(model)
+        from qpack.checkpoint import open_checkpoint
+
+        ckpt = open_checkpoint(model)
+        if not len(ckpt):
+            raise ValueError(f"{model}: the checkpoint holds no tensors: nothing to compress")
+        return {name: ckpt.stored(name) for name in ckpt}, dict(ckpt.metadata)
     return as_array_dict(model), {}
 
 

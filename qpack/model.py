@@ -16,11 +16,13 @@ from qpack.allocate import Allocation, allocate_bits, budget_bytes, candidate_bi
 from qpack.defaults import DEFAULT_ACT_RANGE, DEFAULT_CLIP, DEFAULT_GROUP_SIZE
 from qpack.encode_jobs import EncodeJob, plan_jobs, run_jobs
 from qpack.errors import FormatError
+from qpack.executors import check_executor
 from qpack.handover import is_prequantized
 from qpack.inputs import read_input
 from qpack.plan import make_plan, patterns
 from qpack.progress import Progress
 from qpack.report import Report
+from qpack.stored_tensor import read_value
 from qpack.tensor import CompressedTensor, memory_tensor
 from qpack.tensor_spec import validate_spec
 
@@ -131,14 +133,11 @@ class CompressedModel(Mapping):
         tensors_header = {}
         blobs = []
         for name, t in self._tensors.items():
-            spec, sections = t.entry_to_write()
-            blobs.extend((spec["sections"][role], sections[role]) for role in spec["sections"])
+            spec, sections = _sections_in_order(t)
+            blobs.extend(sections)
             tensors_header[name] = spec
         data_size = format.layout_sections(blobs)
-        header = {"format": "qpk", "metadata": metadata, "tensors": tensors_header}
-        if self.source_metadata:
-            header["source_metadata"] = self.source_metadata
-        return header, blobs, data_size
+        return file_header(metadata, tensors_header, self.source_metadata), blobs, data_size
 
     def save(self, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> int:
         """Write the model to a ``.qpk`` file atomically; return the file size in bytes.
@@ -151,6 +150,22 @@ class CompressedModel(Mapping):
         path = format.check_output_path(path)
         header, blobs, _ = self._layout(meta)
         return format.write_file(path, header, blobs)
+
+
+def _sections_in_order(t: CompressedTensor) -> tuple[dict, list[tuple[dict, np.ndarray]]]:
+    """(entry as written, [(descriptor, blob)] in file order) of one tensor."""
+    spec, sections = t.entry_to_write()
+    return spec, [(spec["sections"][role], sections[role]) for role in spec["sections"]]
+
+
+def file_header(metadata: Mapping[str, str], tensors_header: dict,
+                source_metadata: Mapping[str, str] | None) -> dict:
+    """The .qpk header object (docs/FORMAT.md, 4.2): every writer builds it here, so a
+    streamed file and a saved one are the same bytes."""
+    header = {"format": "qpk", "metadata": dict(metadata), "tensors": tensors_header}
+    if source_metadata:
+        header["source_metadata"] = dict(source_metadata)
+    return header
 
 
 def save(model: CompressedModel, path: str | os.PathLike,
@@ -207,23 +222,68 @@ def _mapped_tensor(name: str, spec: dict, mapped: format.MappedFile) -> Compress
         section_nbytes=lambda role: sections[role]["length"])
 
 
-def _encode_all(arrays: dict, plan, progress: bool) -> dict[str, tuple[dict, dict]]:
+def _progress(arrays: Mapping, progress: bool) -> Progress | None:
+    """The tensors-and-bytes progress line of a compression, or None."""
+    if not progress:
+        return None
+    return Progress(len(arrays), "compress", "tensors",
+                    total_bytes=sum(_input_nbytes(v) for v in arrays.values()))
+
+
+def _input_nbytes(value) -> int:
+    """Bytes of one input tensor as given (a pre-quantized one: its float32 size)."""
+    if is_prequantized(value):
+        return 4 * int(np.prod(value.shape, dtype=np.int64))
+    return int(value.nbytes)
+
+
+def _encode_all(arrays: dict, plan, progress: bool, executor
+                ) -> dict[str, tuple[dict, dict]]:
     """Encode every tensor of the plan (qpack/encode_jobs.py: several at once, memory
     bounded by about the largest tensor); {name: (header entry, blobs)}."""
-    bar = Progress(len(arrays), "compress", "tensors") if progress else None
+    bar = _progress(arrays, progress)
     results: dict[str, tuple[dict, dict]] = {}
 
     def done(job: EncodeJob, result) -> None:
         results[job.key] = result
         if bar is not None:
-            bar.update()
+            bar.update(1, _input_nbytes(job.value))
 
     try:
-        run_jobs(plan_jobs(arrays, plan), done)
+        run_jobs(plan_jobs(arrays, plan), done, executor)
     finally:
         if bar is not None:
             bar.close()
     return results
+
+
+def _encode_to_file(path: str, arrays: dict, plan, metadata: Callable[[], dict[str, str]],
+                    source_metadata: Mapping[str, str], progress: bool,
+                    executor) -> CompressedModel:
+    """Encode every tensor of the plan straight into a .qpk at ``path``: each tensor's
+    sections are written as soon as it (and those before it) are encoded, the header
+    last (format version 4), so only the tensors in flight are in memory. The file is
+    atomic: on any error nothing is left at ``path``. Returns the file, loaded."""
+    bar = _progress(arrays, progress)
+    tensors_header: dict[str, dict] = {}
+    try:
+        with format.stream_file(path) as writer:
+            def done(job: EncodeJob, result) -> None:
+                t = memory_tensor(job.key, *result)
+                _warn_costly_codebooks({job.key: t})
+                spec, sections = _sections_in_order(t)
+                for desc, blob in sections:
+                    writer.add(desc, blob)
+                tensors_header[job.key] = spec
+                if bar is not None:
+                    bar.update(1, _input_nbytes(job.value))
+
+            run_jobs(plan_jobs(arrays, plan), done, executor)
+            writer.finish(file_header(metadata(), tensors_header, source_metadata))
+    finally:
+        if bar is not None:
+            bar.close()
+    return load(path)
 
 
 def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmeans", *,
@@ -240,7 +300,8 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
              act_range: str | None = DEFAULT_ACT_RANGE, act_percentile: float = 99.99,
              target_bpw: float | None = None, target_bytes: int | None = None,
              evaluate: Callable[[dict[str, np.ndarray]], float] | None = None,
-             progress: bool = False) -> CompressedModel:
+             progress: bool = False, out: str | os.PathLike | None = None,
+             executor=None) -> CompressedModel:
     """Compress a model's weights: prune, quantize (K-means, linear or log), pack, entropy-code.
 
     Parameters
@@ -320,7 +381,27 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
         with the tensors in ``replaced`` ({name: decoded array of the tensor's shape and
         dtype}) put in place of the given ones, all others as given. Called once with {}
         (the baseline) and once per tensor and candidate, in this thread.
-    progress : count tensors (or, with a budget, candidate encodings) on stderr.
+    progress : count tensors and bytes, with the time left (or, with a budget, candidate
+        encodings), on stderr.
+    out : a ``.qpk`` path: write the model there while it is encoded, each tensor's
+        sections as soon as it is done (header last), and return the file loaded
+        (memory-mapped, as ``qpack.load``). The file is written atomically (nothing at
+        ``out`` on error or interrupt) and is the same bytes that ``save`` writes.
+        Checkpoint inputs are read a tensor at a time in either case, so with ``out``
+        peak memory is that of the tensors in flight, not of the model; NaN/Inf in a
+        tensor read from disk is then found when that tensor is encoded (still a
+        ValueError, and still nothing written). ``prune_scope="global"`` and a size
+        budget need every tensor at once and read them all first.
+    executor : run the encodings there instead of on this process's threads: a
+        ``concurrent.futures.Executor`` (e.g. ``qpack.executors.local_workers(n)``, a
+        process pool whose workers share the cores) or a ``dask.distributed.Client``.
+        One task per tensor; a tensor of a safetensors checkpoint is read by the worker
+        itself, by (file path, byte offset), so the files must be at the same path on
+        every worker (shared storage); other inputs are sent with the task. Results
+        are written in the model's order with back-pressure (about two tasks per worker
+        in flight), and the output is byte-identical to a run without executor. A task
+        that fails there (a worker that died after Dask's retry) raises RuntimeError
+        naming the tensor.
 
     Returns a CompressedModel. Raises ValueError, before any encoding, naming any bad
     argument, NaN/Inf weights, an empty model, a pattern that matches no tensor or only
@@ -336,6 +417,8 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
     meta.update(_check_metadata(metadata, "metadata"))
     if not isinstance(progress, bool):
         raise ValueError(f"progress must be True or False, got {progress!r}")
+    out_path = None if out is None else format.check_output_path(out)
+    check_executor(executor)
     target = check_targets(target_bpw, target_bytes, evaluate)
     arrays, source_metadata = read_input(model_dict)
     base = {"method": method, "bits": bits, "prune": prune, "group_size": group_size,
@@ -351,7 +434,7 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
     if prune_scope == "global":
         from qpack.prune import prune_global
 
-        pool = {n: arrays[n] for n, s in plan.settings.items()
+        pool = {n: read_value(arrays[n]) for n, s in plan.settings.items()
                 if s is not None and s.prune == plan.base.prune and n not in plan.masks
                 and not is_prequantized(arrays[n])}
         if pool:
@@ -363,22 +446,31 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
             "handed_over": sorted(set(plan.masks) | {n for n, v in arrays.items()
                                                      if is_prequantized(v)})}
 
+    def metadata_of(allocation: Allocation | None) -> dict[str, str]:
+        # the damping chosen per calibrated tensor is known once it is encoded
+        extra = {"calibrated": {n: c.chosen for n, c in plan.calibration.items()}} \
+            if plan.calibration else {}
+        if allocation is not None:
+            extra["allocation"] = allocation.as_json()
+        return {**meta, "compress_args": json.dumps({**args, **extra}, default=str)}
+
     def assemble(encoded: dict, allocation: Allocation | None,
                  final: bool = True) -> CompressedModel:
         tensors = {name: memory_tensor(name, *encoded[name]) for name in arrays}
         if final:
             _warn_costly_codebooks(tensors)
-        extra = {"calibrated": {n: c.chosen for n, c in plan.calibration.items()}} \
-            if plan.calibration else {}
-        if allocation is not None:
-            extra["allocation"] = allocation.as_json()
-        model = CompressedModel(tensors, {**meta, "compress_args": json.dumps(
-            {**args, **extra}, default=str)}, source_metadata=source_metadata)
+        model = CompressedModel(tensors, metadata_of(allocation),
+                                source_metadata=source_metadata)
         model.allocation = allocation
         return model
 
     if target is None:
-        return assemble(_encode_all(arrays, plan, progress), None)
+        if out_path is not None:
+            return _encode_to_file(out_path, arrays, plan, lambda: metadata_of(None),
+                                   source_metadata, progress, executor)
+        return assemble(_encode_all(arrays, plan, progress, executor), None)
+    # the allocation scores every tensor against all others: all of them in memory
+    arrays = {n: read_value(v) for n, v in arrays.items()}
     names = _allocatable(arrays, plan, target)
     encodings = len(arrays) - len(names) + sum(
         len(candidate_bits(plan.settings[n].method, plan.settings[n].symmetric)) for n in names)
@@ -387,11 +479,15 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
         encoded, allocation = allocate_bits(
             arrays, plan, names, target, evaluate,
             lambda enc, alloc: assemble(enc, alloc, final=False).nbytes,
-            None if bar is None else bar.update)
+            None if bar is None else bar.update, executor)
     finally:
         if bar is not None:
             bar.close()
-    return assemble(encoded, allocation)
+    model = assemble(encoded, allocation)
+    if out_path is None:
+        return model
+    model.save(out_path)
+    return load(out_path)
 
 
 def _allocatable(arrays: Mapping, plan, target: tuple[str, float]) -> list[str]:
