@@ -148,8 +148,13 @@ def _open_file(path: str) -> tuple[str, object]:
                      f".npz, .pt, .bin, .pth or a *{INDEX_SUFFIX} shard index)")
 
 
-def _read_index(path: str) -> list[tuple[str, list[str]]]:
-    """[(shard path, [tensor names])] of a shard index, in the shards' first-use order."""
+def read_index(path: str) -> tuple[list[tuple[str, list[str]]], dict]:
+    """([(shard path, [tensor names])] in the shards' first-use order, the whole index
+    object) of a Hugging Face style shard index (safetensors, .bin or .qpk shards).
+
+    Raises ValueError naming the index for bad JSON, a missing or empty weight_map, a
+    shard that is not a bare file name beside the index, or one that does not exist.
+    """
     if os.path.getsize(path) > MAX_INDEX_BYTES:
         raise ValueError(f"{path}: shard index larger than {MAX_INDEX_BYTES >> 20} MiB")
     try:
@@ -172,12 +177,12 @@ def _read_index(path: str) -> list[tuple[str, list[str]]]:
         if not os.path.isfile(shard):
             raise ValueError(f"{path}: the weight_map names shard "
                              f"{os.path.basename(shard)!r}, which does not exist")
-    return list(shards.items())
+    return list(shards.items()), index
 
 
 def _open_index(path: str) -> Checkpoint:
     sources = []
-    for shard, names in _read_index(path):
+    for shard, names in read_index(path)[0]:
         shard_path, reader = _open_file(shard)
         missing = [n for n in names if n not in reader.tensors]
         if missing:

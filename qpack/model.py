@@ -22,7 +22,15 @@ from qpack.inputs import read_input
 from qpack.plan import make_plan, patterns
 from qpack.progress import Progress
 from qpack.report import Report
-from qpack.stored_tensor import read_value
+from qpack.shards import (
+    ShardedWriter,
+    check_output_folder,
+    index_path,
+    parse_size,
+    read_shard_index,
+    run_fingerprint,
+)
+from qpack.stored_tensor import StoredTensor, read_value
 from qpack.tensor import CompressedTensor, memory_tensor
 from qpack.tensor_spec import validate_spec
 
@@ -52,6 +60,7 @@ class CompressedModel(Mapping):
         # the bit allocation compress made under a size budget (qpack.allocate.Allocation:
         # every candidate's bytes and score), None otherwise and after load
         self.allocation = None
+        self._shards: list[CompressedModel] = []  # set by load for a sharded model
 
     # -- mapping -----------------------------------------------------------------
     def __getitem__(self, name: str) -> CompressedTensor:
@@ -69,6 +78,20 @@ class CompressedModel(Mapping):
     def __repr__(self) -> str:
         return (f"CompressedModel({len(self)} tensors, {self.original_nbytes:,} -> "
                 f"{self.nbytes:,} bytes, ratio {self.ratio:.2f}x)")
+
+    @property
+    def shards(self) -> list[CompressedModel]:
+        """The shards of a sharded model loaded from its folder or index, each a
+        CompressedModel of its own file, in order; [self] for any other model."""
+        return list(self._shards) if self._shards else [self]
+
+    @property
+    def files(self) -> list[str]:
+        """The .qpk files this model was loaded from (several for a sharded model; [] for
+        one made by compress in memory)."""
+        if self._shards:
+            return [path for part in self._shards for path in part.files]
+        return [] if self._source is None else [self._source.path]
 
     # -- figures -----------------------------------------------------------------
     @property
@@ -182,7 +205,15 @@ def load(path: str | os.PathLike, verify: bool = False) -> CompressedModel:
     Every offset, length, shape and parameter in the header is validated now; each
     section's CRC32 is checked when the section is first read, or for all sections at once
     with ``verify=True``. Raises FormatError for a missing, damaged or unknown file.
+
+    ``path`` may also be a sharded model (qpack/shards.py): its folder or its
+    ``model.qpk.index.json``. Every shard is opened (headers only) and the result is
+    one CompressedModel over all of them; the index must list exactly the tensors each
+    shard holds (FormatError otherwise).
     """
+    index = index_path(os.fspath(path))
+    if index is not None:
+        return _load_shards(index, verify)
     mapped = format.MappedFile(path)
     header = mapped.header
     where = mapped.path
@@ -204,6 +235,27 @@ def load(path: str | os.PathLike, verify: bool = False) -> CompressedModel:
         for t in tensors.values():
             t.verify()
     return CompressedModel(tensors, metadata, source=mapped, source_metadata=source_metadata)
+
+
+def _load_shards(index: str, verify: bool) -> CompressedModel:
+    """One CompressedModel over the shards an index lists (see ``load``)."""
+    shard_list, _ = read_shard_index(index)
+    tensors: dict[str, CompressedTensor] = {}
+    parts = []
+    for shard_path, names in shard_list:
+        part = load(shard_path, verify)
+        if set(part) != set(names):
+            extra = sorted(set(part) - set(names)) or sorted(set(names) - set(part))
+            how = "holds" if set(part) - set(names) else "lacks"
+            raise FormatError(f"{index}: shard {os.path.basename(shard_path)} {how} "
+                              f"tensor {extra[0]!r}, unlike the index's weight_map")
+        tensors.update(part.items())
+        parts.append(part)
+    first = parts[0]
+    model = CompressedModel(tensors, first.metadata, source_metadata=first.source_metadata)
+    model._nbytes = sum(p.nbytes for p in parts)
+    model._shards = parts  # keeps every mapping open with the model
+    return model
 
 
 def _string_map(value, where: str) -> dict[str, str]:
@@ -286,6 +338,46 @@ def _encode_to_file(path: str, arrays: dict, plan, metadata: Callable[[], dict[s
     return load(path)
 
 
+def _encode_to_shards(writer: ShardedWriter, resume: bool, arrays: dict, plan,
+                      progress: bool, executor) -> CompressedModel:
+    """Encode the plan's tensors into a sharded model (qpack/shards.py), each written as
+    it arrives; with ``resume`` the tensors that finished shards hold are skipped."""
+    skipped = set(writer.resumed(list(arrays), resume))
+    todo = {n: v for n, v in arrays.items() if n not in skipped}
+    bar = _progress(todo, progress)
+    try:
+        def done(job: EncodeJob, result) -> None:
+            t = memory_tensor(job.key, *result)
+            _warn_costly_codebooks({job.key: t})
+            writer.add(job.key, *_sections_in_order(t))
+            if bar is not None:
+                bar.update(1, _input_nbytes(job.value))
+
+        run_jobs(plan_jobs(arrays, plan, list(todo)), done, executor)
+        index = writer.finish()
+    except BaseException as exc:
+        writer.abort(exc)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return load(index)
+
+
+def _identities(arrays: Mapping) -> list:
+    """What identifies the inputs of a run (for resuming it): each tensor's name, dtype
+    and shape, and for one read from a file, the file's path, size and mtime."""
+    out = []
+    for name, v in arrays.items():
+        item = [name, str(getattr(v, "dtype", "")), list(np.shape(v)) if not
+                is_prequantized(v) else list(v.shape)]
+        if isinstance(v, StoredTensor):
+            st = os.stat(v.path)
+            item += [v.path, v.offset, st.st_size, st.st_mtime_ns]
+        out.append(item)
+    return out
+
+
 def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmeans", *,
              group_size: int | None = DEFAULT_GROUP_SIZE, symmetric: bool = False,
              clip: str = DEFAULT_CLIP,
@@ -301,7 +393,8 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
              target_bpw: float | None = None, target_bytes: int | None = None,
              evaluate: Callable[[dict[str, np.ndarray]], float] | None = None,
              progress: bool = False, out: str | os.PathLike | None = None,
-             executor=None) -> CompressedModel:
+             executor=None, max_shard_size: int | str | None = None,
+             resume: bool = False) -> CompressedModel:
     """Compress a model's weights: prune, quantize (K-means, linear or log), pack, entropy-code.
 
     Parameters
@@ -402,6 +495,15 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
         in flight), and the output is byte-identical to a run without executor. A task
         that fails there (a worker that died after Dask's retry) raises RuntimeError
         naming the tensor.
+    max_shard_size : with ``out`` a folder: write a sharded model there
+        (``model-0000k-of-0000n.qpk`` files of at most this many bytes of sections each,
+        bytes or a string like "5GB", plus ``model.qpk.index.json``; qpack/shards.py),
+        returned loaded across its shards. A tensor never spans two shards.
+    resume : with ``max_shard_size``: keep the shards an interrupted run of the same
+        compression (same inputs, settings and shard size) finished, and encode only the
+        tensors after them. In-memory inputs are identified by names, shapes and dtypes
+        only; checkpoint files also by size and modification time. A single-file ``out``
+        cannot be resumed: it is written atomically, all or nothing.
 
     Returns a CompressedModel. Raises ValueError, before any encoding, naming any bad
     argument, NaN/Inf weights, an empty model, a pattern that matches no tensor or only
@@ -417,7 +519,19 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
     meta.update(_check_metadata(metadata, "metadata"))
     if not isinstance(progress, bool):
         raise ValueError(f"progress must be True or False, got {progress!r}")
-    out_path = None if out is None else format.check_output_path(out)
+    shard_size = None
+    if max_shard_size is not None:
+        if out is None:
+            raise ValueError("max_shard_size needs out=, the folder to write the shards to")
+        shard_size = parse_size(max_shard_size)
+        out_path = check_output_folder(out)
+    else:
+        out_path = None if out is None else format.check_output_path(out)
+    if not isinstance(resume, bool):
+        raise ValueError(f"resume must be True or False, got {resume!r}")
+    if resume and shard_size is None:
+        raise ValueError("resume needs max_shard_size: only a sharded output can be resumed "
+                         "(a single file is written atomically, all or nothing)")
     check_executor(executor)
     target = check_targets(target_bpw, target_bytes, evaluate)
     arrays, source_metadata = read_input(model_dict)
@@ -465,6 +579,11 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
         return model
 
     if target is None:
+        if shard_size is not None:
+            fingerprint = run_fingerprint([args, shard_size, _identities(arrays)])
+            return _encode_to_shards(ShardedWriter(
+                out_path, shard_size, fingerprint, lambda: metadata_of(None),
+                source_metadata), resume, arrays, plan, progress, executor)
         if out_path is not None:
             return _encode_to_file(out_path, arrays, plan, lambda: metadata_of(None),
                                    source_metadata, progress, executor)
@@ -486,8 +605,19 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
     model = assemble(encoded, allocation)
     if out_path is None:
         return model
-    model.save(out_path)
-    return load(out_path)
+    if shard_size is None:
+        model.save(out_path)
+        return load(out_path)
+    writer = ShardedWriter(out_path, shard_size, run_fingerprint(
+        [args, shard_size, _identities(arrays)]), lambda: model.metadata, source_metadata)
+    writer.resumed(list(model), resume=False)
+    try:
+        for name, t in model.items():
+            writer.add(name, *_sections_in_order(t))
+        return load(writer.finish())
+    except BaseException as exc:
+        writer.abort(exc)
+        raise
 
 
 def _allocatable(arrays: Mapping, plan, target: tuple[str, float]) -> list[str]:
