@@ -34,13 +34,13 @@ _FINAL = re.compile(r"^model-(\d{5})-of-(\d{5})\.qpk$")
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
 # the smallest shard size accepted: below it every tensor would be a shard of its own
-MIN_SHARD_SIZE = 1 << 16
+MIN_SHARD_SIZE = 4096
 
 
 def parse_size(value) -> int:
     """Bytes from an int or a string such as "5GB", "500MB", "1.5GiB" (decimal KB/MB/GB/TB
     as Hugging Face counts them, binary KiB/MiB/GiB/TiB). ValueError for anything else or
-    for less than 64 KiB."""
+    for less than 4096 bytes."""
     if isinstance(value, bool):
         raise ValueError(f"max_shard_size must be bytes or a size such as '5GB', got {value!r}")
     if isinstance(value, int):

@@ -143,7 +143,7 @@ def test_parse_size(value, expect):
 @pytest.mark.parametrize("kw, match", [
     (dict(max_shard_size="5GB"), "max_shard_size needs out="),
     (dict(out="OUT", max_shard_size="lots"), "max_shard_size must be bytes"),
-    (dict(out="OUT", max_shard_size=100), "at least 65536"),
+    (dict(out="OUT", max_shard_size=100), "at least 4096"),
     (dict(out="OUT", max_shard_size=True), "max_shard_size must be bytes"),
     (dict(out="OUT.qpk", resume=True), "resume needs max_shard_size"),
     (dict(out="OUT", max_shard_size="5GB", resume=1), "resume must be True or False"),
