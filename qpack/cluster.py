@@ -60,12 +60,16 @@ def check_codebook_dtype(codebook_dtype, name: str = "codebook_dtype") -> str:
 
 
 def _squared_error(data: np.ndarray, book: np.ndarray, codes: np.ndarray,
-                   keep: np.ndarray | None) -> float:
-    """Sum over kept elements of (book[r, codes[r, c]] - data[r, c])**2 in float64.
+                   keep: np.ndarray | None, weights: np.ndarray | None = None) -> float:
+    """Sum over kept elements of (book[r, codes[r, c]] - data[r, c])**2 in float64, each
+    term times ``weights[r, c]`` when given (a histogram's counts).
 
-    data, codes, keep: (R, n); book (R, k). Runs in slices of about 2**20 elements, so it
-    needs no tensor-sized float64 temporaries.
+    data, codes, keep, weights: (R, n); book (R, k). Runs in slices of about 2**20
+    elements, so it needs no tensor-sized float64 temporaries.
     """
+    if weights is not None:
+        dec = np.take_along_axis(book.astype(np.float64), codes.astype(np.intp), axis=1)
+        return float(np.dot(np.square(dec - data).reshape(-1), weights.reshape(-1)))
     rows, n = data.shape
     step_c = 1 << 20
     step_r = max(1, step_c // max(n, 1))
@@ -81,12 +85,14 @@ def _squared_error(data: np.ndarray, book: np.ndarray, codes: np.ndarray,
 
 
 def stored_codebook(cents: np.ndarray, data: np.ndarray, keep: np.ndarray | None,
-                    codebook_dtype: str) -> tuple[np.ndarray, np.ndarray]:
+                    codebook_dtype: str, weights: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """The codebook as stored and the uint8 codes of ``data`` against it.
 
     cents : float64 (R, k) ascending centroids per row (R = 1: one codebook for all data).
     data : float32/float64 (R, n), finite; keep : bool (R, n) or None, the elements whose
-        error counts (pruned ones are coded apart by the caller).
+        error counts (pruned ones are coded apart by the caller). weights : (R, n) or None,
+        how many times each element counts (``data`` the distinct values of a histogram).
     codebook_dtype : checked ("auto", "float16" or "float32"). "float16": the rounded
         centroids; ValueError if one exceeds float16's range (65504). "auto": float16
         unless a centroid overflows it or the kept elements' squared error, each element
@@ -112,8 +118,8 @@ def stored_codebook(cents: np.ndarray, data: np.ndarray, keep: np.ndarray | None
     if codebook_dtype == "float16":
         return book16, codes16
     codes32 = assign_nearest(data, book32.astype(np.float64), dtype=np.uint8)
-    err32 = _squared_error(data, book32, codes32, keep)
-    err16 = _squared_error(data, book16, codes16, keep)
+    err32 = _squared_error(data, book32, codes32, keep, weights)
+    err16 = _squared_error(data, book16, codes16, keep, weights)
     if err16 <= err32 * (1.0 + FP16_CODEBOOK_TOLERANCE):
         return book16, codes16
     return book32, codes32
@@ -136,6 +142,10 @@ def _check_init(init, k: int):
     if not np.isfinite(arr).all():
         raise ValueError("init array must be finite")
     return np.sort(arr)
+
+
+# From this many values, 16-bit weights are clustered as a histogram (sixteen_bit_keys).
+HISTOGRAM_MIN = 1 << 16
 
 
 def _threads_for(work: int) -> int:
@@ -494,11 +504,13 @@ class KMeansQuantized:
 
     def dequantize(self, dtype=np.float32) -> np.ndarray:
         """codebook[codes] (per row: codebook[r, codes[r, :]]) as ``dtype``, of ``shape``."""
+        # the (small) codebook is converted, not the gathered weights: the same values, and
+        # numpy's float16 -> float32 cast of a whole tensor costs more than the gather
+        book = np.asarray(self.codebook).astype(dtype, copy=False)
         if not self.per_channel:
-            return self.codebook[self.codes].astype(dtype, copy=False)
+            return book[self.codes]
         codes = as_matrix(self.codes)
-        out = np.take_along_axis(self.codebook, codes.astype(np.intp), axis=1)
-        return out.reshape(self.shape).astype(dtype, copy=False)
+        return np.take_along_axis(book, codes.astype(np.intp), axis=1).reshape(self.shape)
 
     @property
     def nbytes_params(self) -> int:
@@ -521,6 +533,51 @@ def check_mask(mask, shape: tuple, name: str = "mask") -> np.ndarray:
     if m.shape != tuple(shape):
         raise ValueError(f"{name} must have the weights' shape {tuple(shape)}, got {m.shape}")
     return m
+
+
+def sixteen_bit_keys(flat: np.ndarray, keep: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(a uint16 key per element, the float32 value of every key, the count of each key
+    among the kept elements) when each value of float32 ``flat`` is exactly a bfloat16
+    or a float16 value (weights that were stored in 16 bits); None otherwise, or for
+    fewer than HISTOGRAM_MIN values. ``keep``: bool mask of flat's shape, or None (all).
+
+    bfloat16 takes one pass (a kernel); float16 is tried on a first block before the
+    whole array, so genuine float32 data costs little.
+    """
+    if flat.dtype != np.float32 or flat.size < HISTOGRAM_MIN:
+        return None
+    bits = flat.view(np.uint32)
+    if not (bits[:4096] & 0xFFFF).any():
+        threads = _threads_for(flat.size)
+        keys = np.empty(flat.size, dtype=np.uint16)
+        counts = np.zeros((threads, 1 << 16), dtype=np.int64)
+        mask = np.empty(0, np.uint8) if keep is None else keep.view(np.uint8)
+        if _k.bf16_histogram(bits, keys, mask, counts, threads):
+            table = (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32)
+            return keys, table, counts.sum(axis=0)
+    head = flat[:4096]
+    with np.errstate(over="ignore"):
+        if (head.astype(np.float16).astype(np.float32) == head).all():
+            half = flat.astype(np.float16)
+            if (half.astype(np.float32) == flat).all():
+                table = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+                keys = half.view(np.uint16)
+                return keys, table, np.bincount(keys if keep is None else keys[keep],
+                                                minlength=1 << 16)
+    return None
+
+
+def _fit_histogram(counts: np.ndarray, table: np.ndarray, k: int, init, max_iter: int, rng
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(k ascending centroids, the keys present, their counts) of the values ``table``
+    whose 16-bit keys occur ``counts`` times: the same K-means as on the values
+    themselves, on at most 65536 weighted points."""
+    present = np.flatnonzero(counts)
+    values = table[present].astype(np.float64)
+    order = np.argsort(values, kind="stable")
+    xs, ws = values[order], counts[present][order].astype(np.float64)
+    return _lloyd_sorted(xs, ws, k, init, max_iter, 0.0, rng), present[order], ws
 
 
 def _fit_values(vals: np.ndarray, k: int, init, max_iter: int, rng) -> np.ndarray:
@@ -615,12 +672,30 @@ def quantize_kmeans(w, bits: int, *, mask=None, init="linear", per_channel: bool
                               for r in range(mat.shape[0])])
         data = mat
     else:
-        vals = mat.reshape(-1) if mmat is None else mat[mmat]
-        cents = _fit_values(vals, k_fit, init, max_iter, rng).reshape(1, -1)
         data = mat.reshape(1, -1)
     keep = None if mmat is None else mmat.reshape(data.shape)
-    # the codes are those of the stored (possibly float16-rounded) codebook
-    book, codes = stored_codebook(cents, data, keep, codebook_dtype)
+    hist = None
+    if not per_channel and not (isinstance(init, str) and init == "random") and (
+            keep is None or keep.any()):
+        # weights that were bfloat16/float16 take at most 65536 values: cluster and code
+        # their histogram (random init draws data points, so it keeps the direct path)
+        hist = sixteen_bit_keys(data[0], None if keep is None else keep[0])
+    if hist is not None:
+        keys, table, key_counts = hist
+        cents, present, counts = _fit_histogram(key_counts, table, k_fit, init, max_iter,
+                                                rng)
+        book, codes_of = stored_codebook(cents.reshape(1, -1), table[present].reshape(1, -1),
+                                         None, codebook_dtype, counts.reshape(1, -1))
+        lut = np.zeros(1 << 16, dtype=np.uint8)  # keys of pruned weights: recoded below
+        lut[present] = codes_of[0]
+        codes = lut[keys].reshape(data.shape)
+    elif not per_channel:
+        vals = data[0] if keep is None else data[keep]
+        cents = _fit_values(vals, k_fit, init, max_iter, rng).reshape(1, -1)
+        book, codes = stored_codebook(cents, data, keep, codebook_dtype)
+    else:
+        # the codes are those of the stored (possibly float16-rounded) codebook
+        book, codes = stored_codebook(cents, data, keep, codebook_dtype)
     zero_code = None
     if keep is not None:
         zero_code = 0

@@ -15,7 +15,7 @@ below lies inside these arrays.
 
 from cython.parallel cimport parallel, prange
 from libc.math cimport INFINITY, nextafterf
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t
 from libc.stdlib cimport free, malloc
 
 ctypedef fused value_t:
@@ -297,3 +297,45 @@ cdef void _scatter(const uint32_t* src, uint32_t* dst, Py_ssize_t lo, Py_ssize_t
         pos = h[(key >> shift) & 255]
         h[(key >> shift) & 255] = pos + 1
         dst[pos] = _from_key(key) if unkey_out else key
+
+
+cdef bint _bf16_chunk(const uint32_t* bits, uint16_t* keys, const uint8_t* keep,
+                      Py_ssize_t lo, Py_ssize_t hi, int64_t* counts) noexcept nogil:
+    # keys and counts of one chunk; False at the first value with low bits set
+    cdef Py_ssize_t i
+    cdef uint32_t b
+    for i in range(lo, hi):
+        b = bits[i]
+        if b & 0xFFFF:
+            return False
+        keys[i] = <uint16_t>(b >> 16)
+        if keep == NULL or keep[i]:
+            counts[b >> 16] += 1
+    return True
+
+
+def bf16_histogram(const uint32_t[::1] bits, uint16_t[::1] keys, const uint8_t[::1] keep,
+                   int64_t[:, ::1] counts, int num_threads=1):
+    """For float32 values (as uint32 ``bits``) that are all bfloat16 values (low 16 bits
+    zero): keys[i] = bits[i] >> 16, and counts[t, key] counts the kept values (``keep``
+    of length 0: all) of thread t's chunk. Returns False, with keys and counts partial,
+    as soon as a value is not a bfloat16 value.
+
+    Trusts the caller (qpack/cluster.py): keys has len(bits) elements, keep len(bits) or
+    0, counts (T, 65536) zeroed with T >= num_threads.
+    """
+    cdef Py_ssize_t n = bits.shape[0]
+    cdef int T = num_threads if num_threads > 0 else 1
+    cdef int t
+    cdef int bad = 0
+    cdef const uint8_t* kp = &keep[0] if keep.shape[0] else NULL
+    if n == 0:
+        return True
+    if n < 65536 * T:
+        T = 1
+    with nogil:
+        for t in prange(T, num_threads=T, schedule="static"):
+            # an in-place sum: prange makes it a reduction over the chunks
+            bad += not _bf16_chunk(&bits[0], &keys[0], kp, (n * t) // T,
+                                   (n * (t + 1)) // T, &counts[t, 0])
+    return bad == 0
