@@ -502,6 +502,15 @@ class KMeansQuantized:
     shape: tuple
     per_channel: bool
 
+    def dequantize_rows(self, start: int, stop: int, dtype=np.float32) -> np.ndarray:
+        """Rows [start, stop) of the (rows, cols) matrix view, decoded as ``dequantize``
+        decodes them (so large tensors can be decoded a block of rows at a time)."""
+        codes = as_matrix(self.codes)[start:stop]
+        book = np.asarray(self.codebook).astype(dtype, copy=False)
+        if not self.per_channel:
+            return book[codes]
+        return np.take_along_axis(book[start:stop], codes.astype(np.intp), axis=1)
+
     def dequantize(self, dtype=np.float32) -> np.ndarray:
         """codebook[codes] (per row: codebook[r, codes[r, :]]) as ``dtype``, of ``shape``."""
         # the (small) codebook is converted, not the gathered weights: the same values, and
@@ -535,36 +544,48 @@ def check_mask(mask, shape: tuple, name: str = "mask") -> np.ndarray:
     return m
 
 
-def sixteen_bit_keys(flat: np.ndarray, keep: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(a uint16 key per element, the float32 value of every key, the count of each key
-    among the kept elements) when each value of float32 ``flat`` is exactly a bfloat16
-    or a float16 value (weights that were stored in 16 bits); None otherwise, or for
-    fewer than HISTOGRAM_MIN values. ``keep``: bool mask of flat's shape, or None (all).
+def sixteen_bit_histogram(flat: np.ndarray, keep: np.ndarray | None = None):
+    """When each value of float32 ``flat`` is exactly a bfloat16 or a float16 value
+    (weights that were stored in 16 bits): (the float32 value of each of the 65536 keys,
+    the count of each key among the kept elements, ``codes_of(lut)`` giving each
+    element's ``lut[key]`` as uint8 of flat's shape). None otherwise, or for fewer than
+    HISTOGRAM_MIN values. ``keep``: bool mask of flat's shape, or None (all).
 
-    bfloat16 takes one pass (a kernel); float16 is tried on a first block before the
-    whole array, so genuine float32 data costs little.
+    bfloat16 values are their float32 bits' upper half: one pass counts them, another
+    codes them, with no key array. float16 is tried on a first block before the whole
+    array, so genuine float32 data costs little.
     """
     if flat.dtype != np.float32 or flat.size < HISTOGRAM_MIN:
         return None
     bits = flat.view(np.uint32)
+    threads = _threads_for(flat.size)
     if not (bits[:4096] & 0xFFFF).any():
-        threads = _threads_for(flat.size)
-        keys = np.empty(flat.size, dtype=np.uint16)
         counts = np.zeros((threads, 1 << 16), dtype=np.int64)
         mask = np.empty(0, np.uint8) if keep is None else keep.view(np.uint8)
-        if _k.bf16_histogram(bits, keys, mask, counts, threads):
+        if _k.bf16_histogram(bits, mask, counts, threads):
+            def bf16_codes(lut: np.ndarray) -> np.ndarray:
+                out = np.empty(flat.size, dtype=np.uint8)
+                _k.bf16_codes(bits, lut, out, threads)
+                return out
+
             table = (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32)
-            return keys, table, counts.sum(axis=0)
+            return table, counts.sum(axis=0), bf16_codes
     head = flat[:4096]
     with np.errstate(over="ignore"):
         if (head.astype(np.float16).astype(np.float32) == head).all():
             half = flat.astype(np.float16)
             if (half.astype(np.float32) == flat).all():
-                table = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
                 keys = half.view(np.uint16)
-                return keys, table, np.bincount(keys if keep is None else keys[keep],
-                                                minlength=1 << 16)
+
+                def half_codes(lut: np.ndarray) -> np.ndarray:
+                    out = np.empty(flat.size, dtype=np.uint8)
+                    for i in range(0, keys.size, 1 << 20):  # blocks: a small index cast
+                        np.take(lut, keys[i:i + (1 << 20)], out=out[i:i + (1 << 20)])
+                    return out
+
+                table = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+                return table, np.bincount(keys if keep is None else keys[keep],
+                                          minlength=1 << 16), half_codes
     return None
 
 
@@ -679,16 +700,18 @@ def quantize_kmeans(w, bits: int, *, mask=None, init="linear", per_channel: bool
             keep is None or keep.any()):
         # weights that were bfloat16/float16 take at most 65536 values: cluster and code
         # their histogram (random init draws data points, so it keeps the direct path)
-        hist = sixteen_bit_keys(data[0], None if keep is None else keep[0])
+        hist = sixteen_bit_histogram(data[0], None if keep is None else keep[0])
     if hist is not None:
-        keys, table, key_counts = hist
+        table, key_counts, codes_of = hist
         cents, present, counts = _fit_histogram(key_counts, table, k_fit, init, max_iter,
                                                 rng)
-        book, codes_of = stored_codebook(cents.reshape(1, -1), table[present].reshape(1, -1),
-                                         None, codebook_dtype, counts.reshape(1, -1))
+        book, present_codes = stored_codebook(cents.reshape(1, -1),
+                                              table[present].reshape(1, -1), None,
+                                              codebook_dtype, counts.reshape(1, -1))
         lut = np.zeros(1 << 16, dtype=np.uint8)  # keys of pruned weights: recoded below
-        lut[present] = codes_of[0]
-        codes = lut[keys].reshape(data.shape)
+        lut[present] = present_codes[0]
+        codes = codes_of(lut).reshape(data.shape)
+        del hist, codes_of
     elif not per_channel:
         vals = data[0] if keep is None else data[keep]
         cents = _fit_values(vals, k_fit, init, max_iter, rng).reshape(1, -1)

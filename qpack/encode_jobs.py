@@ -50,9 +50,12 @@ def encode_job(job: EncodeJob) -> tuple[dict, dict[str, np.ndarray]]:
     """
     value = job.value
     if isinstance(value, StoredTensor):
+        if job.settings is not None:
+            # read straight into float32, finite-checked block by block (the plan could
+            # not look at values it had not read)
+            return encode_tensor(value.read_float32(), job.settings, job.mask,
+                                 job.calibration, dtype_name=value.dtype_name)
         value = value.read()
-        if job.settings is not None and not np.isfinite(value).all():
-            raise ValueError(f"tensor {job.key!r} contains NaN or Inf")
     if job.settings is None:
         return encode_raw_tensor(value)
     if is_prequantized(value):

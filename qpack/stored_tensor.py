@@ -15,6 +15,9 @@ import numpy as np
 
 from qpack import dtypes
 
+# read_float32 converts this many elements at a time
+READ_BLOCK_ELEMENTS = 1 << 20
+
 
 @dataclass(frozen=True)
 class StoredTensor:
@@ -51,6 +54,39 @@ class StoredTensor:
     def nbytes(self) -> int:
         """Bytes of the tensor as stored in the checkpoint."""
         return self.size * dtypes.itemsize(self.dtype_name)
+
+    def read_float32(self) -> np.ndarray:
+        """The values of a floating tensor as float32 (what compress quantizes), converted
+        block by block: no copy in the stored dtype beside it. Raises ValueError naming
+        the tensor when a value is NaN or Inf, or as ``read``."""
+        if self.array is not None or self.dtype_name == "float32":
+            out = np.asarray(self.read(), dtype=np.float32)
+            if not np.isfinite(out).all():
+                raise ValueError(f"tensor {self.name!r} contains NaN or Inf")
+            return out
+        storage = dtypes.storage_dtype(self.dtype_name)
+        out = np.empty(self.size, dtype=np.float32)
+        block = READ_BLOCK_ELEMENTS
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                for start in range(0, self.size, block):
+                    raw = np.fromfile(fh, dtype=storage, count=min(block, self.size - start))
+                    if raw.size != min(block, self.size - start):
+                        raise ValueError(f"{self.path}: tensor {self.name!r} needs "
+                                         f"{self.nbytes} bytes at offset {self.offset}; the "
+                                         "file is shorter (changed since it was opened?)")
+                    part = out[start:start + raw.size]
+                    if self.dtype_name == "bfloat16":  # its bits are float32's upper half
+                        np.left_shift(raw.astype(np.uint32), 16, out=part.view(np.uint32))
+                    else:
+                        part[...] = raw
+                    if not np.isfinite(part).all():
+                        raise ValueError(f"tensor {self.name!r} contains NaN or Inf")
+        except OSError as exc:
+            raise ValueError(f"{self.path}: cannot read tensor {self.name!r} "
+                             f"({exc.strerror or exc})") from None
+        return out.reshape(self.shape)
 
     def read(self) -> np.ndarray:
         """The tensor's values, read from the file now (see the class docstring)."""

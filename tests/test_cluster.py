@@ -475,19 +475,22 @@ def _sixteen_bit(kind: str, n: int, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("n", [0, 1, 4095, 4096, 65536, 200_001])
 @pytest.mark.parametrize("masked", [False, True])
-def test_bf16_histogram_kernel_against_numpy(n, masked):
+def test_bf16_kernels_against_numpy(n, masked):
     from qpack._kernels import cluster as k
 
     w = _sixteen_bit("bfloat16", n, seed=n)
     bits = w.view(np.uint32)
+    keys = (bits >> 16).astype(np.uint16)
     keep = np.random.default_rng(1).random(n) < 0.6 if masked else None
-    keys = np.empty(n, np.uint16)
     counts = np.zeros((2, 1 << 16), np.int64)
-    assert k.bf16_histogram(bits, keys, np.empty(0, np.uint8) if keep is None
+    assert k.bf16_histogram(bits, np.empty(0, np.uint8) if keep is None
                             else keep.view(np.uint8), counts, 2)
-    np.testing.assert_array_equal(keys, (bits >> 16).astype(np.uint16))
     ref = np.bincount(keys if keep is None else keys[keep], minlength=1 << 16)
     np.testing.assert_array_equal(counts.sum(axis=0), ref)
+    lut = np.random.default_rng(2).integers(0, 256, 1 << 16).astype(np.uint8)
+    out = np.empty(n, np.uint8)
+    k.bf16_codes(bits, lut, out, 2)
+    np.testing.assert_array_equal(out, lut[keys])
 
 
 @pytest.mark.parametrize("where", [0, 70_000, 199_999])
@@ -497,25 +500,28 @@ def test_bf16_histogram_kernel_refuses_a_float32_value(where):
     w = _sixteen_bit("bfloat16", 200_000)
     w[where] = np.float32(0.1)  # not a bfloat16 value: low bits set
     counts = np.zeros((2, 1 << 16), np.int64)
-    assert not k.bf16_histogram(w.view(np.uint32), np.empty(w.size, np.uint16),
-                                np.empty(0, np.uint8), counts, 2)
+    assert not k.bf16_histogram(w.view(np.uint32), np.empty(0, np.uint8), counts, 2)
 
 
 @pytest.mark.parametrize("kind", ["bfloat16", "float16", "float32"])
-def test_sixteen_bit_keys_decide_by_the_values(kind):
-    from qpack.cluster import sixteen_bit_keys
+def test_sixteen_bit_histogram_decides_by_the_values(kind):
+    from qpack.cluster import sixteen_bit_histogram
 
     w = _sixteen_bit(kind, 100_000) if kind != "float32" else \
         np.random.default_rng(0).standard_normal(100_000).astype(np.float32)
-    found = sixteen_bit_keys(w)
+    found = sixteen_bit_histogram(w)
     if kind == "float32":
         assert found is None
         return
-    keys, table, counts = found
-    np.testing.assert_array_equal(table[keys], w)
+    table, counts, codes_of = found
     assert counts.sum() == w.size
+    # a table holding each key's own index, as a 16-bit value split in two lookups
+    low = (np.arange(1 << 16) & 0xFF).astype(np.uint8)
+    high = (np.arange(1 << 16) >> 8).astype(np.uint8)
+    keys = codes_of(low).astype(np.int64) | (codes_of(high).astype(np.int64) << 8)
+    np.testing.assert_array_equal(table[keys], w)
     w[-1] = np.float32(1 / 3)  # one genuine float32 value at the end: no histogram
-    assert sixteen_bit_keys(w) is None
+    assert sixteen_bit_histogram(w) is None
 
 
 @pytest.mark.parametrize("kind", ["bfloat16", "float16"])

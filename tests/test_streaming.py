@@ -193,3 +193,23 @@ def test_dask_local_cluster_gives_the_same_bytes(tmp_path):
                        out=tmp_path / "d.qpk", executor=client)
     assert (tmp_path / "a.qpk").read_bytes() == (tmp_path / "b.qpk").read_bytes()
     assert (tmp_path / "c.qpk").read_bytes() == (tmp_path / "d.qpk").read_bytes()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32", "float64"])
+def test_read_float32_matches_read(tmp_path, monkeypatch, dtype):
+    import qpack.stored_tensor as st
+    from qpack import dtypes
+
+    w = np.random.default_rng(3).standard_normal((70, 33)).astype(np.float32)
+    arr = dtypes.cast_to(w, dtype) if dtype != "float64" else w.astype(np.float64)
+    write_safetensors(tmp_path / "m.safetensors", {"w": arr})
+    ref = qpack.open_checkpoint(tmp_path / "m.safetensors").stored("w")
+    monkeypatch.setattr(st, "READ_BLOCK_ELEMENTS", 100)  # many blocks, a ragged last one
+    got = ref.read_float32()
+    assert got.dtype == np.float32 and got.shape == (70, 33)
+    np.testing.assert_array_equal(got, ref.read().astype(np.float32))
+    arr = arr.copy()
+    arr.reshape(-1)[-1] = np.inf  # in the last block
+    write_safetensors(tmp_path / "m.safetensors", {"w": arr})
+    with pytest.raises(ValueError, match="'w' contains NaN or Inf"):
+        qpack.open_checkpoint(tmp_path / "m.safetensors").stored("w").read_float32()

@@ -299,30 +299,30 @@ cdef void _scatter(const uint32_t* src, uint32_t* dst, Py_ssize_t lo, Py_ssize_t
         dst[pos] = _from_key(key) if unkey_out else key
 
 
-cdef bint _bf16_chunk(const uint32_t* bits, uint16_t* keys, const uint8_t* keep,
-                      Py_ssize_t lo, Py_ssize_t hi, int64_t* counts) noexcept nogil:
-    # keys and counts of one chunk; False at the first value with low bits set
+cdef bint _bf16_chunk(const uint32_t* bits, const uint8_t* keep, Py_ssize_t lo,
+                      Py_ssize_t hi, int64_t* counts) noexcept nogil:
+    # counts of one chunk's kept values by their upper 16 bits; False at the first value
+    # with low bits set
     cdef Py_ssize_t i
     cdef uint32_t b
     for i in range(lo, hi):
         b = bits[i]
         if b & 0xFFFF:
             return False
-        keys[i] = <uint16_t>(b >> 16)
         if keep == NULL or keep[i]:
             counts[b >> 16] += 1
     return True
 
 
-def bf16_histogram(const uint32_t[::1] bits, uint16_t[::1] keys, const uint8_t[::1] keep,
+def bf16_histogram(const uint32_t[::1] bits, const uint8_t[::1] keep,
                    int64_t[:, ::1] counts, int num_threads=1):
     """For float32 values (as uint32 ``bits``) that are all bfloat16 values (low 16 bits
-    zero): keys[i] = bits[i] >> 16, and counts[t, key] counts the kept values (``keep``
-    of length 0: all) of thread t's chunk. Returns False, with keys and counts partial,
-    as soon as a value is not a bfloat16 value.
+    zero): counts[t, bits >> 16] counts the kept values (``keep`` of length 0: all) of
+    thread t's chunk. Returns False, with counts partial, as soon as a value is not a
+    bfloat16 value.
 
-    Trusts the caller (qpack/cluster.py): keys has len(bits) elements, keep len(bits) or
-    0, counts (T, 65536) zeroed with T >= num_threads.
+    Trusts the caller (qpack/cluster.py): keep has len(bits) elements or 0, counts is
+    (T, 65536) zeroed with T >= num_threads.
     """
     cdef Py_ssize_t n = bits.shape[0]
     cdef int T = num_threads if num_threads > 0 else 1
@@ -336,6 +336,21 @@ def bf16_histogram(const uint32_t[::1] bits, uint16_t[::1] keys, const uint8_t[:
     with nogil:
         for t in prange(T, num_threads=T, schedule="static"):
             # an in-place sum: prange makes it a reduction over the chunks
-            bad += not _bf16_chunk(&bits[0], &keys[0], kp, (n * t) // T,
-                                   (n * (t + 1)) // T, &counts[t, 0])
+            bad += not _bf16_chunk(&bits[0], kp, (n * t) // T, (n * (t + 1)) // T,
+                                   &counts[t, 0])
     return bad == 0
+
+
+def bf16_codes(const uint32_t[::1] bits, const uint8_t[::1] lut, uint8_t[::1] out,
+               int num_threads=1):
+    """out[i] = lut[bits[i] >> 16]: the codes of bfloat16 values through a table indexed
+    by their 16 bits (no key array beside the data).
+
+    Trusts the caller: lut has 65536 entries and out len(bits).
+    """
+    cdef Py_ssize_t n = bits.shape[0], i
+    if n == 0:
+        return
+    for i in prange(n, nogil=True, num_threads=num_threads if n >= 1 << 16 else 1,
+                    schedule="static"):
+        out[i] = lut[bits[i] >> 16]
