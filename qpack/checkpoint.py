@@ -11,8 +11,9 @@ Accepted (``open_checkpoint``):
 - several files (a list of paths), merged; a tensor name in two of them is an error.
 
 Safetensors shards are memory-mapped and only their headers are read when the checkpoint
-is opened; each tensor is copied out when it is asked for (``Checkpoint[name]``), so a
-caller that keeps only the tensors it works on never holds a whole shard in memory.
+is opened (``.npz``: each member's .npy header); each tensor is copied out when it is
+asked for (``Checkpoint[name]``), so a caller that keeps only the tensors it works on
+never holds a whole shard in memory.
 Every dtype is kept (bfloat16, float16, float32, ...). Errors are ValueError naming the
 file, the shard or the tensor.
 """
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -105,6 +108,45 @@ class _ArraysReader:
                             array=self._arrays[name])
 
 
+class _NpzReader:
+    """A ``.npz`` read member by member: every member's dtype and shape from its .npy
+    header now, each array only when asked for (a worker elsewhere reads it by member
+    name). Nothing is ever unpickled."""
+
+    def __init__(self, path: str):
+        from qpack import dtypes
+        from qpack.inputs import check_npz_signature
+
+        self.path = path
+        check_npz_signature(path)
+        self.tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
+        try:
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    if not info.filename.endswith(".npy"):
+                        raise ValueError(f"member {info.filename!r} is not a .npy array")
+                    with zf.open(info) as fh:
+                        version = np.lib.format.read_magic(fh)
+                        read_header = (np.lib.format.read_array_header_1_0 if version ==
+                                       (1, 0) else np.lib.format.read_array_header_2_0)
+                        shape, _, dtype = read_header(fh)
+                    if dtype.hasobject:
+                        raise ValueError("it holds object arrays, which qpack never "
+                                         "unpickles")
+                    self.tensors[info.filename[:-4]] = (dtypes.dtype_name(dtype),
+                                                        tuple(shape))
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"{path}: damaged or unreadable .npz ({reason})") from None
+
+    def read(self, name: str) -> np.ndarray:
+        return self.stored(name).read()
+
+    def stored(self, name: str) -> StoredTensor:
+        dname, shape = self.tensors[name]
+        return StoredTensor(name, dname, shape, os.path.abspath(self.path), member=name)
+
+
 def _torch_state_dict(path: str) -> dict[str, np.ndarray]:
     """The tensors of a PyTorch checkpoint, through torch.load(weights_only=True)."""
     try:
@@ -139,9 +181,7 @@ def _open_file(path: str) -> tuple[str, object]:
 
         return path, SafetensorsFile(path)
     if ext == ".npz":
-        from qpack.inputs import read_npz
-
-        return path, _ArraysReader(path, read_npz(path))
+        return path, _NpzReader(path)
     if ext in TORCH_EXTENSIONS:
         return path, _ArraysReader(path, _torch_state_dict(path))
     raise ValueError(f"{path}: unknown model file type {ext!r} (expected .safetensors, "

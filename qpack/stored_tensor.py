@@ -22,8 +22,8 @@ READ_BLOCK_ELEMENTS = 1 << 20
 @dataclass(frozen=True)
 class StoredTensor:
     """Tensor ``name`` of ``path``: ``dtype_name`` ("bfloat16", "float32", ...) and
-    ``shape``, its little-endian bytes at ``offset`` in the file, or (formats qpack cannot
-    read by offset: ``.npz``, torch files) the array itself in ``array``.
+    ``shape``, its little-endian bytes at ``offset`` in the file, a ``.npz``'s ``member``,
+    or (torch files, which qpack cannot read by offset) the array itself in ``array``.
 
     ``read()`` returns a fresh numpy array of that dtype and shape (bfloat16 as
     ml_dtypes.bfloat16). Raises ValueError naming the file when it has changed since it
@@ -36,6 +36,7 @@ class StoredTensor:
     path: str
     offset: int | None = None
     array: np.ndarray | None = None
+    member: str | None = None  # a .npz member (compressed or not: read by name)
 
     @property
     def dtype(self) -> np.dtype:
@@ -59,7 +60,7 @@ class StoredTensor:
         """The values of a floating tensor as float32 (what compress quantizes), converted
         block by block: no copy in the stored dtype beside it. Raises ValueError naming
         the tensor when a value is NaN or Inf, or as ``read``."""
-        if self.array is not None or self.dtype_name == "float32":
+        if self.offset is None or self.dtype_name == "float32":
             out = np.asarray(self.read(), dtype=np.float32)
             if not np.isfinite(out).all():
                 raise ValueError(f"tensor {self.name!r} contains NaN or Inf")
@@ -92,6 +93,14 @@ class StoredTensor:
         """The tensor's values, read from the file now (see the class docstring)."""
         if self.array is not None:
             return self.array
+        if self.member is not None:
+            from qpack.inputs import read_npz
+
+            arr = read_npz(self.path, self.member)
+            if arr.shape != self.shape or dtypes.dtype_name(arr.dtype) != self.dtype_name:
+                raise ValueError(f"{self.path}: tensor {self.name!r} changed since the file "
+                                 "was opened")
+            return arr
         storage = dtypes.storage_dtype(self.dtype_name)
         try:
             with open(self.path, "rb") as fh:

@@ -213,3 +213,25 @@ def test_read_float32_matches_read(tmp_path, monkeypatch, dtype):
     write_safetensors(tmp_path / "m.safetensors", {"w": arr})
     with pytest.raises(ValueError, match="'w' contains NaN or Inf"):
         qpack.open_checkpoint(tmp_path / "m.safetensors").stored("w").read_float32()
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_npz_members_are_read_one_at_a_time(tmp_path, save):
+    """A .npz opens from its members' .npy headers; each array is read when encoded, in
+    whichever process encodes it."""
+    rng = np.random.default_rng(4)
+    arrays = {"a": rng.standard_normal((64, 300)).astype(np.float32),
+              "b": rng.standard_normal((40, 50)).astype(np.float16),
+              "step": np.array(3, np.int64)}
+    save(tmp_path / "m.npz", **arrays)
+    ckpt = qpack.open_checkpoint(tmp_path / "m.npz")
+    assert [(ckpt.dtype_of(n), ckpt.shape_of(n)) for n in ckpt] == [
+        ("float32", (64, 300)), ("float16", (40, 50)), ("int64", ())]
+    assert ckpt.stored("a").array is None and ckpt.stored("a").member == "a"
+    np.testing.assert_array_equal(ckpt["b"], arrays["b"])
+    qpack.compress(tmp_path / "m.npz", min_numel=0).save(tmp_path / "x.qpk")
+    with local_workers(2) as pool:
+        qpack.compress(tmp_path / "m.npz", min_numel=0, out=tmp_path / "y.qpk",
+                       executor=pool)
+    assert (tmp_path / "x.qpk").read_bytes() == (tmp_path / "y.qpk").read_bytes()
+    assert qpack.load(tmp_path / "y.qpk")["step"].dequantize() == 3
