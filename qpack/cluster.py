@@ -226,15 +226,16 @@ def _relocate_empty(xs, ws, edges, c, S, W, lo, hi, shift):
     owner = owner[first]
     dist = np.square(xs[idx].astype(np.float64) - c[owner])
     far = np.argsort(-dist, kind="stable")[:ne]
-    for new_j, f in zip(empty, far, strict=False):
-        x = float(xs[idx[f]]) - shift
-        wt = 1.0 if ws is None else float(ws[idx[f]])
-        old = owner[f]
-        S[old] -= x * wt
-        W[old] -= wt
-        S[new_j] = x * wt
-        W[new_j] = wt
-        lo[new_j] = hi[new_j] = xs[idx[f]]
+    new_j, pts, old = empty[:far.size], idx[far], owner[far]
+    wt = np.ones(far.size) if ws is None else ws[pts]
+    xw = (xs[pts].astype(np.float64) - shift) * wt
+    # Unbuffered and in order, so an old cluster giving up several points subtracts
+    # them one by one in the same order as a loop would.
+    np.subtract.at(S, old, xw)
+    np.subtract.at(W, old, wt)
+    S[new_j] = xw
+    W[new_j] = wt
+    lo[new_j] = hi[new_j] = xs[pts]
 
 
 # Row states reported by the lloyd_rows kernel (see qpack/_kernels/cluster.pyx).
