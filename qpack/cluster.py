@@ -213,13 +213,14 @@ def _initial_centroids(xs, ws, wcum, k, init, rng) -> np.ndarray:
     return np.sort(xs[rng.choice(n, size=k, replace=False)].astype(np.float64))
 
 
-def _relocate_empty(xs, ws, edges, c, S, W, shift):
+def _relocate_empty(xs, ws, edges, c, S, W, lo, hi, shift):
     """Move empty clusters onto the points farthest from their centroids (in place on S, W).
 
     As in scikit-learn's Lloyd: the e empty clusters take the e points with the largest
     distance to the centroid they were assigned to, and those points leave their old
     clusters. Within a contiguous run, distance to a centroid is largest at the ends, so
-    the e first and e last points of each run hold every candidate.
+    the e first and e last points of each run hold every candidate. A cluster that takes
+    point x gets lo = hi = x (its mean clamps to x exactly: see _clamped_means).
     """
     empty = np.flatnonzero(W <= 0)
     cnt = np.diff(edges)
@@ -235,14 +236,16 @@ def _relocate_empty(xs, ws, edges, c, S, W, shift):
     owner = owner[first]
     dist = np.square(xs[idx].astype(np.float64) - c[owner])
     far = np.argsort(-dist, kind="stable")[:ne]
-    for new_j, f in zip(empty, far, strict=False):
-        x = float(xs[idx[f]]) - shift
-        wt = 1.0 if ws is None else float(ws[idx[f]])
-        old = owner[f]
-        S[old] -= x * wt
-        W[old] -= wt
-        S[new_j] = x * wt
-        W[new_j] = wt
+    new_j, pts, old = empty[:far.size], idx[far], owner[far]
+    wt = np.ones(far.size) if ws is None else ws[pts]
+    xw = (xs[pts].astype(np.float64) - shift) * wt
+    # Unbuffered and in order, so an old cluster giving up several points subtracts
+    # them one by one in the same order as a loop would.
+    np.subtract.at(S, old, xw)
+    np.subtract.at(W, old, wt)
+    S[new_j] = xw
+    W[new_j] = wt
+    lo[new_j] = hi[new_j] = xs[pts]
 
 
 # Row states reported by the lloyd_rows kernel (see qpack/_kernels/cluster.pyx).
@@ -270,6 +273,23 @@ def _edges_for(xs: np.ndarray, c: np.ndarray) -> np.ndarray:
     return edges
 
 
+def _clamped_means(S, W, shift, lo, hi, c):
+    """Cluster means S / W + shift, each clamped into its cluster's value range [lo, hi].
+
+    A true mean lies in [lo, hi]; computed from prefix-sum differences and the shift it can
+    miss by an ulp. The clamp makes the mean of a run of one repeated value exactly that
+    value, so clusters on the same duplicated value get bit-equal centroids and the tie rule
+    of _boundaries gives their points to the lowest index and leaves the copies empty for
+    relocation, as an argmin (scikit-learn) does. Unclamped, centroids an ulp apart put a
+    boundary between them and a copy could keep a lone neighbour for good (the duplicate
+    cases in tests/test_cluster.py ended at up to 2.1x sklearn's inertia). Clusters with
+    W <= 0 keep c. The kernel's _lloyd_row makes the same operations.
+    """
+    filled = W > 0
+    means = np.minimum(np.maximum(S / np.where(filled, W, 1.0) + shift, lo), hi)
+    return np.where(filled, means, c)
+
+
 def _lloyd_step(xs, ws, P, wcum, shift, c):
     """One Lloyd update from centroids c (with empty-cluster relocation).
 
@@ -281,11 +301,14 @@ def _lloyd_step(xs, ws, P, wcum, shift, c):
     else:
         W = wcum[edges[1:]] - wcum[edges[:-1]]
     S = P[edges[1:]] - P[edges[:-1]]
+    # Value range of each run: its first and last value (mode="clip" only keeps empty runs'
+    # indices in range; those entries are unused unless a relocation sets them).
+    lo = xs.take(edges[:-1], mode="clip")
+    hi = xs.take(edges[1:] - 1, mode="clip")
     relocated = bool((W <= 0).any())
     if relocated:
-        _relocate_empty(xs, ws, edges, c, S, W, shift)
-    filled = W > 0
-    new_c = np.where(filled, S / np.where(filled, W, 1.0) + shift, c)
+        _relocate_empty(xs, ws, edges, c, S, W, lo, hi, shift)
+    new_c = _clamped_means(S, W, shift, lo, hi, c)
     if relocated:
         new_c.sort()
     return edges, new_c, relocated

@@ -136,7 +136,7 @@ cdef int _lloyd_row(const value_t* xs, Py_ssize_t n, const double* P, double shi
                     double* c, Py_ssize_t k, int64_t* iters, Py_ssize_t max_iter,
                     Py_ssize_t* edges, Py_ssize_t* prev) noexcept nogil:
     cdef Py_ssize_t j, cnt
-    cdef double b
+    cdef double b, m, lo, hi
     cdef bint same
     cdef value_t tag = 0
     edges[0] = 0
@@ -168,7 +168,13 @@ cdef int _lloyd_row(const value_t* xs, Py_ssize_t n, const double* P, double shi
                 return LLOYD_EMPTY
         for j in range(k):
             cnt = edges[j + 1] - edges[j]
-            c[j] = (P[edges[j + 1]] - P[edges[j]]) / <double>cnt + shift
+            m = (P[edges[j + 1]] - P[edges[j]]) / <double>cnt + shift
+            # Clamp into the run's value range (an ulp of prefix-sum rounding can leave it),
+            # so a run of one repeated value gets exactly that value and equal centroids
+            # stay bit-equal for the tie rule above (qpack/cluster.py: _clamped_means).
+            lo = <double>xs[edges[j]]
+            hi = <double>xs[edges[j + 1] - 1]
+            c[j] = min(max(m, lo), hi)
         for j in range(k + 1):
             prev[j] = edges[j]
         iters[0] += 1
