@@ -209,8 +209,8 @@ def index_path(path: str) -> str | None:
         candidate = os.path.join(path, INDEX_NAME)
         if os.path.isfile(candidate):
             return candidate
-        raise FormatError(f"{path}: a folder without {INDEX_NAME} (not a sharded .qpk "
-                          "model, or one whose compression did not finish)")
+        raise FormatError(f"{path}: is a directory without {INDEX_NAME} (not a sharded "
+                          ".qpk model, or one whose compression did not finish)")
     return None
 
 

@@ -94,7 +94,7 @@ def test_resume_keeps_finished_shards(tmp_path, monkeypatch):
         qpack.compress(path, bits=4, out=out, max_shard_size="100KB")
     partial = sorted(os.listdir(out))
     assert partial and all(e.startswith(".partial-") for e in partial)  # no index yet
-    with pytest.raises(qpack.FormatError, match="without model.qpk.index.json"):
+    with pytest.raises(qpack.FormatError, match="directory without model.qpk.index.json"):
         qpack.load(out)
     monkeypatch.setattr(StoredTensor, "read", lambda self: read_until(self, False))
     reads.clear()
