@@ -56,6 +56,26 @@ class StoredTensor:
         """Bytes of the tensor as stored in the checkpoint."""
         return self.size * dtypes.itemsize(self.dtype_name)
 
+    def _raw_blocks(self, block: int):
+        """Yield (start element, raw storage-dtype array) of the tensor's bytes at
+        ``offset``, ``block`` elements at a time. ValueError naming the file when it
+        cannot be read or is shorter than the tensor (changed since it was opened)."""
+        storage = dtypes.storage_dtype(self.dtype_name)
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                for start in range(0, self.size, block):
+                    count = min(block, self.size - start)
+                    raw = np.fromfile(fh, dtype=storage, count=count)
+                    if raw.size != count:
+                        raise ValueError(f"{self.path}: tensor {self.name!r} needs "
+                                         f"{self.nbytes} bytes at offset {self.offset}; the "
+                                         "file is shorter (changed since it was opened?)")
+                    yield start, raw
+        except OSError as exc:
+            raise ValueError(f"{self.path}: cannot read tensor {self.name!r} "
+                             f"({exc.strerror or exc})") from None
+
     def read_float32(self) -> np.ndarray:
         """The values of a floating tensor as float32 (what compress quantizes), converted
         block by block: no copy in the stored dtype beside it. Raises ValueError naming
@@ -65,28 +85,15 @@ class StoredTensor:
             if not np.isfinite(out).all():
                 raise ValueError(f"tensor {self.name!r} contains NaN or Inf")
             return out
-        storage = dtypes.storage_dtype(self.dtype_name)
         out = np.empty(self.size, dtype=np.float32)
-        block = READ_BLOCK_ELEMENTS
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self.offset)
-                for start in range(0, self.size, block):
-                    raw = np.fromfile(fh, dtype=storage, count=min(block, self.size - start))
-                    if raw.size != min(block, self.size - start):
-                        raise ValueError(f"{self.path}: tensor {self.name!r} needs "
-                                         f"{self.nbytes} bytes at offset {self.offset}; the "
-                                         "file is shorter (changed since it was opened?)")
-                    part = out[start:start + raw.size]
-                    if self.dtype_name == "bfloat16":  # its bits are float32's upper half
-                        np.left_shift(raw.astype(np.uint32), 16, out=part.view(np.uint32))
-                    else:
-                        part[...] = raw
-                    if not np.isfinite(part).all():
-                        raise ValueError(f"tensor {self.name!r} contains NaN or Inf")
-        except OSError as exc:
-            raise ValueError(f"{self.path}: cannot read tensor {self.name!r} "
-                             f"({exc.strerror or exc})") from None
+        for start, raw in self._raw_blocks(READ_BLOCK_ELEMENTS):
+            part = out[start:start + raw.size]
+            if self.dtype_name == "bfloat16":  # its bits are float32's upper half
+                np.left_shift(raw.astype(np.uint32), 16, out=part.view(np.uint32))
+            else:
+                part[...] = raw
+            if not np.isfinite(part).all():
+                raise ValueError(f"tensor {self.name!r} contains NaN or Inf")
         return out.reshape(self.shape)
 
     def read(self) -> np.ndarray:
@@ -101,18 +108,10 @@ class StoredTensor:
                 raise ValueError(f"{self.path}: tensor {self.name!r} changed since the file "
                                  "was opened")
             return arr
-        storage = dtypes.storage_dtype(self.dtype_name)
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self.offset)
-                raw = np.fromfile(fh, dtype=storage, count=self.size)
-        except OSError as exc:
-            raise ValueError(f"{self.path}: cannot read tensor {self.name!r} "
-                             f"({exc.strerror or exc})") from None
-        if raw.size != self.size:
-            raise ValueError(f"{self.path}: tensor {self.name!r} needs {self.nbytes} bytes "
-                             f"at offset {self.offset}; the file is shorter (changed since "
-                             "it was opened?)")
+        if self.size == 0:
+            raw = np.empty(0, dtype=dtypes.storage_dtype(self.dtype_name))
+        else:
+            ((_, raw),) = self._raw_blocks(self.size)
         return dtypes.from_storage(raw.reshape(self.shape), self.dtype_name)
 
 
