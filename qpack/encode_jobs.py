@@ -63,6 +63,13 @@ def encode_job(job: EncodeJob) -> tuple[dict, dict[str, np.ndarray]]:
     return encode_tensor(value, job.settings, job.mask, job.calibration)
 
 
+def encode_remote(job: EncodeJob) -> tuple[tuple[dict, dict], float | None]:
+    """``encode_job`` on an executor: (result, damping chosen). The damping is sent back
+    with the result because the job's Calibration there is a copy."""
+    result = encode_job(job)
+    return result, None if job.calibration is None else job.calibration.chosen
+
+
 def _encode_sharing_cores(job: EncodeJob, workers: int):
     # each of the pool's threads takes 1/workers of the cores: no oversubscription
     with share_cores(workers):
@@ -114,12 +121,19 @@ def run_jobs(jobs: Iterable[EncodeJob],
                 elif runner is None:
                     fut = pool.submit(_encode_sharing_cores, job, workers)
                 else:
-                    fut = runner.submit(encode_job, job)
+                    fut = runner.submit(encode_remote, job)
                 pending.append((job, fut, size))
                 in_flight += size
                 nxt += 1
             job, fut, size = pending.popleft()
-            result = encode_job(job) if fut is None else _result(job, fut, runner)
+            if fut is None:
+                result = encode_job(job)
+            elif runner is None:
+                result = _result(job, fut, runner)
+            else:
+                result, chosen = _result(job, fut, runner)
+                if job.calibration is not None:
+                    job.calibration.chosen = chosen
             in_flight -= size
             on_done(job, result)
     finally:

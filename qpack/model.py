@@ -251,8 +251,9 @@ def _load_shards(index: str, verify: bool) -> CompressedModel:
                               f"tensor {extra[0]!r}, unlike the index's weight_map")
         tensors.update(part.items())
         parts.append(part)
-    first = parts[0]
-    model = CompressedModel(tensors, first.metadata, source_metadata=first.source_metadata)
+    # the last shard is written after every tensor: its metadata is the whole model's
+    last = parts[-1]
+    model = CompressedModel(tensors, last.metadata, source_metadata=last.source_metadata)
     model._nbytes = sum(p.nbytes for p in parts)
     model._shards = parts  # keeps every mapping open with the model
     return model
@@ -343,6 +344,10 @@ def _encode_to_shards(writer: ShardedWriter, resume: bool, arrays: dict, plan,
     """Encode the plan's tensors into a sharded model (qpack/shards.py), each written as
     it arrives; with ``resume`` the tensors that finished shards hold are skipped."""
     skipped = set(writer.resumed(list(arrays), resume))
+    for name in skipped & set(plan.calibration):
+        # the damping a finished shard's run chose goes into the final metadata as well
+        args = json.loads(writer.resumed_metadata[name].get("compress_args", "{}"))
+        plan.calibration[name].chosen = args.get("calibrated", {}).get(name)
     todo = {n: v for n, v in arrays.items() if n not in skipped}
     bar = _progress(todo, progress)
     try:
@@ -560,9 +565,13 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
             "handed_over": sorted(set(plan.masks) | {n for n, v in arrays.items()
                                                      if is_prequantized(v)})}
 
-    def metadata_of(allocation: Allocation | None) -> dict[str, str]:
-        # the damping chosen per calibrated tensor is known once it is encoded
-        extra = {"calibrated": {n: c.chosen for n, c in plan.calibration.items()}} \
+    def metadata_of(allocation: Allocation | None,
+                    written: list[str] | None = None) -> dict[str, str]:
+        # the damping chosen per calibrated tensor is known once it is encoded; a shard
+        # lists those of the tensors ``written`` so far (not of others still in flight)
+        done = set(arrays if written is None else written)
+        extra = {"calibrated": {n: c.chosen if n in done else None
+                                for n, c in plan.calibration.items()}} \
             if plan.calibration else {}
         if allocation is not None:
             extra["allocation"] = allocation.as_json()
@@ -582,7 +591,7 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
         if shard_size is not None:
             fingerprint = run_fingerprint([args, shard_size, _identities(arrays)])
             return _encode_to_shards(ShardedWriter(
-                out_path, shard_size, fingerprint, lambda: metadata_of(None),
+                out_path, shard_size, fingerprint, lambda names: metadata_of(None, names),
                 source_metadata), resume, arrays, plan, progress, executor)
         if out_path is not None:
             return _encode_to_file(out_path, arrays, plan, lambda: metadata_of(None),
@@ -609,7 +618,8 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
         model.save(out_path)
         return load(out_path)
     writer = ShardedWriter(out_path, shard_size, run_fingerprint(
-        [args, shard_size, _identities(arrays)]), lambda: model.metadata, source_metadata)
+        [args, shard_size, _identities(arrays)]), lambda _names: model.metadata,
+        source_metadata)
     writer.resumed(list(model), resume=False)
     try:
         for name, t in model.items():

@@ -15,6 +15,11 @@ index is written last, atomically, so a folder with an index is always a whole m
 An interrupted run can be resumed (``resume=True``): finished partial shards written by
 the same run (same inputs and settings: the ``qpack_run`` fingerprint in their metadata)
 are kept and their tensors are not encoded again.
+
+Each shard's metadata is written when it closes and describes the tensors written up to
+then (e.g. the damping chosen per calibrated tensor), so it is the same however many
+tensors were in flight; the last shard's, written after every tensor, is the model's
+(what ``qpack.load`` of the set reports) and equals the index's.
 """
 
 from __future__ import annotations
@@ -87,14 +92,15 @@ def run_fingerprint(parts: object) -> str:
 class ShardedWriter:
     """Writes tensors into shards in ``folder``; see the module docstring.
 
-    ``metadata()`` gives the metadata each shard's header carries (plus ``qpack_run``,
-    the fingerprint); ``source_metadata`` the input's own. Use ``resumed()`` first to
-    learn which tensors finished shards already hold, ``add`` each further tensor in
-    order, then ``finish``; ``abort`` on error (finished shards stay for a resume).
+    ``metadata(names)`` gives the metadata a shard's header carries when ``names`` (in
+    order) have been written (plus ``qpack_run``, the fingerprint); ``source_metadata``
+    the input's own. Use ``resumed()`` first to learn which tensors finished shards
+    already hold, ``add`` each further tensor in order, then ``finish``; ``abort`` on
+    error (finished shards stay for a resume).
     """
 
     def __init__(self, folder: str, max_shard_size: int, fingerprint: str,
-                 metadata: Callable[[], dict[str, str]],
+                 metadata: Callable[[list[str]], dict[str, str]],
                  source_metadata: Mapping[str, str] | None):
         self.folder = folder
         self.max_shard_size = max_shard_size
@@ -102,6 +108,8 @@ class ShardedWriter:
         self._metadata = metadata
         self._source_metadata = source_metadata
         self._done: list[tuple[str, list[str]]] = []  # (partial path, tensor names)
+        # what each resumed tensor's shard recorded in its metadata (by tensor name)
+        self.resumed_metadata: dict[str, dict[str, str]] = {}
         self._open = None  # (context manager, SectionWriter, {name: spec})
 
     def resumed(self, names: list[str], resume: bool) -> list[str]:
@@ -128,6 +136,7 @@ class ShardedWriter:
                 os.unlink(path)
                 continue
             self._done.append((path, tensors))
+            self.resumed_metadata.update((n, dict(shard.metadata)) for n in tensors)
             kept.extend(tensors)
         return kept
 
@@ -151,7 +160,8 @@ class ShardedWriter:
 
         cm, writer, tensors, path = self._open
         self._open = None
-        meta = {**self._metadata(), "qpack_run": self.fingerprint}
+        written = [n for _, names in self._done for n in names] + list(tensors)
+        meta = {**self._metadata(written), "qpack_run": self.fingerprint}
         try:
             writer.finish(file_header(meta, tensors, self._source_metadata))
         except BaseException as exc:
@@ -188,7 +198,8 @@ class ShardedWriter:
             finals.add(final)
             total += os.path.getsize(os.path.join(self.folder, final))
             weight_map.update((name, final) for name in names)
-        meta = {"total_size": total, "format": "qpk", **self._metadata(),
+        written = [n for _, names in self._done for n in names]
+        meta = {"total_size": total, "format": "qpk", **self._metadata(written),
                 "qpack_run": self.fingerprint}
         index = os.path.join(self.folder, INDEX_NAME)
         format.write_bytes_atomic(index, [json.dumps(

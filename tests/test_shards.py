@@ -106,6 +106,36 @@ def test_resume_keeps_finished_shards(tmp_path, monkeypatch):
         assert (out / f).read_bytes() == (tmp_path / "whole" / f).read_bytes(), f
 
 
+def test_resume_keeps_the_dampings_finished_shards_chose(tmp_path, monkeypatch):
+    """Calibrated tensors of resumed shards keep their chosen damping in the final
+    metadata: the resumed set is byte-identical to an uninterrupted run's."""
+    path, arrays = _checkpoint(tmp_path)
+    rng = np.random.default_rng(5)
+    cols = arrays["layers.0.weight"].shape[1]
+    calib = {f"layers.{i}.weight": rng.standard_normal((300, cols)).astype(np.float32)
+             for i in (0, 1, 4)}
+    kw = dict(bits=4, method="linear", group_size=32, max_shard_size="100KB",
+              calibration=calib)
+    qpack.compress(path, out=tmp_path / "whole", **kw)
+    original = StoredTensor.read
+
+    def interrupted(self):
+        if self.name == "layers.3.weight":
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(StoredTensor, "read", interrupted)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        qpack.compress(path, out=out, **kw)
+    monkeypatch.setattr(StoredTensor, "read", original)
+    m = qpack.compress(path, out=out, resume=True, **kw)
+    chosen = json.loads(m.metadata["compress_args"])["calibrated"]
+    assert sorted(chosen) == sorted(calib) and all(v is not None for v in chosen.values())
+    for f in os.listdir(tmp_path / "whole"):
+        assert (out / f).read_bytes() == (tmp_path / "whole" / f).read_bytes(), f
+
+
 def test_resume_with_other_settings_starts_over(tmp_path, monkeypatch):
     path, _ = _checkpoint(tmp_path)
     out = tmp_path / "out"

@@ -3,6 +3,7 @@ in worker processes or on a Dask cluster. Output is the same bytes in every case
 
 from __future__ import annotations
 
+import json
 import os
 import tracemalloc
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -160,6 +161,21 @@ def test_worker_processes_give_the_same_bytes(tmp_path):
     assert (tmp_path / "c.qpk").read_bytes() == (tmp_path / "d.qpk").read_bytes()
     serial = qpack.compress(arrays, target_bpw=3.0)
     assert {n: t.bits for n, t in budget.items()} == {n: t.bits for n, t in serial.items()}
+
+
+def test_worker_processes_report_the_dampings_they_chose(tmp_path):
+    """A calibrated tensor's damping is chosen on the worker (its Calibration there is a
+    copy): it still reaches the metadata, the same as a serial run's."""
+    _, arrays = _checkpoint(tmp_path)
+    name = next(n for n, a in arrays.items() if a.ndim == 2)
+    x = np.random.default_rng(2).standard_normal((200, arrays[name].shape[1]))
+    calib = {name: x.astype(np.float32)}
+    serial = qpack.compress(arrays, bits=4, calibration=calib)
+    with local_workers(1) as pool:
+        remote = qpack.compress(arrays, bits=4, calibration=calib, executor=pool)
+    chosen = json.loads(remote.metadata["compress_args"])["calibrated"]
+    assert chosen[name] is not None
+    assert remote.metadata == serial.metadata
 
 
 def test_a_worker_that_dies_fails_the_run_cleanly(tmp_path):
