@@ -33,7 +33,8 @@ FULL = dict(hidden=4096, intermediate=11008, vocab=32000, layers=16, small_layer
 QUICK = dict(hidden=256, intermediate=688, vocab=2000, layers=2, small_layers=1)
 SETTINGS = {"kmeans4+huffman": dict(bits=4), "linear4 g64": dict(bits=4, method="linear",
                                                                  group_size=64)}
-MODES = ("1 process", "2 workers", "dask 2 workers")
+MODES = ("1 thread", "1 process", "2 workers", "dask 2 workers")
+CORES = {"1 thread": 1}  # cores a run uses (the others: the machine's 2)
 N_SHARDS = 4
 
 
@@ -109,7 +110,9 @@ def child(spec: dict) -> dict:
     workers_rss: list[int] = []
     with PeakRSS() as main_rss:
         t0 = time.perf_counter()
-        if mode == "1 process":
+        if mode in ("1 thread", "1 process"):
+            if mode == "1 thread":
+                qpack.set_num_threads(1)  # one encoding at a time, kernels on 1 thread
             qpack.compress(src, out=out, max_shard_size=spec["shard"], **kw)
             elapsed = time.perf_counter() - t0
         elif mode == "2 workers":
@@ -186,7 +189,8 @@ def run(quick: bool) -> dict:
                 workers = ", ".join(f"{w / 1e6:.0f}" for w in r["workers_rss"]) or "-"
                 bound = 2.5 * r["largest_bytes"] + 300e6
                 rows.append([setting, mode, round(r["elapsed"], 1), round(rate, 1),
-                             round(rate / 2, 1), round(rate / base_rate[setting], 2),
+                             round(rate / CORES.get(mode, 2), 1),
+                             round(rate / base_rate[setting], 2),
                              round(r["main_rss"] / 1e6), workers, round(bound / 1e6)])
                 print(f"  {setting:16s} {mode:15s} {r['elapsed']:7.1f} s {rate:6.1f} "
                       f"M weights/s, main {r['main_rss'] / 1e6:.0f} MB, workers "
@@ -212,7 +216,7 @@ def run(quick: bool) -> dict:
         shutil.rmtree(root, ignore_errors=True)
     return {
         "title": "Compressing a sharded Llama-shaped bf16 checkpoint (bench_scale)",
-        "columns": ["setting", "run", "s", "M weights/s", "per core", "vs 1 process",
+        "columns": ["setting", "run", "s", "M weights/s", "per core", "vs 1 thread",
                     "peak RSS main MB", "peak RSS workers MB", "2.5x largest + 300 MB"],
         "rows": rows,
         "tables": [{"title": "Peak RSS against model size (kmeans4+huffman, 1 process)",
@@ -224,8 +228,10 @@ def run(quick: bool) -> dict:
             f"vocab {size['vocab']}, {size['layers']} layers, bf16, {N_SHARDS} safetensors "
             f"shards; output: sharded .qpk (max_shard_size {shard}) written while encoding.",
             "Throughput counts every weight of the checkpoint over the compress call's wall "
-            "time (reading, encoding, writing). 'per core' divides by the 2 cores the "
-            "machine has: one process runs the kernels on 2 threads, 2 workers on 1 each.",
+            "time (reading, encoding, writing). 'per core' divides by the cores a run "
+            "uses: '1 thread' is one process limited to one thread (qpack.set_num_threads"
+            "(1)), the baseline of 'vs 1 thread'; '1 process' runs on both cores' threads; "
+            "the workers get 1 thread each.",
             "Dask: LocalCluster(n_workers=2, threads_per_worker=1); workers read each "
             "tensor from the shards themselves by (path, byte offset).",
             f"qpack.load of the sharded result (headers of {n_shards if load_ms else '?'} "
