@@ -44,10 +44,11 @@ enum { QK_G2_U16 = 0, QK_G2_U32 = 1, QK_G2_W16 = 2 };
 /* Steps whose vpmaddubsw pair sums add up in int16 exactly (see above). */
 #define QK_GEMM2_DEPTH(b) ((b) <= 4 ? 8 : (b) == 5 ? 4 : (b) == 6 ? 2 : 1)
 
-/* Row r as the bytes of the U modes in dst[0 .. n4), zero past n_in: linear codes of up
-   to 7 bits as they are, 8-bit codes and codebook entries as w' = u - 128 (the form of
-   the any-width kernels' decoder, qk_int8_any_bytes_avx2, which does the full 32-column
-   halves and leaves every code of a narrower row unpacked in dst; the rest here). */
+/* Row r as bytes in dst[0 .. n4), zero past n_in: linear codes of up to 7 bits as they
+   are (the U modes), 8-bit codes and codebook entries as w' = u - 128 (the any-width
+   kernels' form, which qk_gemm_decode_row16_avx2 turns into 16-bit u). The full 32-column
+   halves come from that decoder (qk_int8_any_bytes_avx2, which leaves every code of a
+   narrower row unpacked in dst), the rest from here. */
 QK_AVX2_INL void qk_gemm_decode_row_avx2(const qk_dense *w, int64_t r, uint8_t *dst, const int b,
                                          const int kind) {
     const int64_t n = w->n_in, n4 = (n + 3) & ~(int64_t)3;
@@ -248,7 +249,9 @@ QK_AVX2_FN void qk_gemm_rows_avx2(const qk_dense *w, int64_t r0, int64_t nrows,
                                   int64_t batch, int64_t block, int64_t nb, float *y,
                                   uint8_t *scratch) {
     const int64_t stride = 2 * (w->n_in + 64);
-    uint8_t *rows = scratch + w->n_in + 64;
+    /* 16-bit rows at an even address (a numpy scratch row may start anywhere): a row
+       needs 2 * n4 of its 2 * (n_in + 64) bytes, so the shift stays inside the scratch */
+    uint8_t *rows = scratch + w->n_in + 64 + ((uintptr_t)(scratch + w->n_in + 64) & 1);
     const int wide = w->kind == 1 || w->bits == 8;
     /* a quad's missing rows repeat row r0 (the assembly reads 4 rows) and are not stored */
 #define QK_CALL(B, K) for (int64_t i = 0; i < 4; i++) { \
