@@ -301,7 +301,9 @@ cdef class DenseKernel:
         if path == QK_PATH_AVX512_GEMM or path == QK_PATH_AVX2_GEMM:
             # the GEMMs' interleaved activations (qk_gemm.h), sized here as the kernels
             # assume (qk_int8_batch_path admitted block % 4 == 0, block <= 4096): zero
-            # padding lanes and columns, so the kernels need no batch or column tails
+            # padding lanes and columns, so the kernels need no batch or column tails.
+            # With y's shape checked above and codes sized by qk_int8_scratch_codes,
+            # these are all the lengths the kernels index (boundscheck is off for that)
             if block % 4 or block > 4096 or q.nblocks != (n_in + block - 1) // block:
                 raise RuntimeError(f"internal: a GEMM path chosen for x blocks of {block}")
             xi = np.zeros((nbg, ((n_in + 3) // 4) * 4 * QK_GEMM_LANES), dtype=np.int8)
