@@ -17,11 +17,13 @@ from qpack._version import __version__
 _EXPORTS = {
     "pack": "qpack.bitpack", "packed_nbytes": "qpack.bitpack", "unpack": "qpack.bitpack",
     "HessianStats": "qpack.calibration",
+    "open_checkpoint": "qpack.checkpoint",
     "KMeansQuantized": "qpack.cluster", "codebook_gradient": "qpack.cluster",
     "kmeans_1d": "qpack.cluster", "quantize_kmeans": "qpack.cluster",
     "HuffmanCode": "qpack.entropy", "huffman_decode": "qpack.entropy",
     "huffman_encode": "qpack.entropy", "huffman_stream_info": "qpack.entropy",
     "FormatError": "qpack.errors", "QpackError": "qpack.errors",
+    "local_workers": "qpack.executors",
     "quantize_kmeans_gptq": "qpack.gptq", "quantize_linear_gptq": "qpack.gptq",
     "read_model": "qpack.inputs",
     "quantize_log": "qpack.logquant",
@@ -63,6 +65,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from qpack import metrics  # noqa: F401
     from qpack.bitpack import pack, packed_nbytes, unpack  # noqa: F401
     from qpack.calibration import HessianStats  # noqa: F401
+    from qpack.checkpoint import open_checkpoint  # noqa: F401
     from qpack.cluster import (  # noqa: F401
         KMeansQuantized,
         codebook_gradient,
@@ -77,6 +80,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         huffman_stream_info,
     )
     from qpack.errors import FormatError, QpackError  # noqa: F401
+    from qpack.executors import local_workers  # noqa: F401
     from qpack.gptq import quantize_kmeans_gptq, quantize_linear_gptq  # noqa: F401
     from qpack.inputs import read_model  # noqa: F401
     from qpack.isa import kernel_info  # noqa: F401

@@ -229,7 +229,7 @@ def _calibration_xtx(calibration) -> np.ndarray:
 def allocate_bits(arrays: Mapping, plan, names: list[str], target: tuple[str, float],
                   evaluate: Callable | None,
                   file_size: Callable[[dict, Allocation], int],
-                  on_encoded: Callable[[], None] | None = None
+                  on_encoded: Callable[[], None] | None = None, executor=None
                   ) -> tuple[dict[str, tuple[dict, dict]], Allocation]:
     """Encode every tensor, choosing the bits of ``names`` to fit ``target``.
 
@@ -237,7 +237,8 @@ def allocate_bits(arrays: Mapping, plan, names: list[str], target: tuple[str, fl
     chosen (quantized here, bits not fixed by an override). evaluate : the caller's
     output-error callback or None. file_size(encoded, allocation) : the exact size of the
     file the encodings and this allocation make (the allocation is in its metadata).
-    on_encoded : called after each encoding (a progress bar).
+    on_encoded : called after each encoding (a progress bar). executor : where the
+    encodings run (compress's ``executor``, qpack/encode_jobs.run_jobs).
 
     Returns ({name: (header entry, blobs)} for every tensor, the Allocation). Raises
     ValueError when even the cheapest candidates exceed the budget (naming what the
@@ -287,7 +288,7 @@ def allocate_bits(arrays: Mapping, plan, names: list[str], target: tuple[str, fl
             jobs.append(EncodeJob((name, b), arrays[name], replace(s, bits=b),
                                   plan.masks.get(name), None,
                                   None if calib is None else replace(calib)))
-    run_jobs(jobs, done)
+    run_jobs(jobs, done, executor)
 
     numel_q = sum(int(np.prod(np.shape(arrays[n]))) for n, s in plan.settings.items()
                   if s is not None)
@@ -311,7 +312,7 @@ def allocate_bits(arrays: Mapping, plan, names: list[str], target: tuple[str, fl
         allocation = Allocation(target, budget, candidates, measures,
                                 {n: candidates[n][j].bits for n, j in picks.items()})
         encoded = dict(results)
-        _chosen_encodings(arrays, plan, allocation, encoded)
+        _chosen_encodings(arrays, plan, allocation, encoded, executor)
         size = file_size(encoded, allocation)
         if size <= budget:
             return encoded, allocation
@@ -324,7 +325,8 @@ def allocate_bits(arrays: Mapping, plan, names: list[str], target: tuple[str, fl
                      f"need at least {need} (before the header)")
 
 
-def _chosen_encodings(arrays: Mapping, plan, allocation: Allocation, encoded: dict) -> None:
+def _chosen_encodings(arrays: Mapping, plan, allocation: Allocation, encoded: dict,
+                      executor=None) -> None:
     """Put each allocated tensor's chosen encoding into ``encoded``, encoding again the
     ones whose blobs were not kept."""
     again = []
@@ -339,4 +341,4 @@ def _chosen_encodings(arrays: Mapping, plan, allocation: Allocation, encoded: di
             again.append(EncodeJob(name, arrays[name], replace(s, bits=bits),
                                    plan.masks.get(name), None, plan.calibration.get(name)))
     if again:
-        run_jobs(again, lambda job, result: encoded.__setitem__(job.key, result))
+        run_jobs(again, lambda job, result: encoded.__setitem__(job.key, result), executor)

@@ -11,8 +11,9 @@ Accepted (``open_checkpoint``):
 - several files (a list of paths), merged; a tensor name in two of them is an error.
 
 Safetensors shards are memory-mapped and only their headers are read when the checkpoint
-is opened; each tensor is copied out when it is asked for (``Checkpoint[name]``), so a
-caller that keeps only the tensors it works on never holds a whole shard in memory.
+is opened (``.npz``: each member's .npy header); each tensor is copied out when it is
+asked for (``Checkpoint[name]``), so a caller that keeps only the tensors it works on
+never holds a whole shard in memory.
 Every dtype is kept (bfloat16, float16, float32, ...). Errors are ValueError naming the
 file, the shard or the tensor.
 """
@@ -21,9 +22,13 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
+
+from qpack.stored_tensor import StoredTensor
 
 SINGLE_FILE_EXTENSIONS = (".safetensors", ".npz", ".pt", ".bin", ".pth")
 TORCH_EXTENSIONS = (".pt", ".bin", ".pth")
@@ -66,6 +71,11 @@ class Checkpoint(Mapping):
     def __len__(self) -> int:
         return len(self._where)
 
+    def stored(self, name: str) -> StoredTensor:
+        """Tensor ``name`` as a StoredTensor: read later, by byte offset for safetensors
+        shards (by any process that sees the file), held in memory for other formats."""
+        return self._where[name].stored(name)
+
     def shard_of(self, name: str) -> str:
         """The file holding tensor ``name``."""
         return self._where[name].path
@@ -91,6 +101,50 @@ class _ArraysReader:
 
     def read(self, name: str) -> np.ndarray:
         return self._arrays[name]
+
+    def stored(self, name: str) -> StoredTensor:
+        dname, shape = self.tensors[name]
+        return StoredTensor(name, dname, tuple(shape), os.path.abspath(self.path),
+                            array=self._arrays[name])
+
+
+class _NpzReader:
+    """A ``.npz`` read member by member: every member's dtype and shape from its .npy
+    header now, each array only when asked for (a worker elsewhere reads it by member
+    name). Nothing is ever unpickled."""
+
+    def __init__(self, path: str):
+        from qpack import dtypes
+        from qpack.inputs import check_npz_signature
+
+        self.path = path
+        check_npz_signature(path)
+        self.tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
+        try:
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    if not info.filename.endswith(".npy"):
+                        raise ValueError(f"member {info.filename!r} is not a .npy array")
+                    with zf.open(info) as fh:
+                        version = np.lib.format.read_magic(fh)
+                        read_header = (np.lib.format.read_array_header_1_0 if version ==
+                                       (1, 0) else np.lib.format.read_array_header_2_0)
+                        shape, _, dtype = read_header(fh)
+                    if dtype.hasobject:
+                        raise ValueError("it holds object arrays, which qpack never "
+                                         "unpickles")
+                    self.tensors[info.filename[:-4]] = (dtypes.dtype_name(dtype),
+                                                        tuple(shape))
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"{path}: damaged or unreadable .npz ({reason})") from None
+
+    def read(self, name: str) -> np.ndarray:
+        return self.stored(name).read()
+
+    def stored(self, name: str) -> StoredTensor:
+        dname, shape = self.tensors[name]
+        return StoredTensor(name, dname, shape, os.path.abspath(self.path), member=name)
 
 
 def _torch_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -127,17 +181,20 @@ def _open_file(path: str) -> tuple[str, object]:
 
         return path, SafetensorsFile(path)
     if ext == ".npz":
-        from qpack.inputs import read_npz
-
-        return path, _ArraysReader(path, read_npz(path))
+        return path, _NpzReader(path)
     if ext in TORCH_EXTENSIONS:
         return path, _ArraysReader(path, _torch_state_dict(path))
     raise ValueError(f"{path}: unknown model file type {ext!r} (expected .safetensors, "
                      f".npz, .pt, .bin, .pth or a *{INDEX_SUFFIX} shard index)")
 
 
-def _read_index(path: str) -> list[tuple[str, list[str]]]:
-    """[(shard path, [tensor names])] of a shard index, in the shards' first-use order."""
+def read_index(path: str) -> tuple[list[tuple[str, list[str]]], dict]:
+    """([(shard path, [tensor names])] in the shards' first-use order, the whole index
+    object) of a Hugging Face style shard index (safetensors, .bin or .qpk shards).
+
+    Raises ValueError naming the index for bad JSON, a missing or empty weight_map, a
+    shard that is not a bare file name beside the index, or one that does not exist.
+    """
     if os.path.getsize(path) > MAX_INDEX_BYTES:
         raise ValueError(f"{path}: shard index larger than {MAX_INDEX_BYTES >> 20} MiB")
     try:
@@ -160,12 +217,12 @@ def _read_index(path: str) -> list[tuple[str, list[str]]]:
         if not os.path.isfile(shard):
             raise ValueError(f"{path}: the weight_map names shard "
                              f"{os.path.basename(shard)!r}, which does not exist")
-    return list(shards.items())
+    return list(shards.items()), index
 
 
 def _open_index(path: str) -> Checkpoint:
     sources = []
-    for shard, names in _read_index(path):
+    for shard, names in read_index(path)[0]:
         shard_path, reader = _open_file(shard)
         missing = [n for n in names if n not in reader.tensors]
         if missing:

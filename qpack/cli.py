@@ -8,6 +8,7 @@ value, no command, an unknown benchmark name).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -89,6 +90,16 @@ def _non_negative_int(text: str) -> int:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
 
 
@@ -179,7 +190,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from qpack.model import compress
 
     _check_checkpoint(args.input)
-    _check_output(args.output, (".qpk",))
+    if args.max_shard_size is None:
+        if args.resume:
+            raise CliError("--resume needs --max-shard-size: only a sharded output can be "
+                           "resumed (a single file is written all or nothing)")
+        _check_output(args.output, (".qpk",))
     overrides: dict[str, dict] = {}
     for pattern, settings in args.override:
         overrides.setdefault(pattern, {}).update(settings)
@@ -187,23 +202,56 @@ def cmd_compress(args: argparse.Namespace) -> int:
     # given the path, compress also keeps the file's own metadata (safetensors
     # __metadata__) for decompress to write back
     source = args.input[0] if len(args.input) == 1 else list(args.input)
-    model = compress(source, bits=args.bits, prune=args.prune, method=args.method,
-                     group_size=args.group_size, symmetric=args.symmetric, clip=args.clip,
-                     entropy=None if args.no_entropy else "huffman",
-                     include=args.include or None, exclude=args.exclude or None,
-                     overrides=overrides or None, min_numel=args.min_numel,
-                     prune_scope=args.prune_scope, per_channel=args.per_channel,
-                     scale_dtype=args.scale_dtype, codebook_dtype=args.codebook_dtype,
-                     metadata={"source": ", ".join(os.path.basename(os.path.normpath(p))
-                                                   for p in args.input)},
-                     target_bpw=args.target_bpw, progress=progress)
-    size = model.save(args.output)
+    with _executor(args) as executor:
+        # out=: each tensor is written as soon as it is encoded (bounded memory)
+        model = compress(source, bits=args.bits, prune=args.prune, method=args.method,
+                         group_size=args.group_size, symmetric=args.symmetric,
+                         clip=args.clip, entropy=None if args.no_entropy else "huffman",
+                         include=args.include or None, exclude=args.exclude or None,
+                         overrides=overrides or None, min_numel=args.min_numel,
+                         prune_scope=args.prune_scope, per_channel=args.per_channel,
+                         scale_dtype=args.scale_dtype, codebook_dtype=args.codebook_dtype,
+                         metadata={"source": ", ".join(os.path.basename(os.path.normpath(p))
+                                                       for p in args.input)},
+                         target_bpw=args.target_bpw, progress=progress, out=args.output,
+                         executor=executor, max_shard_size=args.max_shard_size,
+                         resume=args.resume)
+    size = model.nbytes
     if not args.quiet:
         print(model.report())
     print(f"wrote {args.output}: {size:,} bytes, "
           f"{size_comparison(size, model.original_nbytes)} the "
           f"{model.original_nbytes:,} input bytes")
     return 0
+
+
+@contextlib.contextmanager
+def _executor(args: argparse.Namespace):
+    """The executor ``--workers`` / ``--dask-scheduler`` ask for (None: this process's
+    threads), shut down when the block ends."""
+    if args.workers is not None and args.dask_scheduler is not None:
+        raise CliError("give --workers or --dask-scheduler, not both")
+    if args.workers is not None:
+        from qpack.executors import local_workers
+
+        with local_workers(args.workers) as pool:
+            yield pool
+        return
+    if args.dask_scheduler is not None:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise CliError("--dask-scheduler needs dask.distributed: pip install "
+                           "'qpack[dask]'") from None
+        try:
+            client = Client(args.dask_scheduler, timeout=30)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise CliError(f"cannot reach the Dask scheduler at {args.dask_scheduler} "
+                           f"({type(exc).__name__}: {exc})") from None
+        with client:
+            yield client
+        return
+    yield None
 
 
 def size_comparison(size: int, original: int) -> str:
@@ -222,14 +270,25 @@ def size_comparison(size: int, original: int) -> str:
     return f"{size / original:.2f}x larger than"
 
 
-def _preamble(path: str) -> tuple[int, int]:
-    """(format version, header bytes) from the file's preamble (already validated by load)."""
+def _preamble(model) -> tuple[int, int]:
+    """(format version, header bytes) from the preambles of the files a loaded model came
+    from (already validated by load): the oldest version, and the headers' total."""
     from qpack import format as qformat
 
-    with open(path, "rb") as fh:
-        _magic, version, header_len, _crc, _reserved = qformat.PREAMBLE.unpack(
-            fh.read(qformat.PREAMBLE.size))
-    return version, header_len
+    versions, total = [], 0
+    for path in model.files:
+        with open(path, "rb") as fh:
+            _magic, version, header_len, _crc, _flags = qformat.PREAMBLE.unpack(
+                fh.read(qformat.PREAMBLE.size))
+        versions.append(version)
+        total += header_len
+    return min(versions), total
+
+
+def _check_model_path(path: str) -> None:
+    """A .qpk file, or a sharded model's folder or index, must exist."""
+    if not os.path.exists(path):
+        raise CliError(f"{path}: no such file or folder")
 
 
 def _finite(value):
@@ -251,8 +310,9 @@ def _info_dict(path: str, model) -> dict:
                          "sparsity": t.sparsity, "stored_bytes": t.nbytes,
                          "original_bytes": t.original_nbytes, "stats": t.stats,
                          "spec": t.spec}
-    version, header_len = _preamble(path)
+    version, header_len = _preamble(model)
     return {"file": path, "format_version": version, "header_bytes": header_len,
+            "shards": len(model.files),
             "file_bytes": model.nbytes, "original_bytes": model.original_nbytes,
             "ratio": model.ratio, "metadata": _json_metadata(model.metadata),
             "tensors": tensors}
@@ -278,14 +338,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Print a .qpk file's header, metadata and per-tensor table (nothing is decoded)."""
     from qpack.model import load
 
-    _check_exists(args.file)
+    _check_model_path(args.file)
     model = load(args.file)  # validates the header; decodes no section
     if args.json:
         print(json.dumps(_finite(_info_dict(args.file, model)), indent=1, allow_nan=False,
                          default=str))
         return 0
-    version, header_len = _preamble(args.file)
-    print(f"file: {args.file} (.qpk format version {version}, header {header_len:,} bytes)")
+    version, header_len = _preamble(model)
+    shards = f", {len(model.files)} shards" if len(model.files) > 1 else ""
+    print(f"file: {args.file} (.qpk format version {version}, header {header_len:,} bytes"
+          f"{shards})")
     print(f"size: {model.nbytes:,} bytes ({len(model)} tensors, "
           f"{model.original_nbytes:,} bytes uncompressed, ratio {model.ratio:.2f}x)")
     for key, value in model.metadata.items():
@@ -299,7 +361,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Check every CRC32 of a .qpk (header and each section); optionally decode each tensor."""
     from qpack.model import load
 
-    _check_exists(args.file)
+    _check_model_path(args.file)
     model = load(args.file, verify=True)
     sections = sum(len(t.spec["sections"]) for t in model.values())
     if args.decode:
@@ -339,18 +401,58 @@ def _check_npz_dtypes(model, path: str) -> None:
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
-    """Decode every tensor of a .qpk and write them as .safetensors or .npz."""
+    """Decode every tensor of a .qpk and write them as .safetensors or .npz; a sharded
+    model to a folder of safetensors shards with a Hugging Face index."""
     from qpack.model import load
+    from qpack.shards import check_output_folder
 
-    _check_exists(args.file)
-    _check_output(args.output, MODEL_EXTENSIONS)
+    _check_model_path(args.file)
+    # a sharded model (its folder or index) decodes to a folder of shards unless the
+    # output names one file
+    to_folder = (os.path.isdir(args.file) or args.file.endswith(".qpk.index.json")) \
+        and not args.output.lower().endswith(MODEL_EXTENSIONS)
+    if to_folder:
+        try:
+            check_output_folder(args.output)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    else:
+        _check_output(args.output, MODEL_EXTENSIONS)
     model = load(args.file)
+    if to_folder:
+        return _decompress_shards(model, args.output)
     _check_npz_dtypes(model, args.output)
     arrays = model.decompress()
     # the input file's own metadata, as compress found it (e.g. {"format": "pt"})
     write_arrays(args.output, arrays, metadata=model.source_metadata)
     print(f"wrote {args.output}: {len(arrays)} tensors, "
           f"{sum(a.nbytes for a in arrays.values()):,} bytes of data")
+    return 0
+
+
+def _decompress_shards(model, folder: str) -> int:
+    """A sharded .qpk decoded shard by shard (one shard's arrays in memory at a time) into
+    ``model-0000k-of-0000n.safetensors`` files and ``model.safetensors.index.json``
+    (written last), each shard with the input's own metadata."""
+    from qpack.format import write_bytes_atomic
+    from qpack.safetensors_file import write_safetensors
+
+    os.makedirs(folder, exist_ok=True)
+    n = len(model.shards)
+    weight_map: dict[str, str] = {}
+    total = 0
+    for k, part in enumerate(model.shards, 1):
+        name = f"model-{k:05d}-of-{n:05d}.safetensors"
+        arrays = part.decompress()
+        write_safetensors(os.path.join(folder, name), arrays, part.source_metadata)
+        weight_map.update((t, name) for t in arrays)
+        total += sum(a.nbytes for a in arrays.values())
+    index = {"metadata": {"total_size": total, **model.source_metadata},
+             "weight_map": weight_map}
+    write_bytes_atomic(os.path.join(folder, "model.safetensors.index.json"),
+                       [json.dumps(index, indent=1).encode("utf-8")])
+    print(f"wrote {folder}: {len(weight_map)} tensors in {n} safetensors shards, "
+          f"{total:,} bytes of data")
     return 0
 
 
@@ -449,7 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the model: a .safetensors, .npz, .pt or .bin file, a Hugging Face "
                         "*.index.json shard index or a folder holding one (or one model "
                         "file), or several shard files")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.qpk", help="file to write")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.qpk",
+                   help="file to write (a folder with --max-shard-size)")
     p.add_argument("--bits", type=_bits, default=4, help="bits per weight code, 1-8 (4)")
     p.add_argument("--prune", type=_fraction, default=0.0,
                    help="fraction of smallest-magnitude weights removed, in [0, 1) (0)")
@@ -491,6 +594,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smaller tensors are stored exactly (1024)")
     p.add_argument("--prune-scope", choices=("tensor", "global"), default="tensor",
                    help="prune each tensor by --prune, or one threshold for all (tensor)")
+    p.add_argument("--max-shard-size", default=None, metavar="SIZE",
+                   help="write a sharded model: OUT is a folder of model-0000k-of-0000n.qpk "
+                        "files of at most SIZE (e.g. 5GB, 500MB) plus model.qpk.index.json")
+    p.add_argument("--resume", action="store_true",
+                   help="with --max-shard-size: keep the shards an interrupted run of the "
+                        "same command finished and encode only the rest")
+    p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                   help="encode on N local worker processes, which share the cores "
+                        "(default: threads of this process)")
+    p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
+                   help="encode on a Dask cluster (e.g. tcp://10.0.0.5:8786); its workers "
+                        "must see the input files at the same paths (needs qpack[dask])")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress counter and no per-tensor report")
     p.set_defaults(func=cmd_compress)
@@ -502,9 +617,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("decompress", help="decode a .qpk file to .safetensors or .npz")
-    p.add_argument("file", metavar="FILE.qpk")
+    p.add_argument("file", metavar="FILE.qpk",
+                   help="a .qpk file, or a sharded model's folder or model.qpk.index.json")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="OUT.safetensors or OUT.npz")
+                   help="OUT.safetensors or OUT.npz; for a sharded model also a folder, "
+                        "which gets one safetensors shard per .qpk shard and "
+                        "model.safetensors.index.json")
     p.set_defaults(func=cmd_decompress)
 
     p = sub.add_parser("verify", help="check every checksum of a .qpk file",

@@ -60,12 +60,16 @@ def check_codebook_dtype(codebook_dtype, name: str = "codebook_dtype") -> str:
 
 
 def _squared_error(data: np.ndarray, book: np.ndarray, codes: np.ndarray,
-                   keep: np.ndarray | None) -> float:
-    """Sum over kept elements of (book[r, codes[r, c]] - data[r, c])**2 in float64.
+                   keep: np.ndarray | None, weights: np.ndarray | None = None) -> float:
+    """Sum over kept elements of (book[r, codes[r, c]] - data[r, c])**2 in float64, each
+    term times ``weights[r, c]`` when given (a histogram's counts).
 
-    data, codes, keep: (R, n); book (R, k). Runs in slices of about 2**20 elements, so it
-    needs no tensor-sized float64 temporaries.
+    data, codes, keep, weights: (R, n); book (R, k). Runs in slices of about 2**20
+    elements, so it needs no tensor-sized float64 temporaries.
     """
+    if weights is not None:
+        dec = np.take_along_axis(book.astype(np.float64), codes.astype(np.intp), axis=1)
+        return float(np.dot(np.square(dec - data).reshape(-1), weights.reshape(-1)))
     rows, n = data.shape
     step_c = 1 << 20
     step_r = max(1, step_c // max(n, 1))
@@ -81,12 +85,14 @@ def _squared_error(data: np.ndarray, book: np.ndarray, codes: np.ndarray,
 
 
 def stored_codebook(cents: np.ndarray, data: np.ndarray, keep: np.ndarray | None,
-                    codebook_dtype: str) -> tuple[np.ndarray, np.ndarray]:
+                    codebook_dtype: str, weights: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """The codebook as stored and the uint8 codes of ``data`` against it.
 
     cents : float64 (R, k) ascending centroids per row (R = 1: one codebook for all data).
     data : float32/float64 (R, n), finite; keep : bool (R, n) or None, the elements whose
-        error counts (pruned ones are coded apart by the caller).
+        error counts (pruned ones are coded apart by the caller). weights : (R, n) or None,
+        how many times each element counts (``data`` the distinct values of a histogram).
     codebook_dtype : checked ("auto", "float16" or "float32"). "float16": the rounded
         centroids; ValueError if one exceeds float16's range (65504). "auto": float16
         unless a centroid overflows it or the kept elements' squared error, each element
@@ -112,8 +118,8 @@ def stored_codebook(cents: np.ndarray, data: np.ndarray, keep: np.ndarray | None
     if codebook_dtype == "float16":
         return book16, codes16
     codes32 = assign_nearest(data, book32.astype(np.float64), dtype=np.uint8)
-    err32 = _squared_error(data, book32, codes32, keep)
-    err16 = _squared_error(data, book16, codes16, keep)
+    err32 = _squared_error(data, book32, codes32, keep, weights)
+    err16 = _squared_error(data, book16, codes16, keep, weights)
     if err16 <= err32 * (1.0 + FP16_CODEBOOK_TOLERANCE):
         return book16, codes16
     return book32, codes32
@@ -136,6 +142,10 @@ def _check_init(init, k: int):
     if not np.isfinite(arr).all():
         raise ValueError("init array must be finite")
     return np.sort(arr)
+
+
+# From this many values, 16-bit weights are clustered as a histogram (sixteen_bit_keys).
+HISTOGRAM_MIN = 1 << 16
 
 
 def _threads_for(work: int) -> int:
@@ -203,13 +213,14 @@ def _initial_centroids(xs, ws, wcum, k, init, rng) -> np.ndarray:
     return np.sort(xs[rng.choice(n, size=k, replace=False)].astype(np.float64))
 
 
-def _relocate_empty(xs, ws, edges, c, S, W, shift):
+def _relocate_empty(xs, ws, edges, c, S, W, lo, hi, shift):
     """Move empty clusters onto the points farthest from their centroids (in place on S, W).
 
     As in scikit-learn's Lloyd: the e empty clusters take the e points with the largest
     distance to the centroid they were assigned to, and those points leave their old
     clusters. Within a contiguous run, distance to a centroid is largest at the ends, so
-    the e first and e last points of each run hold every candidate.
+    the e first and e last points of each run hold every candidate. A cluster that takes
+    point x gets lo = hi = x (its mean clamps to x exactly: see _clamped_means).
     """
     empty = np.flatnonzero(W <= 0)
     cnt = np.diff(edges)
@@ -225,14 +236,16 @@ def _relocate_empty(xs, ws, edges, c, S, W, shift):
     owner = owner[first]
     dist = np.square(xs[idx].astype(np.float64) - c[owner])
     far = np.argsort(-dist, kind="stable")[:ne]
-    for new_j, f in zip(empty, far, strict=False):
-        x = float(xs[idx[f]]) - shift
-        wt = 1.0 if ws is None else float(ws[idx[f]])
-        old = owner[f]
-        S[old] -= x * wt
-        W[old] -= wt
-        S[new_j] = x * wt
-        W[new_j] = wt
+    new_j, pts, old = empty[:far.size], idx[far], owner[far]
+    wt = np.ones(far.size) if ws is None else ws[pts]
+    xw = (xs[pts].astype(np.float64) - shift) * wt
+    # Unbuffered and in order, so an old cluster giving up several points subtracts
+    # them one by one in the same order as a loop would.
+    np.subtract.at(S, old, xw)
+    np.subtract.at(W, old, wt)
+    S[new_j] = xw
+    W[new_j] = wt
+    lo[new_j] = hi[new_j] = xs[pts]
 
 
 # Row states reported by the lloyd_rows kernel (see qpack/_kernels/cluster.pyx).
@@ -260,6 +273,23 @@ def _edges_for(xs: np.ndarray, c: np.ndarray) -> np.ndarray:
     return edges
 
 
+def _clamped_means(S, W, shift, lo, hi, c):
+    """Cluster means S / W + shift, each clamped into its cluster's value range [lo, hi].
+
+    A true mean lies in [lo, hi]; computed from prefix-sum differences and the shift it can
+    miss by an ulp. The clamp makes the mean of a run of one repeated value exactly that
+    value, so clusters on the same duplicated value get bit-equal centroids and the tie rule
+    of _boundaries gives their points to the lowest index and leaves the copies empty for
+    relocation, as an argmin (scikit-learn) does. Unclamped, centroids an ulp apart put a
+    boundary between them and a copy could keep a lone neighbour for good (the duplicate
+    cases in tests/test_cluster.py ended at up to 2.1x sklearn's inertia). Clusters with
+    W <= 0 keep c. The kernel's _lloyd_row makes the same operations.
+    """
+    filled = W > 0
+    means = np.minimum(np.maximum(S / np.where(filled, W, 1.0) + shift, lo), hi)
+    return np.where(filled, means, c)
+
+
 def _lloyd_step(xs, ws, P, wcum, shift, c):
     """One Lloyd update from centroids c (with empty-cluster relocation).
 
@@ -271,11 +301,14 @@ def _lloyd_step(xs, ws, P, wcum, shift, c):
     else:
         W = wcum[edges[1:]] - wcum[edges[:-1]]
     S = P[edges[1:]] - P[edges[:-1]]
+    # Value range of each run: its first and last value (mode="clip" only keeps empty runs'
+    # indices in range; those entries are unused unless a relocation sets them).
+    lo = xs.take(edges[:-1], mode="clip")
+    hi = xs.take(edges[1:] - 1, mode="clip")
     relocated = bool((W <= 0).any())
     if relocated:
-        _relocate_empty(xs, ws, edges, c, S, W, shift)
-    filled = W > 0
-    new_c = np.where(filled, S / np.where(filled, W, 1.0) + shift, c)
+        _relocate_empty(xs, ws, edges, c, S, W, lo, hi, shift)
+    new_c = _clamped_means(S, W, shift, lo, hi, c)
     if relocated:
         new_c.sort()
     return edges, new_c, relocated
@@ -492,13 +525,24 @@ class KMeansQuantized:
     shape: tuple
     per_channel: bool
 
+    def dequantize_rows(self, start: int, stop: int, dtype=np.float32) -> np.ndarray:
+        """Rows [start, stop) of the (rows, cols) matrix view, decoded as ``dequantize``
+        decodes them (so large tensors can be decoded a block of rows at a time)."""
+        codes = as_matrix(self.codes)[start:stop]
+        book = np.asarray(self.codebook).astype(dtype, copy=False)
+        if not self.per_channel:
+            return book[codes]
+        return np.take_along_axis(book[start:stop], codes.astype(np.intp), axis=1)
+
     def dequantize(self, dtype=np.float32) -> np.ndarray:
         """codebook[codes] (per row: codebook[r, codes[r, :]]) as ``dtype``, of ``shape``."""
+        # the (small) codebook is converted, not the gathered weights: the same values, and
+        # numpy's float16 -> float32 cast of a whole tensor costs more than the gather
+        book = np.asarray(self.codebook).astype(dtype, copy=False)
         if not self.per_channel:
-            return self.codebook[self.codes].astype(dtype, copy=False)
+            return book[self.codes]
         codes = as_matrix(self.codes)
-        out = np.take_along_axis(self.codebook, codes.astype(np.intp), axis=1)
-        return out.reshape(self.shape).astype(dtype, copy=False)
+        return np.take_along_axis(book, codes.astype(np.intp), axis=1).reshape(self.shape)
 
     @property
     def nbytes_params(self) -> int:
@@ -521,6 +565,63 @@ def check_mask(mask, shape: tuple, name: str = "mask") -> np.ndarray:
     if m.shape != tuple(shape):
         raise ValueError(f"{name} must have the weights' shape {tuple(shape)}, got {m.shape}")
     return m
+
+
+def sixteen_bit_histogram(flat: np.ndarray, keep: np.ndarray | None = None):
+    """When each value of float32 ``flat`` is exactly a bfloat16 or a float16 value
+    (weights that were stored in 16 bits): (the float32 value of each of the 65536 keys,
+    the count of each key among the kept elements, ``codes_of(lut)`` giving each
+    element's ``lut[key]`` as uint8 of flat's shape). None otherwise, or for fewer than
+    HISTOGRAM_MIN values. ``keep``: bool mask of flat's shape, or None (all).
+
+    bfloat16 values are their float32 bits' upper half: one pass counts them, another
+    codes them, with no key array. float16 is tried on a first block before the whole
+    array, so genuine float32 data costs little.
+    """
+    if flat.dtype != np.float32 or flat.size < HISTOGRAM_MIN:
+        return None
+    bits = flat.view(np.uint32)
+    threads = _threads_for(flat.size)
+    if not (bits[:4096] & 0xFFFF).any():
+        counts = np.zeros((threads, 1 << 16), dtype=np.int64)
+        mask = np.empty(0, np.uint8) if keep is None else keep.view(np.uint8)
+        if _k.bf16_histogram(bits, mask, counts, threads):
+            def bf16_codes(lut: np.ndarray) -> np.ndarray:
+                out = np.empty(flat.size, dtype=np.uint8)
+                _k.bf16_codes(bits, lut, out, threads)
+                return out
+
+            table = (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32)
+            return table, counts.sum(axis=0), bf16_codes
+    head = flat[:4096]
+    with np.errstate(over="ignore"):
+        if (head.astype(np.float16).astype(np.float32) == head).all():
+            half = flat.astype(np.float16)
+            if (half.astype(np.float32) == flat).all():
+                keys = half.view(np.uint16)
+
+                def half_codes(lut: np.ndarray) -> np.ndarray:
+                    out = np.empty(flat.size, dtype=np.uint8)
+                    for i in range(0, keys.size, 1 << 20):  # blocks: a small index cast
+                        np.take(lut, keys[i:i + (1 << 20)], out=out[i:i + (1 << 20)])
+                    return out
+
+                table = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+                return table, np.bincount(keys if keep is None else keys[keep],
+                                          minlength=1 << 16), half_codes
+    return None
+
+
+def _fit_histogram(counts: np.ndarray, table: np.ndarray, k: int, init, max_iter: int, rng
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(k ascending centroids, the keys present, their counts) of the values ``table``
+    whose 16-bit keys occur ``counts`` times: the same K-means as on the values
+    themselves, on at most 65536 weighted points."""
+    present = np.flatnonzero(counts)
+    values = table[present].astype(np.float64)
+    order = np.argsort(values, kind="stable")
+    xs, ws = values[order], counts[present][order].astype(np.float64)
+    return _lloyd_sorted(xs, ws, k, init, max_iter, 0.0, rng), present[order], ws
 
 
 def _fit_values(vals: np.ndarray, k: int, init, max_iter: int, rng) -> np.ndarray:
@@ -615,12 +716,32 @@ def quantize_kmeans(w, bits: int, *, mask=None, init="linear", per_channel: bool
                               for r in range(mat.shape[0])])
         data = mat
     else:
-        vals = mat.reshape(-1) if mmat is None else mat[mmat]
-        cents = _fit_values(vals, k_fit, init, max_iter, rng).reshape(1, -1)
         data = mat.reshape(1, -1)
     keep = None if mmat is None else mmat.reshape(data.shape)
-    # the codes are those of the stored (possibly float16-rounded) codebook
-    book, codes = stored_codebook(cents, data, keep, codebook_dtype)
+    hist = None
+    if not per_channel and not (isinstance(init, str) and init == "random") and (
+            keep is None or keep.any()):
+        # weights that were bfloat16/float16 take at most 65536 values: cluster and code
+        # their histogram (random init draws data points, so it keeps the direct path)
+        hist = sixteen_bit_histogram(data[0], None if keep is None else keep[0])
+    if hist is not None:
+        table, key_counts, codes_of = hist
+        cents, present, counts = _fit_histogram(key_counts, table, k_fit, init, max_iter,
+                                                rng)
+        book, present_codes = stored_codebook(cents.reshape(1, -1),
+                                              table[present].reshape(1, -1), None,
+                                              codebook_dtype, counts.reshape(1, -1))
+        lut = np.zeros(1 << 16, dtype=np.uint8)  # keys of pruned weights: recoded below
+        lut[present] = present_codes[0]
+        codes = codes_of(lut).reshape(data.shape)
+        del hist, codes_of
+    elif not per_channel:
+        vals = data[0] if keep is None else data[keep]
+        cents = _fit_values(vals, k_fit, init, max_iter, rng).reshape(1, -1)
+        book, codes = stored_codebook(cents, data, keep, codebook_dtype)
+    else:
+        # the codes are those of the stored (possibly float16-rounded) codebook
+        book, codes = stored_codebook(cents, data, keep, codebook_dtype)
     zero_code = None
     if keep is not None:
         zero_code = 0

@@ -25,6 +25,9 @@ from qpack.sparse import encode_sparse_index
 from qpack.tensor_spec import element_limit
 from qpack.threads import get_num_threads
 
+# the error stats decode blocks of rows of about this many weights
+STATS_BLOCK_ELEMENTS = 1 << 20
+
 
 @dataclass(frozen=True)
 class TensorSettings:
@@ -55,13 +58,22 @@ def encode_raw_tensor(arr: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
     return spec, {"data": blob}
 
 
-def _stats(w: np.ndarray, w_hat: np.ndarray, mask: np.ndarray | None) -> dict:
-    """Sparsity and reconstruction errors, in one pass and no tensor-sized temporaries."""
-    ref = np.ascontiguousarray(w, dtype=np.float32).reshape(-1)
-    approx = np.ascontiguousarray(w_hat, dtype=np.float32).reshape(-1)
-    if ref.size != approx.size:  # the kernel indexes both by one length
-        raise ValueError(f"reconstruction has {approx.size} elements, expected {ref.size}")
-    err, sig, max_abs = _errstats.error_sums(ref, approx, get_num_threads())
+def _stats(w: np.ndarray, q, mask: np.ndarray | None) -> dict:
+    """Sparsity and reconstruction errors of float32 ``w`` (rows, cols) against the
+    transform ``q`` (its ``dequantize_rows``), decoded a block of rows at a time: no
+    tensor-sized temporaries."""
+    rows, cols = w.shape
+    step = max(1, STATS_BLOCK_ELEMENTS // max(cols, 1))
+    err = sig = max_abs = 0.0
+    for r0 in range(0, rows, step):
+        ref = np.ascontiguousarray(w[r0:r0 + step], dtype=np.float32).reshape(-1)
+        approx = np.ascontiguousarray(q.dequantize_rows(r0, r0 + step, np.float32),
+                                      dtype=np.float32).reshape(-1)
+        if ref.size != approx.size:  # the kernel indexes both by one length
+            raise ValueError(f"reconstruction has {approx.size} elements, expected "
+                             f"{ref.size}")
+        e, s, m = _errstats.error_sums(ref, approx, get_num_threads())
+        err, sig, max_abs = err + e, sig + s, max(max_abs, m)
     if err == 0.0:
         rel, sqnr = 0.0, math.inf
     else:
@@ -101,14 +113,17 @@ def _quantize(w2: np.ndarray, settings: TensorSettings, mask: np.ndarray | None,
 
 def encode_tensor(arr: np.ndarray, settings: TensorSettings,
                   mask: np.ndarray | None = None,
-                  calibration: Calibration | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+                  calibration: Calibration | None = None,
+                  dtype_name: str | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """Compress one floating tensor; return (header entry, {role: uint8 blob}).
 
     ``mask`` (bool, arr's shape) is a keep-mask computed elsewhere (global pruning);
     otherwise ``settings.prune`` prunes this tensor by magnitude. ``calibration`` (checked
     by the plan) quantizes with error compensation (qpack/gptq.py), records the damping
     used in ``calibration.chosen`` and stores the static int8 activation scale
-    (``act_scale``) its act_range rule picks.
+    (``act_scale``) its act_range rule picks. ``dtype_name``: the dtype the tensor has
+    when ``arr`` holds its float32 values instead (a checkpoint's bfloat16 tensor read
+    straight into float32, StoredTensor.read_float32); None: arr's own.
     """
     shape = arr.shape
     rows, cols = matrix_shape(shape)
@@ -123,7 +138,7 @@ def encode_tensor(arr: np.ndarray, settings: TensorSettings,
         mask = None
     bits = settings.bits
     # a log grid is a codebook: stored as a kmeans tensor, marked by the informative "grid"
-    spec: dict = {"shape": list(shape), "dtype": dtypes.dtype_name(arr.dtype),
+    spec: dict = {"shape": list(shape), "dtype": dtype_name or dtypes.dtype_name(arr.dtype),
                   "method": "kmeans" if settings.method == "log" else settings.method,
                   "bits": bits}
     blobs: dict[str, np.ndarray] = {}
@@ -142,9 +157,7 @@ def encode_tensor(arr: np.ndarray, settings: TensorSettings,
             spec["grid"] = GRID
     _param_sections(q, sections, blobs)
     codes = np.asarray(q.codes).reshape(rows, cols)
-    w_hat = np.asarray(q.dequantize(np.float32)).reshape(rows, cols)
-    spec["stats"] = _stats(w2, w_hat, mask)
-    del w_hat
+    spec["stats"] = _stats(w2, q, mask)
     _choose_layout(codes, bits, mask, settings.entropy, spec, sections, blobs)
     spec["sections"] = sections
     return spec, blobs
@@ -179,8 +192,7 @@ def encode_prequantized(q, entropy: bool, mask: np.ndarray | None = None,
     _param_sections(q, sections, blobs)
     if reference is not None:
         w = np.asarray(reference).astype(np.float32, copy=False).reshape(rows, cols)
-        spec["stats"] = _stats(w, np.asarray(q.dequantize(np.float32)).reshape(rows, cols),
-                               mask)
+        spec["stats"] = _stats(w, q, mask)
     else:
         spec["stats"] = {"sparsity": 0.0 if mask is None
                          else float(1.0 - np.count_nonzero(mask) / mask.size),

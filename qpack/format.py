@@ -1,16 +1,21 @@
 """The ``.qpk`` container: preamble, header, aligned checksummed sections.
 
-Layout (docs/FORMAT.md, section 4)::
+Layout of version 4, the one written (docs/FORMAT.md, section 4)::
 
     offset 0   8 bytes   magic  b"\\x89QPK\\r\\n\\x1a\\n"
-    offset 8   uint32    format version (3; versions 1 and 2 are read too)
+    offset 8   uint32    format version (4; versions 1-3 are read too)
     offset 12  uint32    header length H in bytes, as stored
     offset 16  uint32    CRC32 of the H stored header bytes
-    offset 20  uint32    flags: bit 0 = the header is zlib-compressed (version >= 2); else 0
-    offset 24  H bytes   header: UTF-8 JSON, zlib-compressed when flag bit 0 is set
-    ...        zero padding up to the data start D = align64(24 + H)
-    D + off    sections; each ``off`` a multiple of its codec's alignment (version 1: of
-               64), zero padding between them
+    offset 20  uint32    flags: bit 0 = the header is zlib-compressed; else 0
+    offset 24  uint64    header offset P: the header is the file's last H bytes
+    offset 32  32 bytes  zero (reserved)
+    offset 64  ...       data start D: sections at D + off, each ``off`` a multiple of its
+                         codec's alignment, zero padding between them
+    offset P   H bytes   header: UTF-8 JSON, zlib-compressed when flag bit 0 is set
+
+The header comes last so that a file can be written front to back as its tensors are
+encoded (``SectionWriter``): nothing waits for the whole model. Versions 1-3 put the
+header at offset 24 and the data at D = align64(24 + H).
 
 This module knows sections only as (offset, length, crc32) byte ranges. What a section
 holds is described in the header by the tensor encodings (qpack/tensor_spec.py).
@@ -35,10 +40,14 @@ import numpy as np
 from qpack.errors import FormatError
 
 MAGIC = b"\x89QPK\r\n\x1a\n"
-FORMAT_VERSION = 3
-SUPPORTED_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+SUPPORTED_VERSIONS = (1, 2, 3, 4)
+# the preamble every version starts with; version 4 adds HEADER_OFFSET right after it
 PREAMBLE = struct.Struct("<8sIIII")
+HEADER_OFFSET = struct.Struct("<Q")
 ALIGN = 64
+# version 4: the data region starts here (preamble, header offset, reserved zeros)
+DATA_START = 64
 FLAG_ZLIB_HEADER = 1
 MAX_HEADER_BYTES = 64 << 20  # a header larger than this (stored or inflated) is refused
 # Raw sections at least this long are 64-byte aligned although their dtype needs less:
@@ -76,24 +85,29 @@ def section_alignment(desc: dict, version: int = FORMAT_VERSION) -> int:
     return 1
 
 
+def place_section(end: int, desc: dict, blob: np.ndarray) -> int:
+    """Put one section after the data region's current ``end``: fill its descriptor's
+    ``offset`` (the next multiple of its alignment), ``length`` and ``crc32`` in place;
+    return the new end."""
+    align = section_alignment(desc)
+    if desc["codec"] == "raw" and blob.nbytes >= RAW_ALIGN64_FROM:
+        align = ALIGN
+    desc["offset"] = align_up(end, align)
+    desc["length"] = int(blob.nbytes)
+    desc["crc32"] = crc32(blob)
+    return desc["offset"] + desc["length"]
+
+
 def layout_sections(blobs: Iterable[tuple[dict, np.ndarray]]) -> int:
     """Assign ``offset``, ``length`` and ``crc32`` to each section descriptor in place.
 
-    ``blobs`` yields (descriptor, uint8 array) pairs in file order; each offset is the
-    next multiple of the section's alignment. Returns the size of the data region
-    (sections plus padding between them).
+    ``blobs`` yields (descriptor, uint8 array) pairs in file order (``place_section``).
+    Returns the size of the data region (sections plus padding between them).
     """
-    offset = 0
+    end = 0
     for desc, blob in blobs:
-        align = section_alignment(desc)
-        if desc["codec"] == "raw" and blob.nbytes >= RAW_ALIGN64_FROM:
-            align = ALIGN
-        offset = align_up(offset, align)
-        desc["offset"] = offset
-        desc["length"] = int(blob.nbytes)
-        desc["crc32"] = crc32(blob)
-        offset += int(blob.nbytes)
-    return offset
+        end = place_section(end, desc, blob)
+    return end
 
 
 def encode_header(header: dict) -> bytes:
@@ -123,7 +137,7 @@ def inflate_header(stored: bytes, where: str) -> bytes:
 
 def file_size(header: dict, data_size: int) -> int:
     """Exact size of the file ``write_file`` produces for this header and data region."""
-    return align_up(PREAMBLE.size + len(encode_header(header))) + data_size
+    return DATA_START + data_size + len(encode_header(header))
 
 
 def check_output_path(path: str | os.PathLike) -> str:
@@ -275,28 +289,75 @@ def write_bytes_atomic(path: str | os.PathLike, chunks: Iterable) -> int:
     return size
 
 
-def _file_chunks(head: bytes, blobs: list[tuple[dict, np.ndarray]]):
-    yield PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(head), crc32(head), FLAG_ZLIB_HEADER)
-    yield head
-    yield b"\0" * (align_up(PREAMBLE.size + len(head)) - PREAMBLE.size - len(head))
-    pos = 0
-    for desc, blob in blobs:
-        if desc["offset"] > pos:
-            yield b"\0" * (desc["offset"] - pos)
-            pos = desc["offset"]
-        yield blob
-        pos += desc["length"]
+class SectionWriter:
+    """Writes a version-4 ``.qpk`` front to back into an open binary file: each section as
+    soon as it is added, the header last (``finish``).
+
+    Only the bytes of the section being written are held, so a model larger than memory
+    can be written tensor by tensor. Use through ``stream_file``, which makes it atomic.
+    """
+
+    def __init__(self, fh):
+        self._fh = fh
+        self._end = 0  # bytes of the data region written so far
+        self.finished = False
+        fh.write(b"\0" * DATA_START)  # preamble and header offset are written by finish
+
+    @property
+    def data_size(self) -> int:
+        """Bytes of the data region so far (sections and the padding between them)."""
+        return self._end
+
+    def add(self, desc: dict, blob: np.ndarray) -> None:
+        """Append one section (a uint8 array); fill its descriptor's offset, length and
+        crc32 in place (``place_section``)."""
+        if self.finished:
+            raise ValueError("SectionWriter: a section added after finish()")
+        start = self._end
+        self._end = place_section(start, desc, blob)
+        if desc["offset"] > start:
+            self._fh.write(b"\0" * (desc["offset"] - start))
+        self._fh.write(memoryview(np.ascontiguousarray(blob).reshape(-1).view(np.uint8)))
+
+    def finish(self, header: dict) -> int:
+        """Write the header (it must hold the descriptors ``add`` filled) and then the
+        preamble; return the file size. ValueError when the header is over the cap."""
+        head = encode_header(header)
+        self._fh.write(head)
+        self._fh.seek(0)
+        self._fh.write(PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(head), crc32(head),
+                                     FLAG_ZLIB_HEADER))
+        self._fh.write(HEADER_OFFSET.pack(DATA_START + self._end))
+        self.finished = True
+        return DATA_START + self._end + len(head)
+
+
+@contextlib.contextmanager
+def stream_file(path: str | os.PathLike):
+    """Yield a ``SectionWriter`` on a temporary file beside ``path``; when the block ends
+    after ``finish``, the file is renamed over ``path`` (``atomic_path``). An exception,
+    or a block that ends without ``finish``, leaves ``path`` untouched and no file behind
+    (the latter raises ValueError)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        writer = SectionWriter(fh)
+        yield writer
+        if not writer.finished:
+            raise ValueError(f"{path}: the file was closed before its header was written")
+        fh.flush()
 
 
 def write_file(path: str | os.PathLike, header: dict,
                blobs: list[tuple[dict, np.ndarray]]) -> int:
     """Write a ``.qpk`` file atomically; return its size in bytes.
 
-    ``header`` must already contain the section descriptors of ``blobs`` as filled by
-    ``layout_sections``. Raises ValueError if the directory does not exist or the header
-    is over the size cap.
+    ``header`` must hold the section descriptors of ``blobs`` (they are filled again, in
+    place, as they are written). Raises ValueError if the directory does not exist or the
+    header is over the size cap.
     """
-    return write_bytes_atomic(path, _file_chunks(encode_header(header), blobs))
+    with stream_file(path) as writer:
+        for desc, blob in blobs:
+            writer.add(desc, blob)
+        return writer.finish(header)
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
@@ -383,10 +444,15 @@ class MappedFile:
                               f"(this qpack reads {SUPPORTED_VERSIONS})")
         if head_len > MAX_HEADER_BYTES:
             raise FormatError(f"{self.path}: header length {head_len} exceeds the cap")
-        if PREAMBLE.size + head_len > size:
-            raise FormatError(f"{self.path}: truncated inside the header "
-                              f"(header needs {head_len} bytes, file has {size})")
-        head = self._mmap[PREAMBLE.size:PREAMBLE.size + head_len]
+        if version >= 4:
+            head_start, data_start = self._trailing_header(size, head_len)
+        else:
+            head_start = PREAMBLE.size
+            data_start = align_up(PREAMBLE.size + head_len)
+            if PREAMBLE.size + head_len > size:
+                raise FormatError(f"{self.path}: truncated inside the header "
+                                  f"(header needs {head_len} bytes, file has {size})")
+        head = self._mmap[head_start:head_start + head_len]
         if crc32(head) != head_crc:
             raise FormatError(f"{self.path}: header checksum mismatch (damaged header)")
         if flags & ~(FLAG_ZLIB_HEADER if version >= 2 else 0):
@@ -397,9 +463,25 @@ class MappedFile:
         self.version = version
         self.header = header
         self.header_nbytes = head_len
-        self.data_start = align_up(PREAMBLE.size + head_len)
-        self.data_size = size - self.data_start
+        self.data_start = data_start
+        # version 4: the data region ends where the header starts
+        self.data_size = (head_start if version >= 4 else size) - data_start
         self._verified: set[tuple[int, int]] = set()
+
+    def _trailing_header(self, size: int, head_len: int) -> tuple[int, int]:
+        """(header start, data start) of a version-4 file, whose header is its last
+        ``head_len`` bytes at the offset the preamble names; FormatError otherwise."""
+        if size < DATA_START:
+            raise FormatError(f"{self.path}: {size} bytes is too short for a version-4 "
+                              f".qpk file (the data starts at {DATA_START})")
+        (head_start,) = HEADER_OFFSET.unpack_from(self._mmap, PREAMBLE.size)
+        if any(self._mmap[PREAMBLE.size + HEADER_OFFSET.size:DATA_START]):
+            raise FormatError(f"{self.path}: reserved preamble bytes are not zero")
+        if head_start < DATA_START or head_start + head_len != size:
+            raise FormatError(f"{self.path}: header offset {head_start} and length "
+                              f"{head_len} do not end the {size}-byte file (truncated or "
+                              "trailing bytes)")
+        return head_start, DATA_START
 
     def section(self, desc: dict, where: str) -> np.ndarray:
         """Read-only uint8 view of a section, its CRC32 checked on first access."""

@@ -45,16 +45,26 @@ def read_model_file(path: str | os.PathLike | Sequence[str | os.PathLike]
     return {name: ckpt[name] for name in ckpt}, dict(ckpt.metadata)
 
 
-def read_npz(path: str) -> dict[str, np.ndarray]:
-    """Every array of a ``.npz`` (a zip of ``.npy`` files), never unpickling anything."""
+def check_npz_signature(path: str) -> None:
+    """ValueError unless ``path`` starts like a zip archive (a .npz).
+
+    np.load takes anything that is not a zip for a pickle and suggests allow_pickle:
+    refuse it here instead, by the zip signature (local file header or empty archive).
+    """
     with open(path, "rb") as fh:
         magic = fh.read(4)
-    # np.load takes anything that is not a zip for a pickle and suggests allow_pickle:
-    # refuse it here instead, by the zip signature (local file header or empty archive)
     if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
         raise ValueError(f"{path}: not a .npz file (no zip signature)")
+
+
+def read_npz(path: str, member: str | None = None):
+    """Every array of a ``.npz`` (a zip of ``.npy`` files) as a dict, or only ``member``'s
+    array; never unpickling anything. ValueError naming the file when it is damaged."""
+    check_npz_signature(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
+            if member is not None:
+                return npz[member]
             return {name: npz[name] for name in npz.files}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -63,10 +73,16 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: damaged or unreadable .npz ({reason})") from None
 
 
-def read_input(model) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """(arrays, source metadata) of what ``compress`` was given: a path or a mapping."""
+def read_input(model) -> tuple[dict, dict[str, str]]:
+    """(tensors, source metadata) of what ``compress`` was given: a mapping's arrays, or
+    for a checkpoint on disk a ``StoredTensor`` per tensor (read when it is encoded)."""
     if isinstance(model, (str, os.PathLike)) or _is_path_list(model):
-        return read_model_file(model)
+        from qpack.checkpoint import open_checkpoint
+
+        ckpt = open_checkpoint(model)
+        if not len(ckpt):
+            raise ValueError(f"{model}: the checkpoint holds no tensors: nothing to compress")
+        return {name: ckpt.stored(name) for name in ckpt}, dict(ckpt.metadata)
     return as_array_dict(model), {}
 
 

@@ -16,11 +16,21 @@ from qpack.allocate import Allocation, allocate_bits, budget_bytes, candidate_bi
 from qpack.defaults import DEFAULT_ACT_RANGE, DEFAULT_CLIP, DEFAULT_GROUP_SIZE
 from qpack.encode_jobs import EncodeJob, plan_jobs, run_jobs
 from qpack.errors import FormatError
+from qpack.executors import check_executor
 from qpack.handover import is_prequantized
 from qpack.inputs import read_input
 from qpack.plan import make_plan, patterns
 from qpack.progress import Progress
 from qpack.report import Report
+from qpack.shards import (
+    ShardedWriter,
+    check_output_folder,
+    index_path,
+    parse_size,
+    read_shard_index,
+    run_fingerprint,
+)
+from qpack.stored_tensor import StoredTensor, read_value
 from qpack.tensor import CompressedTensor, memory_tensor
 from qpack.tensor_spec import validate_spec
 
@@ -50,6 +60,7 @@ class CompressedModel(Mapping):
         # the bit allocation compress made under a size budget (qpack.allocate.Allocation:
         # every candidate's bytes and score), None otherwise and after load
         self.allocation = None
+        self._shards: list[CompressedModel] = []  # set by load for a sharded model
 
     # -- mapping -----------------------------------------------------------------
     def __getitem__(self, name: str) -> CompressedTensor:
@@ -67,6 +78,20 @@ class CompressedModel(Mapping):
     def __repr__(self) -> str:
         return (f"CompressedModel({len(self)} tensors, {self.original_nbytes:,} -> "
                 f"{self.nbytes:,} bytes, ratio {self.ratio:.2f}x)")
+
+    @property
+    def shards(self) -> list[CompressedModel]:
+        """The shards of a sharded model loaded from its folder or index, each a
+        CompressedModel of its own file, in order; [self] for any other model."""
+        return list(self._shards) if self._shards else [self]
+
+    @property
+    def files(self) -> list[str]:
+        """The .qpk files this model was loaded from (several for a sharded model; [] for
+        one made by compress in memory)."""
+        if self._shards:
+            return [path for part in self._shards for path in part.files]
+        return [] if self._source is None else [self._source.path]
 
     # -- figures -----------------------------------------------------------------
     @property
@@ -131,14 +156,11 @@ class CompressedModel(Mapping):
         tensors_header = {}
         blobs = []
         for name, t in self._tensors.items():
-            spec, sections = t.entry_to_write()
-            blobs.extend((spec["sections"][role], sections[role]) for role in spec["sections"])
+            spec, sections = _sections_in_order(t)
+            blobs.extend(sections)
             tensors_header[name] = spec
         data_size = format.layout_sections(blobs)
-        header = {"format": "qpk", "metadata": metadata, "tensors": tensors_header}
-        if self.source_metadata:
-            header["source_metadata"] = self.source_metadata
-        return header, blobs, data_size
+        return file_header(metadata, tensors_header, self.source_metadata), blobs, data_size
 
     def save(self, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> int:
         """Write the model to a ``.qpk`` file atomically; return the file size in bytes.
@@ -151,6 +173,22 @@ class CompressedModel(Mapping):
         path = format.check_output_path(path)
         header, blobs, _ = self._layout(meta)
         return format.write_file(path, header, blobs)
+
+
+def _sections_in_order(t: CompressedTensor) -> tuple[dict, list[tuple[dict, np.ndarray]]]:
+    """(entry as written, [(descriptor, blob)] in file order) of one tensor."""
+    spec, sections = t.entry_to_write()
+    return spec, [(spec["sections"][role], sections[role]) for role in spec["sections"]]
+
+
+def file_header(metadata: Mapping[str, str], tensors_header: dict,
+                source_metadata: Mapping[str, str] | None) -> dict:
+    """The .qpk header object (docs/FORMAT.md, 4.2): every writer builds it here, so a
+    streamed file and a saved one are the same bytes."""
+    header = {"format": "qpk", "metadata": dict(metadata), "tensors": tensors_header}
+    if source_metadata:
+        header["source_metadata"] = dict(source_metadata)
+    return header
 
 
 def save(model: CompressedModel, path: str | os.PathLike,
@@ -167,7 +205,15 @@ def load(path: str | os.PathLike, verify: bool = False) -> CompressedModel:
     Every offset, length, shape and parameter in the header is validated now; each
     section's CRC32 is checked when the section is first read, or for all sections at once
     with ``verify=True``. Raises FormatError for a missing, damaged or unknown file.
+
+    ``path`` may also be a sharded model (qpack/shards.py): its folder or its
+    ``model.qpk.index.json``. Every shard is opened (headers only) and the result is
+    one CompressedModel over all of them; the index must list exactly the tensors each
+    shard holds (FormatError otherwise).
     """
+    index = index_path(os.fspath(path))
+    if index is not None:
+        return _load_shards(index, verify)
     mapped = format.MappedFile(path)
     header = mapped.header
     where = mapped.path
@@ -191,6 +237,27 @@ def load(path: str | os.PathLike, verify: bool = False) -> CompressedModel:
     return CompressedModel(tensors, metadata, source=mapped, source_metadata=source_metadata)
 
 
+def _load_shards(index: str, verify: bool) -> CompressedModel:
+    """One CompressedModel over the shards an index lists (see ``load``)."""
+    shard_list, _ = read_shard_index(index)
+    tensors: dict[str, CompressedTensor] = {}
+    parts = []
+    for shard_path, names in shard_list:
+        part = load(shard_path, verify)
+        if set(part) != set(names):
+            extra = sorted(set(part) - set(names)) or sorted(set(names) - set(part))
+            how = "holds" if set(part) - set(names) else "lacks"
+            raise FormatError(f"{index}: shard {os.path.basename(shard_path)} {how} "
+                              f"tensor {extra[0]!r}, unlike the index's weight_map")
+        tensors.update(part.items())
+        parts.append(part)
+    first = parts[0]
+    model = CompressedModel(tensors, first.metadata, source_metadata=first.source_metadata)
+    model._nbytes = sum(p.nbytes for p in parts)
+    model._shards = parts  # keeps every mapping open with the model
+    return model
+
+
 def _string_map(value, where: str) -> dict[str, str]:
     """A header object of string values (metadata); FormatError otherwise."""
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
@@ -207,23 +274,108 @@ def _mapped_tensor(name: str, spec: dict, mapped: format.MappedFile) -> Compress
         section_nbytes=lambda role: sections[role]["length"])
 
 
-def _encode_all(arrays: dict, plan, progress: bool) -> dict[str, tuple[dict, dict]]:
+def _progress(arrays: Mapping, progress: bool) -> Progress | None:
+    """The tensors-and-bytes progress line of a compression, or None."""
+    if not progress:
+        return None
+    return Progress(len(arrays), "compress", "tensors",
+                    total_bytes=sum(_input_nbytes(v) for v in arrays.values()))
+
+
+def _input_nbytes(value) -> int:
+    """Bytes of one input tensor as given (a pre-quantized one: its float32 size)."""
+    if is_prequantized(value):
+        return 4 * int(np.prod(value.shape, dtype=np.int64))
+    return int(value.nbytes)
+
+
+def _encode_all(arrays: dict, plan, progress: bool, executor
+                ) -> dict[str, tuple[dict, dict]]:
     """Encode every tensor of the plan (qpack/encode_jobs.py: several at once, memory
     bounded by about the largest tensor); {name: (header entry, blobs)}."""
-    bar = Progress(len(arrays), "compress", "tensors") if progress else None
+    bar = _progress(arrays, progress)
     results: dict[str, tuple[dict, dict]] = {}
 
     def done(job: EncodeJob, result) -> None:
         results[job.key] = result
         if bar is not None:
-            bar.update()
+            bar.update(1, _input_nbytes(job.value))
 
     try:
-        run_jobs(plan_jobs(arrays, plan), done)
+        run_jobs(plan_jobs(arrays, plan), done, executor)
     finally:
         if bar is not None:
             bar.close()
     return results
+
+
+def _encode_to_file(path: str, arrays: dict, plan, metadata: Callable[[], dict[str, str]],
+                    source_metadata: Mapping[str, str], progress: bool,
+                    executor) -> CompressedModel:
+    """Encode every tensor of the plan straight into a .qpk at ``path``: each tensor's
+    sections are written as soon as it (and those before it) are encoded, the header
+    last (format version 4), so only the tensors in flight are in memory. The file is
+    atomic: on any error nothing is left at ``path``. Returns the file, loaded."""
+    bar = _progress(arrays, progress)
+    tensors_header: dict[str, dict] = {}
+    try:
+        with format.stream_file(path) as writer:
+            def done(job: EncodeJob, result) -> None:
+                t = memory_tensor(job.key, *result)
+                _warn_costly_codebooks({job.key: t})
+                spec, sections = _sections_in_order(t)
+                for desc, blob in sections:
+                    writer.add(desc, blob)
+                tensors_header[job.key] = spec
+                if bar is not None:
+                    bar.update(1, _input_nbytes(job.value))
+
+            run_jobs(plan_jobs(arrays, plan), done, executor)
+            writer.finish(file_header(metadata(), tensors_header, source_metadata))
+    finally:
+        if bar is not None:
+            bar.close()
+    return load(path)
+
+
+def _encode_to_shards(writer: ShardedWriter, resume: bool, arrays: dict, plan,
+                      progress: bool, executor) -> CompressedModel:
+    """Encode the plan's tensors into a sharded model (qpack/shards.py), each written as
+    it arrives; with ``resume`` the tensors that finished shards hold are skipped."""
+    skipped = set(writer.resumed(list(arrays), resume))
+    todo = {n: v for n, v in arrays.items() if n not in skipped}
+    bar = _progress(todo, progress)
+    try:
+        def done(job: EncodeJob, result) -> None:
+            t = memory_tensor(job.key, *result)
+            _warn_costly_codebooks({job.key: t})
+            writer.add(job.key, *_sections_in_order(t))
+            if bar is not None:
+                bar.update(1, _input_nbytes(job.value))
+
+        run_jobs(plan_jobs(arrays, plan, list(todo)), done, executor)
+        index = writer.finish()
+    except BaseException as exc:
+        writer.abort(exc)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return load(index)
+
+
+def _identities(arrays: Mapping) -> list:
+    """What identifies the inputs of a run (for resuming it): each tensor's name, dtype
+    and shape, and for one read from a file, the file's path, size and mtime."""
+    out = []
+    for name, v in arrays.items():
+        item = [name, str(getattr(v, "dtype", "")), list(np.shape(v)) if not
+                is_prequantized(v) else list(v.shape)]
+        if isinstance(v, StoredTensor):
+            st = os.stat(v.path)
+            item += [v.path, v.offset, st.st_size, st.st_mtime_ns]
+        out.append(item)
+    return out
 
 
 def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmeans", *,
@@ -240,7 +392,9 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
              act_range: str | None = DEFAULT_ACT_RANGE, act_percentile: float = 99.99,
              target_bpw: float | None = None, target_bytes: int | None = None,
              evaluate: Callable[[dict[str, np.ndarray]], float] | None = None,
-             progress: bool = False) -> CompressedModel:
+             progress: bool = False, out: str | os.PathLike | None = None,
+             executor=None, max_shard_size: int | str | None = None,
+             resume: bool = False) -> CompressedModel:
     """Compress a model's weights: prune, quantize (K-means, linear or log), pack, entropy-code.
 
     Parameters
@@ -320,7 +474,36 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
         with the tensors in ``replaced`` ({name: decoded array of the tensor's shape and
         dtype}) put in place of the given ones, all others as given. Called once with {}
         (the baseline) and once per tensor and candidate, in this thread.
-    progress : count tensors (or, with a budget, candidate encodings) on stderr.
+    progress : count tensors and bytes, with the time left (or, with a budget, candidate
+        encodings), on stderr.
+    out : a ``.qpk`` path: write the model there while it is encoded, each tensor's
+        sections as soon as it is done (header last), and return the file loaded
+        (memory-mapped, as ``qpack.load``). The file is written atomically (nothing at
+        ``out`` on error or interrupt) and is the same bytes that ``save`` writes.
+        Checkpoint inputs are read a tensor at a time in either case, so with ``out``
+        peak memory is that of the tensors in flight, not of the model; NaN/Inf in a
+        tensor read from disk is then found when that tensor is encoded (still a
+        ValueError, and still nothing written). ``prune_scope="global"`` and a size
+        budget need every tensor at once and read them all first.
+    executor : run the encodings there instead of on this process's threads: a
+        ``concurrent.futures.Executor`` (e.g. ``qpack.executors.local_workers(n)``, a
+        process pool whose workers share the cores) or a ``dask.distributed.Client``.
+        One task per tensor; a tensor of a safetensors checkpoint is read by the worker
+        itself, by (file path, byte offset), so the files must be at the same path on
+        every worker (shared storage); other inputs are sent with the task. Results
+        are written in the model's order with back-pressure (about two tasks per worker
+        in flight), and the output is byte-identical to a run without executor. A task
+        that fails there (a worker that died after Dask's retry) raises RuntimeError
+        naming the tensor.
+    max_shard_size : with ``out`` a folder: write a sharded model there
+        (``model-0000k-of-0000n.qpk`` files of at most this many bytes of sections each,
+        bytes or a string like "5GB", plus ``model.qpk.index.json``; qpack/shards.py),
+        returned loaded across its shards. A tensor never spans two shards.
+    resume : with ``max_shard_size``: keep the shards an interrupted run of the same
+        compression (same inputs, settings and shard size) finished, and encode only the
+        tensors after them. In-memory inputs are identified by names, shapes and dtypes
+        only; checkpoint files also by size and modification time. A single-file ``out``
+        cannot be resumed: it is written atomically, all or nothing.
 
     Returns a CompressedModel. Raises ValueError, before any encoding, naming any bad
     argument, NaN/Inf weights, an empty model, a pattern that matches no tensor or only
@@ -336,6 +519,20 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
     meta.update(_check_metadata(metadata, "metadata"))
     if not isinstance(progress, bool):
         raise ValueError(f"progress must be True or False, got {progress!r}")
+    shard_size = None
+    if max_shard_size is not None:
+        if out is None:
+            raise ValueError("max_shard_size needs out=, the folder to write the shards to")
+        shard_size = parse_size(max_shard_size)
+        out_path = check_output_folder(out)
+    else:
+        out_path = None if out is None else format.check_output_path(out)
+    if not isinstance(resume, bool):
+        raise ValueError(f"resume must be True or False, got {resume!r}")
+    if resume and shard_size is None:
+        raise ValueError("resume needs max_shard_size: only a sharded output can be resumed "
+                         "(a single file is written atomically, all or nothing)")
+    check_executor(executor)
     target = check_targets(target_bpw, target_bytes, evaluate)
     arrays, source_metadata = read_input(model_dict)
     base = {"method": method, "bits": bits, "prune": prune, "group_size": group_size,
@@ -351,7 +548,7 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
     if prune_scope == "global":
         from qpack.prune import prune_global
 
-        pool = {n: arrays[n] for n, s in plan.settings.items()
+        pool = {n: read_value(arrays[n]) for n, s in plan.settings.items()
                 if s is not None and s.prune == plan.base.prune and n not in plan.masks
                 and not is_prequantized(arrays[n])}
         if pool:
@@ -363,22 +560,36 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
             "handed_over": sorted(set(plan.masks) | {n for n, v in arrays.items()
                                                      if is_prequantized(v)})}
 
+    def metadata_of(allocation: Allocation | None) -> dict[str, str]:
+        # the damping chosen per calibrated tensor is known once it is encoded
+        extra = {"calibrated": {n: c.chosen for n, c in plan.calibration.items()}} \
+            if plan.calibration else {}
+        if allocation is not None:
+            extra["allocation"] = allocation.as_json()
+        return {**meta, "compress_args": json.dumps({**args, **extra}, default=str)}
+
     def assemble(encoded: dict, allocation: Allocation | None,
                  final: bool = True) -> CompressedModel:
         tensors = {name: memory_tensor(name, *encoded[name]) for name in arrays}
         if final:
             _warn_costly_codebooks(tensors)
-        extra = {"calibrated": {n: c.chosen for n, c in plan.calibration.items()}} \
-            if plan.calibration else {}
-        if allocation is not None:
-            extra["allocation"] = allocation.as_json()
-        model = CompressedModel(tensors, {**meta, "compress_args": json.dumps(
-            {**args, **extra}, default=str)}, source_metadata=source_metadata)
+        model = CompressedModel(tensors, metadata_of(allocation),
+                                source_metadata=source_metadata)
         model.allocation = allocation
         return model
 
     if target is None:
-        return assemble(_encode_all(arrays, plan, progress), None)
+        if shard_size is not None:
+            fingerprint = run_fingerprint([args, shard_size, _identities(arrays)])
+            return _encode_to_shards(ShardedWriter(
+                out_path, shard_size, fingerprint, lambda: metadata_of(None),
+                source_metadata), resume, arrays, plan, progress, executor)
+        if out_path is not None:
+            return _encode_to_file(out_path, arrays, plan, lambda: metadata_of(None),
+                                   source_metadata, progress, executor)
+        return assemble(_encode_all(arrays, plan, progress, executor), None)
+    # the allocation scores every tensor against all others: all of them in memory
+    arrays = {n: read_value(v) for n, v in arrays.items()}
     names = _allocatable(arrays, plan, target)
     encodings = len(arrays) - len(names) + sum(
         len(candidate_bits(plan.settings[n].method, plan.settings[n].symmetric)) for n in names)
@@ -387,11 +598,26 @@ def compress(model_dict, bits: int = 4, prune: float = 0.0, method: str = "kmean
         encoded, allocation = allocate_bits(
             arrays, plan, names, target, evaluate,
             lambda enc, alloc: assemble(enc, alloc, final=False).nbytes,
-            None if bar is None else bar.update)
+            None if bar is None else bar.update, executor)
     finally:
         if bar is not None:
             bar.close()
-    return assemble(encoded, allocation)
+    model = assemble(encoded, allocation)
+    if out_path is None:
+        return model
+    if shard_size is None:
+        model.save(out_path)
+        return load(out_path)
+    writer = ShardedWriter(out_path, shard_size, run_fingerprint(
+        [args, shard_size, _identities(arrays)]), lambda: model.metadata, source_metadata)
+    writer.resumed(list(model), resume=False)
+    try:
+        for name, t in model.items():
+            writer.add(name, *_sections_in_order(t))
+        return load(writer.finish())
+    except BaseException as exc:
+        writer.abort(exc)
+        raise
 
 
 def _allocatable(arrays: Mapping, plan, target: tuple[str, float]) -> list[str]:

@@ -25,6 +25,7 @@ from qpack.encode import TensorSettings
 from qpack.handover import check_mask, check_prequantized, is_prequantized
 from qpack.inputs import to_array
 from qpack.quantize import CLIP_METHODS as CLIPS
+from qpack.stored_tensor import StoredTensor
 from qpack.tensor_spec import MAX_EMPTY_EXTENT, extent
 
 METHODS = ("kmeans", "linear", "log")
@@ -173,12 +174,13 @@ def make_plan(arrays: Mapping, base: Mapping, *, include, exclude, overrides,
               act_percentile=99.99) -> Plan:
     """Decide every tensor's settings; validate every argument first.
 
-    ``arrays`` maps names to arrays or pre-quantized objects (KMeansQuantized /
-    LinearQuantized, stored as given); ``base`` holds the top-level keywords
+    ``arrays`` maps names to arrays, StoredTensors (not read yet: only their shapes and
+    dtypes are looked at) or pre-quantized objects (KMeansQuantized / LinearQuantized,
+    stored as given); ``base`` holds the top-level keywords
     (OVERRIDABLE keys). Raises ValueError naming the argument for any bad value, a pattern
     that matches nothing or only tensors stored exactly, an option that no tensor uses, a
     mask that does not fit its tensor or comes with pruning, NaN/Inf in a tensor that
-    is quantized, or calibration that does not fit (``_check_calibration``).
+    is quantized (in memory), or calibration that does not fit (``_check_calibration``).
     """
     base_settings = check_settings(base, "")
     if base_settings.method == "raw":
@@ -228,7 +230,10 @@ def make_plan(arrays: Mapping, base: Mapping, *, include, exclude, overrides,
             continue
         quantized = name in selected and tensor_settings.method != "raw"
         plan[name] = tensor_settings if quantized else None
-        if quantized and not np.isfinite(arrays[name]).all():
+        # a tensor still on disk is checked when it is read for encoding (encode_jobs):
+        # reading every tensor twice would double the cost of a large model
+        if quantized and not isinstance(arrays[name], StoredTensor) \
+                and not np.isfinite(arrays[name]).all():
             raise ValueError(f"tensor {name!r} contains NaN or Inf")
 
     # every option must reach at least one tensor it changes: pre-quantized tensors take

@@ -29,6 +29,8 @@ from qpack.threads import get_num_threads
 CLIP_METHODS = ("minmax", "percentile", "mse")
 # Clipping ratios tried by clip="mse": the kept range is ratio * (min, max) of the group.
 MSE_RATIOS = np.linspace(1.0, 0.3, 36)
+# quantize_linear works on blocks of rows of about this many weights (bounded temporaries)
+ROW_BLOCK_ELEMENTS = 1 << 20
 
 
 def check_weights(w, name: str = "w") -> np.ndarray:
@@ -125,6 +127,19 @@ class LinearQuantized:
         """Columns per group G in the decode formula (rows*cols per tensor, cols per row,
         else min(group_size, cols)): ``_validate.group_layout``, the one rule."""
         return group_layout(self.group_size, *matrix_shape(self.shape))[2]
+
+    def dequantize_rows(self, start: int, stop: int, dtype=np.float32) -> np.ndarray:
+        """Rows [start, stop) of the (rows, cols) matrix view, decoded as ``dequantize``
+        decodes them (so large tensors can be decoded a block of rows at a time)."""
+        rows, cols = matrix_shape(self.shape)
+        codes = self.codes.reshape(rows, cols)[start:stop]
+        if self.group_size is None:
+            part = LinearQuantized(codes, self.scales, self.zeros, self.bits, None,
+                                   self.symmetric, codes.shape)
+        else:
+            part = LinearQuantized(codes, self.scales[start:stop], self.zeros[start:stop],
+                                   self.bits, self.group_size, self.symmetric, codes.shape)
+        return part.dequantize(dtype)
 
     def dequantize(self, dtype=np.float32) -> np.ndarray:
         """Decode to an array of ``shape``: (codes - zeros) * scales in float32, then ``dtype``."""
@@ -355,17 +370,37 @@ def quantize_linear(w, bits: int, *, group_size: int | None = None, symmetric: b
     _, _, g = group_layout(group_size, rows, cols)
     if group_size is None:
         mat = mat.reshape(1, -1)  # one group of rows*cols columns
+    # Rows are quantized independently, so blocks of rows give the same result while the
+    # temporaries (36 clipping candidates per group with clip="mse") stay a few MB.
+    step = max(1, ROW_BLOCK_ELEMENTS // max(mat.shape[1], 1))
+    codes = np.empty(mat.shape, dtype=np.uint8)
+    params = []
+    for r0 in range(0, mat.shape[0], step):
+        block_codes, block_scales, block_zeros = _quantize_rows(
+            mat[r0:r0 + step], g, bits, symmetric, clip, float(percentile), sdt)
+        codes[r0:r0 + step] = block_codes
+        params.append((block_scales, block_zeros))
+    scales = np.concatenate([p[0] for p in params], axis=0).astype(sdt, copy=False)
+    zeros = np.concatenate([p[1] for p in params], axis=0).astype(np.uint8)
+    return LinearQuantized(codes=codes.reshape(arr.shape), scales=scales, zeros=zeros,
+                           bits=bits, group_size=group_size, symmetric=symmetric,
+                           shape=tuple(arr.shape))
+
+
+def _quantize_rows(mat: np.ndarray, g: int, bits: int, symmetric: bool, clip: str,
+                   percentile: float, sdt: np.dtype):
+    """(codes (rows, cols) uint8, scales (rows, ngroups), zeros) of a block of rows in
+    groups of g columns (the last group may be shorter)."""
     nfull = mat.shape[1] // g
     parts = []
     if nfull:
         blk = mat[:, :nfull * g].reshape(mat.shape[0], nfull, g)
-        parts.append(_quantize_block(blk, bits, symmetric, clip, float(percentile), sdt))
+        parts.append(_quantize_block(blk, bits, symmetric, clip, percentile, sdt))
     if nfull * g < mat.shape[1]:
         blk = mat[:, nfull * g:].reshape(mat.shape[0], 1, -1)
-        parts.append(_quantize_block(blk, bits, symmetric, clip, float(percentile), sdt))
-    codes = np.concatenate([p[0].reshape(mat.shape[0], -1) for p in parts], axis=1)
-    scales = np.concatenate([p[1] for p in parts], axis=1).astype(sdt, copy=False)
-    zeros = np.concatenate([p[2] for p in parts], axis=1).astype(np.uint8)
-    return LinearQuantized(codes=codes.reshape(arr.shape), scales=scales, zeros=zeros,
-                           bits=bits, group_size=group_size, symmetric=symmetric,
-                           shape=tuple(arr.shape))
+        parts.append(_quantize_block(blk, bits, symmetric, clip, percentile, sdt))
+    if len(parts) == 1:
+        return parts[0][0].reshape(mat.shape[0], -1), parts[0][1], parts[0][2]
+    return (np.concatenate([p[0].reshape(mat.shape[0], -1) for p in parts], axis=1),
+            np.concatenate([p[1] for p in parts], axis=1),
+            np.concatenate([p[2] for p in parts], axis=1))

@@ -18,6 +18,7 @@ import numpy as np
 
 from qpack import dtypes
 from qpack.format import parse_header, write_bytes_atomic
+from qpack.stored_tensor import StoredTensor
 
 _ST_TO_NAME = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16",
                "U32": "uint32", "I32": "int32", "U64": "uint64", "I64": "int64",
@@ -53,6 +54,7 @@ class SafetensorsFile:
             raise ValueError(f"{path}: safetensors __metadata__ must map strings to strings")
         self.metadata: dict[str, str] = meta
         self._body = memoryview(data)[8 + n:]
+        self.data_offset = 8 + n  # file offset of the data that entries' offsets count from
         self.tensors: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
         for name, info in header.items():
             self.tensors[name] = self._check_entry(name, info)
@@ -75,6 +77,12 @@ class SafetensorsFile:
                 and 0 <= begin <= end <= len(self._body) and end - begin == need):
             raise ValueError(f"{path}: tensor {name!r} has bad data offsets {[begin, end]}")
         return dname, tuple(shape), begin, end
+
+    def stored(self, name: str) -> StoredTensor:
+        """Tensor ``name`` as a StoredTensor (read by byte offset, later, anywhere)."""
+        dname, shape, begin, _ = self.tensors[name]
+        return StoredTensor(name, dname, shape, os.path.abspath(self.path),
+                            offset=self.data_offset + begin)
 
     def read(self, name: str) -> np.ndarray:
         """A copy of tensor ``name`` (KeyError if the file has none of that name)."""

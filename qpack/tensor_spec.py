@@ -42,8 +42,10 @@ _LAYOUT_ROLES = {"dense": ("codes",), "sparse": ("gaps", "row_nsym", "codes")}
 _PARAM_ROLES = {"linear": ("scales", "zeros"), "kmeans": ("codebook",)}
 # Version 3: a symmetric linear tensor stores no zero-points (they are 2**(bits-1)).
 _SYMMETRIC_ROLES = ("scales",)
-# Parameter dtypes by format version: version 3 adds float16 codebooks.
-_CODEBOOK_DTYPES = {1: ("float32",), 2: ("float32",), 3: ("float16", "float32")}
+# Parameter dtypes by format version: version 3 adds float16 codebooks (version 4 changes
+# only the container: the header moves to the end).
+_CODEBOOK_DTYPES = {1: ("float32",), 2: ("float32",), 3: ("float16", "float32"),
+                    4: ("float16", "float32")}
 
 
 def roles_of(method: str, layout: str | None, symmetric: bool = False,

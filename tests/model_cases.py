@@ -25,22 +25,34 @@ def small_model(seed: int = 0) -> dict[str, np.ndarray]:
 # -- reading and building .qpk bytes by hand (an independent reader of FORMAT.md 4.1) ----
 
 def split_file(raw: bytes) -> tuple[dict, bytes]:
-    """(header dict, data region) of .qpk bytes, version 1 (plain JSON) or 2-3 (zlib)."""
+    """(header dict, data region) of .qpk bytes: version 1 (plain JSON), 2-3 (zlib header
+    after the preamble) or 4 (header at the offset stored at byte 24, data from 64)."""
     import json
     import zlib
 
     version = int.from_bytes(raw[8:12], "little")
     n = int.from_bytes(raw[12:16], "little")
     flags = int.from_bytes(raw[20:24], "little")
-    head = raw[24:24 + n]
+    if version >= 4:
+        start = int.from_bytes(raw[24:32], "little")
+        head, data = raw[start:start + n], raw[64:start]
+    else:
+        head, data = raw[24:24 + n], raw[-(-(24 + n) // 64) * 64:]
     if version >= 2 and flags & 1:
         head = zlib.decompress(head)
-    return json.loads(head), raw[-(-(24 + n) // 64) * 64:]
+    return json.loads(head), data
+
+
+def data_start(raw: bytes) -> int:
+    """File offset of the data region: 64 in version 4, align64(24 + H) before."""
+    if int.from_bytes(raw[8:12], "little") >= 4:
+        return 64
+    return -(-(24 + int.from_bytes(raw[12:16], "little")) // 64) * 64
 
 
 def build_file(header, data: bytes, compress: bool = True, version: int = 3) -> bytes:
-    """.qpk bytes of format ``version`` (2 or 3: the same container) with this header (a
-    dict, or exact JSON bytes) and data."""
+    """.qpk bytes of format ``version`` (2 or 3: the same container; 4: header at the end)
+    with this header (a dict, or exact JSON bytes) and data."""
     import json
     import struct
     import zlib
@@ -48,6 +60,10 @@ def build_file(header, data: bytes, compress: bool = True, version: int = 3) -> 
     head = header if isinstance(header, bytes) else json.dumps(header).encode()
     if compress:
         head = zlib.compress(head)
+    if version >= 4:
+        pre = struct.pack("<8sIIIIQ", b"\x89QPK\r\n\x1a\n", version, len(head),
+                          zlib.crc32(head), 1 if compress else 0, 64 + len(data))
+        return pre + b"\0" * 32 + data + head
     start = -(-(24 + len(head)) // 64) * 64
     pre = struct.pack("<8sIIII", b"\x89QPK\r\n\x1a\n", version, len(head), zlib.crc32(head),
                       1 if compress else 0)

@@ -7,7 +7,7 @@ import zlib
 
 import numpy as np
 import pytest
-from model_cases import build_file, small_model, split_file
+from model_cases import build_file, data_start, small_model, split_file
 
 import qpack
 from qpack.format import MAGIC
@@ -30,8 +30,7 @@ def saved(tmp_path_factory):
 
 
 def _header(raw: bytes) -> tuple[dict, int]:
-    header, data = split_file(raw)
-    return header, len(raw) - len(data)
+    return split_file(raw)[0], data_start(raw)
 
 
 def _touch_all(path, verify):
@@ -84,8 +83,11 @@ def test_flipped_byte_in_every_section(tmp_path, saved, flavour):
 def test_flipped_byte_in_header(tmp_path, saved):
     raw = saved["kmeans_dense"].read_bytes()
     n = int.from_bytes(raw[12:16], "little")
+    start = int.from_bytes(raw[24:32], "little")  # version 4: the header is last
+    assert start + n == len(raw)
     bad = tmp_path / "h.qpk"
-    for pos in (24, 24 + n // 2, 24 + n - 1, 12, 16):
+    # the header's first, middle and last bytes, its length, CRC, offset and a reserved byte
+    for pos in (start, start + n // 2, start + n - 1, 12, 16, 24, 28, 40):
         b = bytearray(raw)
         b[pos] ^= 0x01
         bad.write_bytes(bytes(b))
@@ -161,3 +163,48 @@ def test_random_garbage_after_valid_preamble(tmp_path):
         p.write_bytes(pre + head + rng.bytes(100))
         with pytest.raises(qpack.FormatError):
             _touch_all(p, verify=True)
+
+
+# -- version 4: the header is the file's last H bytes, at the offset stored at byte 24 ----
+
+def _v4_cases(raw: bytes) -> dict[str, bytes]:
+    n = int.from_bytes(raw[12:16], "little")
+    start = int.from_bytes(raw[24:32], "little")
+
+    def with_offset(p: int) -> bytes:
+        return raw[:24] + p.to_bytes(8, "little") + raw[32:]
+
+    reserved = bytearray(raw)
+    reserved[50] = 1
+    return {"trailing bytes": raw + b"\0",
+            "truncated": raw[:-1],
+            "offset before the data": with_offset(8),
+            "offset past the end": with_offset(len(raw)),
+            "offset inside the header": with_offset(start + 1),
+            "offset far away": with_offset(1 << 62),
+            "reserved byte": bytes(reserved),
+            "too short": raw[:40],
+            "header only": raw[:64] + raw[start:start + n]}
+
+
+@pytest.mark.parametrize("case", list(_v4_cases(b"\0" * 200)))
+def test_version4_header_placement_is_checked(tmp_path, saved, case):
+    raw = saved["kmeans_dense"].read_bytes()
+    assert int.from_bytes(raw[8:12], "little") == 4
+    bad = tmp_path / "v4.qpk"
+    bad.write_bytes(_v4_cases(raw)[case])
+    with pytest.raises(qpack.FormatError):
+        qpack.load(bad, verify=True)
+
+
+def test_version4_section_may_not_reach_into_the_header(tmp_path, saved):
+    raw = saved["kmeans_dense"].read_bytes()
+    header, data = split_file(raw)
+    desc = max((d for t in header["tensors"].values() for d in t["sections"].values()),
+               key=lambda d: d["offset"] + d["length"])
+    # the data region ends where the header starts: a section past it overlaps the header
+    desc["offset"] += 64
+    bad = tmp_path / "v4.qpk"
+    bad.write_bytes(build_file(header, data, version=4))
+    with pytest.raises(qpack.FormatError, match="truncated"):
+        qpack.load(bad)

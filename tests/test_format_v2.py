@@ -43,8 +43,9 @@ def test_written_files_are_the_current_version_with_a_zlib_header(tmp_path):
     qpack.compress({"w": np.ones((64, 64), np.float32)}).save(tmp_path / "a.qpk")
     raw = (tmp_path / "a.qpk").read_bytes()
     _, version, n, crc, flags = struct.unpack_from("<8sIIII", raw)
-    assert version == qformat.FORMAT_VERSION == 3
-    assert flags == 1 and crc == zlib.crc32(raw[24:24 + n])
+    assert version == qformat.FORMAT_VERSION == 4
+    start = int.from_bytes(raw[24:32], "little")
+    assert flags == 1 and crc == zlib.crc32(raw[start:start + n]) and start + n == len(raw)
     header, _ = split_file(raw)
     assert header["format"] == "qpk"
 

@@ -18,6 +18,7 @@ import pytest
 from model_cases import build_file, split_file
 
 import qpack
+from qpack import format as qformat
 from qpack.cluster import FP16_CODEBOOK_TOLERANCE
 from qpack.quantize import zeros_storage
 from qpack.tensor_spec import roles_of
@@ -380,14 +381,16 @@ LEGACY = sorted(f for f in os.listdir(DATA) if f.endswith(".qpk"))
 
 
 @pytest.mark.parametrize("fname", LEGACY)
-def test_older_files_save_as_version_3_and_decode_the_same(tmp_path, fname):
-    """Version-1 and -2 fixtures re-saved: version 3, the same arrays; symmetric tensors
-    lose their (constant) zero-points, and a second save is byte for byte the first."""
+def test_older_files_save_as_the_current_version_and_decode_the_same(tmp_path, fname):
+    """Version-1 to -3 fixtures re-saved: the current version, the same arrays;
+    symmetric tensors lose their (constant) zero-points, and a second save is byte for
+    byte the first."""
     old = qpack.load(os.path.join(DATA, fname), verify=True)
     expect = np.load(os.path.join(DATA, fname.replace(".qpk", ".expected.npz")))
     old.save(tmp_path / "a.qpk")
     new = qpack.load(tmp_path / "a.qpk", verify=True)
-    assert int.from_bytes((tmp_path / "a.qpk").read_bytes()[8:12], "little") == 3
+    assert int.from_bytes((tmp_path / "a.qpk").read_bytes()[8:12], "little") == \
+        qformat.FORMAT_VERSION
     for name, t in new.items():
         np.testing.assert_array_equal(t.dequantize(), expect[name], err_msg=name)
         if t.method == "linear":

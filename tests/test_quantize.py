@@ -312,3 +312,21 @@ def test_property_minmax(rows, cols, bits, group, symmetric, scale, dist, seed):
     err = np.abs(deq.astype(np.float64) - w.astype(np.float64))
     assert (err <= step / 2 * (1 + 1e-5) + 1e-30).all()
     assert (deq[w == 0] == 0).all()
+
+
+@pytest.mark.parametrize("group_size, clip", [(64, "mse"), (-1, "minmax"), (None, "mse"),
+                                              (48, "percentile")])
+def test_row_blocks_give_the_same_result(monkeypatch, group_size, clip):
+    """quantize_linear works on blocks of rows (bounded temporaries): the same codes,
+    scales and zero-points as one block."""
+    import qpack.quantize as qz
+
+    w = np.random.default_rng(5).standard_normal((37, 200)).astype(np.float32)
+    whole = qpack.quantize_linear(w, 4, group_size=group_size, clip=clip)
+    monkeypatch.setattr(qz, "ROW_BLOCK_ELEMENTS", 450)  # blocks of 2 rows, a ragged last
+    blocks = qpack.quantize_linear(w, 4, group_size=group_size, clip=clip)
+    for field in ("codes", "scales", "zeros"):
+        np.testing.assert_array_equal(getattr(blocks, field), getattr(whole, field))
+    for start, stop in ((0, 37), (3, 4), (30, 37)):
+        np.testing.assert_array_equal(whole.dequantize_rows(start, stop),
+                                      whole.dequantize()[start:stop])

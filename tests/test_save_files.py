@@ -118,12 +118,11 @@ def test_kill_during_save_leaves_a_recognisable_temp_file_that_is_cleaned(tmp_pa
         "from qpack import format as f\n"
         "w = np.ones((256, 256), np.float32)\n"
         "cm = qpack.compress({'w': w}, bits=4)\n"
-        "def slow(chunks):\n"
-        "    for c in chunks:\n"
-        "        yield c\n"
-        "        print('writing', flush=True); time.sleep(60)\n"
-        "orig = f._file_chunks\n"
-        "f._file_chunks = lambda head, blobs: slow(orig(head, blobs))\n"
+        "orig = f.SectionWriter.add\n"
+        "def slow(self, desc, blob):\n"
+        "    orig(self, desc, blob)\n"
+        "    print('writing', flush=True); time.sleep(60)\n"
+        "f.SectionWriter.add = slow\n"
         f"cm.save({str(target)!r})\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"

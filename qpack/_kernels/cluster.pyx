@@ -15,7 +15,7 @@ below lies inside these arrays.
 
 from cython.parallel cimport parallel, prange
 from libc.math cimport INFINITY, nextafterf
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t
 from libc.stdlib cimport free, malloc
 
 ctypedef fused value_t:
@@ -136,7 +136,7 @@ cdef int _lloyd_row(const value_t* xs, Py_ssize_t n, const double* P, double shi
                     double* c, Py_ssize_t k, int64_t* iters, Py_ssize_t max_iter,
                     Py_ssize_t* edges, Py_ssize_t* prev) noexcept nogil:
     cdef Py_ssize_t j, cnt
-    cdef double b
+    cdef double b, m, lo, hi
     cdef bint same
     cdef value_t tag = 0
     edges[0] = 0
@@ -168,7 +168,13 @@ cdef int _lloyd_row(const value_t* xs, Py_ssize_t n, const double* P, double shi
                 return LLOYD_EMPTY
         for j in range(k):
             cnt = edges[j + 1] - edges[j]
-            c[j] = (P[edges[j + 1]] - P[edges[j]]) / <double>cnt + shift
+            m = (P[edges[j + 1]] - P[edges[j]]) / <double>cnt + shift
+            # Clamp into the run's value range (an ulp of prefix-sum rounding can leave it),
+            # so a run of one repeated value gets exactly that value and equal centroids
+            # stay bit-equal for the tie rule above (qpack/cluster.py: _clamped_means).
+            lo = <double>xs[edges[j]]
+            hi = <double>xs[edges[j + 1] - 1]
+            c[j] = min(max(m, lo), hi)
         for j in range(k + 1):
             prev[j] = edges[j]
         iters[0] += 1
@@ -297,3 +303,60 @@ cdef void _scatter(const uint32_t* src, uint32_t* dst, Py_ssize_t lo, Py_ssize_t
         pos = h[(key >> shift) & 255]
         h[(key >> shift) & 255] = pos + 1
         dst[pos] = _from_key(key) if unkey_out else key
+
+
+cdef bint _bf16_chunk(const uint32_t* bits, const uint8_t* keep, Py_ssize_t lo,
+                      Py_ssize_t hi, int64_t* counts) noexcept nogil:
+    # counts of one chunk's kept values by their upper 16 bits; False at the first value
+    # with low bits set
+    cdef Py_ssize_t i
+    cdef uint32_t b
+    for i in range(lo, hi):
+        b = bits[i]
+        if b & 0xFFFF:
+            return False
+        if keep == NULL or keep[i]:
+            counts[b >> 16] += 1
+    return True
+
+
+def bf16_histogram(const uint32_t[::1] bits, const uint8_t[::1] keep,
+                   int64_t[:, ::1] counts, int num_threads=1):
+    """For float32 values (as uint32 ``bits``) that are all bfloat16 values (low 16 bits
+    zero): counts[t, bits >> 16] counts the kept values (``keep`` of length 0: all) of
+    thread t's chunk. Returns False, with counts partial, as soon as a value is not a
+    bfloat16 value.
+
+    Trusts the caller (qpack/cluster.py): keep has len(bits) elements or 0, counts is
+    (T, 65536) zeroed with T >= num_threads.
+    """
+    cdef Py_ssize_t n = bits.shape[0]
+    cdef int T = num_threads if num_threads > 0 else 1
+    cdef int t
+    cdef int bad = 0
+    cdef const uint8_t* kp = &keep[0] if keep.shape[0] else NULL
+    if n == 0:
+        return True
+    if n < 65536 * T:
+        T = 1
+    with nogil:
+        for t in prange(T, num_threads=T, schedule="static"):
+            # an in-place sum: prange makes it a reduction over the chunks
+            bad += not _bf16_chunk(&bits[0], kp, (n * t) // T, (n * (t + 1)) // T,
+                                   &counts[t, 0])
+    return bad == 0
+
+
+def bf16_codes(const uint32_t[::1] bits, const uint8_t[::1] lut, uint8_t[::1] out,
+               int num_threads=1):
+    """out[i] = lut[bits[i] >> 16]: the codes of bfloat16 values through a table indexed
+    by their 16 bits (no key array beside the data).
+
+    Trusts the caller: lut has 65536 entries and out len(bits).
+    """
+    cdef Py_ssize_t n = bits.shape[0], i
+    if n == 0:
+        return
+    for i in prange(n, nogil=True, num_threads=num_threads if n >= 1 << 16 else 1,
+                    schedule="static"):
+        out[i] = lut[bits[i] >> 16]
