@@ -1,6 +1,6 @@
 """Atheris harness: the .qpk loader and everything a loaded tensor can be asked to do.
 
-Each input is a whole .qpk file (version 1, 2 or 3, header plain or zlib-compressed). libFuzzer
+Each input is a whole .qpk file (version 1 to 4, header plain or zlib-compressed). libFuzzer
 cannot forge CRC-32s, so the harness first repairs them (``repair``): the header CRC always,
 and any section whose stored integer crc32 does not match its bytes (by rewriting the
 header JSON). A crash file therefore reproduces through this harness; ``python
@@ -17,19 +17,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 import sys
 import tempfile
 import zlib
 
 import _common
 import numpy as np
+import qpk_layout
 
 qpack = _common.import_qpack()
 FormatError = qpack.FormatError
 
-PREAMBLE = struct.Struct("<8sIIII")  # magic, version, header length, header crc, flags
-ZLIB_FLAG = 1  # flags bit 0 (versions 2, 3): the stored header is zlib-compressed JSON
 FLOATING = ("float16", "float32", "float64", "bfloat16")
 X_MAX = 1 << 16  # widest x the harness allocates; wider tensors get a 1-element x (refused)
 PATH = os.path.join(tempfile.gettempdir(), f"qpack-fuzz-{os.getpid()}.qpk")
@@ -71,25 +69,19 @@ def _inflate(stored: bytes) -> bytes | None:
 def repair(data: bytes) -> bytes:
     """``data`` with its header CRC, and section CRCs where possible, made to match.
 
-    A zlib-compressed header (version >= 2, flag bit 0) is inflated to fix section CRCs and
-    compressed again; one that does not inflate keeps its bytes (and gets its CRC fixed).
+    A zlib-compressed header (flag bit 0) is inflated to fix section CRCs and compressed
+    again; one that does not inflate keeps its bytes (and gets its CRC fixed). A file whose
+    preamble lengths or header offset do not fit its size is returned unchanged.
     """
-    if len(data) < PREAMBLE.size:
+    parts = qpk_layout.split(data)
+    if parts is None:
         return data
-    magic, version, hlen, _crc, flags = PREAMBLE.unpack_from(data)
-    end = PREAMBLE.size + hlen
-    if end > len(data):
-        return data
-    start = -(-end // 64) * 64  # D: the data region starts at the next multiple of 64
-    stored, body = data[PREAMBLE.size:end], data[start:]
-    head = _inflate(stored) if flags & ZLIB_FLAG else stored
-    new = None if head is None else _fixed_header(head, body)
-    if new is None:
-        return data[:16] + struct.pack("<I", zlib.crc32(stored)) + data[20:]
-    if flags & ZLIB_FLAG:
-        new = zlib.compress(new, 9)
-    pad = bytes(-(PREAMBLE.size + len(new)) % 64)  # sections keep their offsets from D
-    return PREAMBLE.pack(magic, version, len(new), zlib.crc32(new), flags) + new + pad + body
+    zlib_header = parts.flags & qpk_layout.ZLIB_FLAG
+    head = _inflate(parts.header) if zlib_header else parts.header
+    new = None if head is None else _fixed_header(head, parts.data)
+    if new is not None:
+        parts = parts._replace(header=zlib.compress(new, 9) if zlib_header else new)
+    return qpk_layout.join(parts)
 
 
 def check_close(what: str, got: np.ndarray, want: np.ndarray, scale: np.ndarray) -> None:

@@ -8,12 +8,12 @@ harness once, so a seed that the harness would reject or report cannot be commit
 from __future__ import annotations
 
 import os
-import struct
 import sys
 import tempfile
 import zlib
 
 import numpy as np
+import qpk_layout
 
 import qpack
 
@@ -21,9 +21,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "corpus")
 FIXTURES = os.path.join(HERE, os.pardir, "tests", "data")
 V1_FIXTURES = ("kmeans2_prune90", "kmeans4_prune50_huffman")  # the two smallest, ~6 KB each
-# format-2 files (raw zero-points, symmetric ones included; float32 codebooks), ~3-6 KB
-V2_FIXTURES = ("kmeans2_prune90", "linear4_g64_sym")
-PREAMBLE = struct.Struct("<8sIIII")  # magic, version, header length, header crc, flags
+# format-2 and -3 files (2: raw zero-points, symmetric ones included; float32 codebooks;
+# 3: packed zero-points), ~3-6 KB each
+OLD_FIXTURES = ("kmeans2_prune90", "linear4_g64_sym")
 
 
 class Provided:
@@ -90,26 +90,24 @@ def qpk_seeds(rng) -> dict[str, bytes]:
             qpack.compress(tensors, **kwargs).save(path)
             with open(path, "rb") as fh:
                 out[f"{name}.qpk"] = data = fh.read()
-            if PREAMBLE.unpack_from(data)[4] & 1:
+            if qpk_layout.split(data).flags & qpk_layout.ZLIB_FLAG:
                 out[f"{name}.plain.qpk"] = plain_header(data)
     for name in V1_FIXTURES:  # version-1 files, which qpack keeps reading
         with open(os.path.join(FIXTURES, f"v0.1.0_{name}.qpk"), "rb") as fh:
             out[f"v1_{name}.qpk"] = fh.read()
-    for name in V2_FIXTURES:  # and version-2 ones
-        with open(os.path.join(FIXTURES, f"format2_{name}.qpk"), "rb") as fh:
-            out[f"v2_{name}.qpk"] = fh.read()
+    for version in (2, 3):  # and version-2 and -3 ones (qpack itself now writes version 4)
+        for name in OLD_FIXTURES:
+            with open(os.path.join(FIXTURES, f"format{version}_{name}.qpk"), "rb") as fh:
+                out[f"v{version}_{name}.qpk"] = fh.read()
     return out
 
 
 def plain_header(data: bytes) -> bytes:
     """The same .qpk with its zlib-compressed header stored as plain JSON (flags 0), so
     that mutations reach the JSON text itself rather than only break the zlib stream."""
-    magic, version, hlen, _crc, flags = PREAMBLE.unpack_from(data)
-    end = PREAMBLE.size + hlen
-    head = zlib.decompress(data[PREAMBLE.size:end])
-    pad = bytes(-(PREAMBLE.size + len(head)) % 64)  # section offsets count from the data start
-    return (PREAMBLE.pack(magic, version, len(head), zlib.crc32(head), flags & ~1) + head + pad
-            + data[-(-end // 64) * 64:])
+    parts = qpk_layout.split(data)
+    return qpk_layout.join(parts._replace(header=zlib.decompress(parts.header),
+                                          flags=parts.flags & ~qpk_layout.ZLIB_FLAG))
 
 
 def huffman_seeds(rng) -> dict[str, bytes]:
