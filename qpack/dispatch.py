@@ -54,7 +54,8 @@ PATHS = ("auto", "kernel", "tiles")
 TILES_MIN_BATCH = 4
 # Columns the vector paths take per block; the rest of a row runs on the generic loop.
 _VECTOR_BLOCK = {"avx512": 128, "avx2": 128, "avx512-any": 64, "avx2-any": 64, "neon": 16}
-# (the int8 GEMM, "avx512-gemm", has no scalar tail: it pads rows to 4 columns)
+# (the int8 GEMMs, "avx512-gemm" and "avx2-gemm", have no scalar tail: they pad rows to
+# 4 columns)
 _ENV_CACHE = "QPACK_DISPATCH_CACHE"
 
 
@@ -142,6 +143,8 @@ DEFAULT_COSTS = KernelCosts(
         "avx2/float": (0.033, 0.047), "avx2/float/codebook-8": (0.092, 0.11),
         "avx2/int8": (0.0, 0.027), "avx2-any/float": (0.11, 0.045),
         "avx2-any/int8": (0.36, 0.030),
+        # the AVX2 GEMM (batches from 16; QPACK_ISA=avx2, median of two calibrations)
+        "avx2-gemm/int8": (0.12, 0.017),
         "vector/float": (0.05, 0.05), "vector/int8": (0.1, 0.03),
     },
     blas=(0.66, 0.021), fill_ns_per_weight=0.10, sparse=(3.2, 0.135),

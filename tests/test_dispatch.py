@@ -242,6 +242,21 @@ def test_calibrate_saves_for_this_machine_only(tmp_path, monkeypatch):
         dispatch.calibrate(save=False, repeat=0)
 
 
+@pytest.mark.skipif("avx2" not in qpack.isa.available_isas(), reason="needs AVX2")
+def test_calibrate_measures_the_avx2_gemm():
+    """Under the AVX2 variant the calibration's int8 products (batches 16 and 128) run on
+    the AVX2 GEMM, so its rates are measured under that path's name."""
+    before = qpack.isa.get_isa()
+    try:
+        qpack.isa.set_isa("avx2")
+        measured = dispatch.calibrate(save=False, n=128, repeat=1)
+    finally:
+        qpack.isa.set_isa(before)
+    assert "avx2-gemm/int8" in measured.kernel
+    assert "avx2-gemm/int8/codebook-8" in measured.kernel
+    assert "avx2-gemm/int8" in dispatch.DEFAULT_COSTS.kernel
+
+
 def test_cache_sizes_are_read():
     sizes = dispatch.cache_sizes()
     assert set(sizes) == {"l1d", "l2", "l3"}

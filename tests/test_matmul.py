@@ -248,6 +248,10 @@ def test_kernel_paths_follow_the_variant():
             assert w4.kernel_paths() == {"float": "avx2", "int8": "avx2"}
             w8, _ = make_codebook(rng, 4, 256, 8)
             assert w8.kernel_paths() == {"float": "avx2", "int8": "avx2-any"}
+            # from a batch of 16 the AVX2 int8 GEMM (qk_gemm_avx2.h), as on AVX-512
+            assert w.kernel_paths(15)["int8"] == "avx2-any"
+            for ww in (w, w4, w8):
+                assert ww.kernel_paths(16)["int8"] == "avx2-gemm"
     finally:
         qpack.isa.set_isa(before)
     with pytest.raises(ValueError, match="unknown kernel variant"):
@@ -277,8 +281,9 @@ def _int8_on(name, w, x):
 @pytest.mark.parametrize("enc", ["tensor", "channel", 32, 64, 96, "codebook", "codebook_rows"])
 def test_any_width_kernels_on_odd_rows(bits, enc, kernel_isa, kernels_only):
     """The any-width kernels (avx512-any, avx2-any) on rows that end in a partial 32- and
-    64-column chunk (n_in 33, 95, 1000) and batches 1, 3, 4, 5 and 17 (every tile shape,
-    rows decoded once per call from a batch of 4), 7 rows (a partial quad): float against
+    64-column chunk (n_in 33, 95, 1000) and batches 1, 3, 4, 5, 17 and 33 (every tile
+    shape, rows decoded once per call from a batch of 4; the int8 GEMMs from 16, with a
+    last group of 16 lanes holding 1 row), 7 rows (a partial quad): float against
     the reference, int8 against the reference variant's kernel to float rounding (the
     integer sums are exact on every variant, so only the float scaling may differ)."""
     rng = np.random.default_rng(bits * 10 + (enc if isinstance(enc, int) else len(enc)))
@@ -288,7 +293,7 @@ def test_any_width_kernels_on_odd_rows(bits, enc, kernel_isa, kernels_only):
         else:
             g = {"tensor": None, "channel": -1}.get(enc, enc)
             w, w_hat = make_linear(rng, 7, n_in, bits, g, np.float32)
-        for batch in (1, 3, 4, 5, 17):
+        for batch in (1, 3, 4, 5, 17, 33):
             x = rng.standard_normal((batch, n_in)).astype(np.float32)
             x[:, ::11] *= 30  # int8 activations at +-127
             assert_close(w.matmul(x), x, w_hat)
@@ -301,13 +306,15 @@ def test_any_width_kernels_on_odd_rows(bits, enc, kernel_isa, kernels_only):
 
 @pytest.mark.parametrize("n_in", [320, 1000])
 def test_any_width_int8_extreme_values_exact(n_in, kernel_isa, kernels_only):
-    """As test_int8_extreme_values_exact, on the weights the any-width kernels take:
-    codebooks of 8..256 entries at +-1 (int8 table entries 1 and 255), 8-bit linear codes
-    0 and 255 in groups of 32 and 64 (zero-points 0, 128, 255), and 7-bit codes 127 (the
-    largest pair of products AVX2's vpmaddubsw takes unsigned: 2 * 127 * 127). Every
-    product of a row has the same sign, so a saturated 16-bit sum would be far off."""
+    """As test_int8_extreme_values_exact, on the weights the any-width kernels and the
+    int8 GEMMs (batches 16 and 33) take: codebooks of 8..256 entries at +-1 (int8 table
+    entries 1 and 255), 8-bit linear codes 0 and 255 in groups of 32 and 64 (zero-points
+    0, 128, 255), 7-bit codes 127 (the largest pair of products AVX2's vpmaddubsw takes
+    unsigned: 2 * 127 * 127) and 4-6-bit codes at their maximum (the AVX2 GEMM adds 8, 4
+    and 2 steps of such pairs in int16). Every product of a row has the same sign, so a
+    saturated or wrapped 16-bit sum would be far off."""
     rng = np.random.default_rng(n_in)
-    for batch in (1, 3, 4, 5):
+    for batch in (1, 3, 4, 5, 16, 33):
         sgn = np.where(rng.random((batch, n_in)) < 0.5, -1.0, 1.0).astype(np.float32)
         x = sgn.copy()
         x[:, ::7] *= 0.5
@@ -318,11 +325,11 @@ def test_any_width_int8_extreme_values_exact(n_in, kernel_isa, kernels_only):
             codes = np.where(sgn[0] > 0, pos, pos - 1).astype(np.uint8)
             cases.append((CodebookWeights.from_packed(qpack.pack(codes, bits), bits, cb,
                                                       (5, n_in)), ref_codebook(codes, cb)))
-        for bits, hi in ((8, 255), (7, 127)):
+        for bits, hi in ((8, 255), (7, 127), (6, 63), (5, 31), (4, 15)):
             codes = np.where(sgn[0] > 0, hi, 0).astype(np.uint8)[None, :].repeat(5, 0)
             for g in (32, 64):
                 ng = -(-n_in // g)
-                for z in (0, 128, 255) if bits == 8 else (0, 127):
+                for z in (0, 128, 255) if bits == 8 else (0, hi):
                     s = np.full((5, ng), 0.01, np.float32)
                     zz = np.full((5, ng), z, np.uint8)
                     cases.append((LinearWeights.from_packed(qpack.pack(codes, bits), bits, s, zz,
@@ -333,6 +340,32 @@ def test_any_width_int8_extreme_values_exact(n_in, kernel_isa, kernels_only):
             assert (np.abs(y8 - ref_matmul(x, w_hat)) <= w.int8_error_bound(x)).all()
             xq = np.round(x * 127) / 127
             assert_close(y8, xq, w_hat)
+
+
+@pytest.mark.skipif(not {"avx2", "avx512"} <= set(qpack.isa.available_isas()),
+                    reason="needs a CPU with both AVX2 and AVX-512 GEMMs")
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_avx2_gemm_equals_avx512_gemm(bits, kernels_only):
+    """The AVX2 int8 GEMM sums the same integers as the AVX-512 one and folds them with the
+    same float operations, so the two agree bit for bit (linear per channel and g32,
+    codebooks; batches with full and partial lane groups; n_in not a multiple of 4)."""
+    rng = np.random.default_rng(bits + 700)
+    weights = [make_linear(rng, 11, 230, bits, -1, np.float32)[0],
+               make_linear(rng, 11, 256, bits, 32, np.float32)[0],
+               make_codebook(rng, 11, 230, bits, per_row=True)[0]]
+    for w in weights:
+        for batch in (16, 24, 33, 64):
+            x = rng.standard_normal((batch, w.shape[1])).astype(np.float32)
+            y = {}
+            for name in ("avx2", "avx512"):
+                before = qpack.isa.get_isa()
+                try:
+                    qpack.isa.set_isa(name)
+                    assert w.kernel_paths(batch)["int8"] == f"{name}-gemm"
+                    y[name] = w.matmul(x, "int8")
+                finally:
+                    qpack.isa.set_isa(before)
+            np.testing.assert_array_equal(y["avx2"], y["avx512"])
 
 
 # ---- odd shapes and inputs --------------------------------------------------------------
@@ -569,11 +602,12 @@ def test_take_rows(enc, bits, threads):
 
 
 @pytest.mark.parametrize("n_out", [9, 16])
-def test_int8_extreme_values_exact(n_out):
+def test_int8_extreme_values_exact(n_out, kernel_isa):
     """Weights at the ends of their int8 range (codebook u8 1 and 255, 8-bit codes 0 and
     255) against activations at +-127 after quantization, with the signs lined up so that
     every product has the same sign: a kernel that saturates 16-bit pair sums (AVX2
-    vpmaddubsw) would be far off. Batches and row counts cover every register tile."""
+    vpmaddubsw) would be far off. Batches and row counts cover every register tile, of
+    the row kernels and of the GEMMs (16, 19, 48), on every variant."""
     rng = np.random.default_rng(11)
     n_in = 384
     for batch in (1, 2, 3, 4, 5, 8, 9, 13, 16, 19, 48):

@@ -36,6 +36,7 @@ from qpack._kernels.qk cimport (
     QK_PATH_AVX512_ANY,
     QK_PATH_AVX512_GEMM,
     QK_PATH_AVX2_ANY,
+    QK_PATH_AVX2_GEMM,
     QK_PATH_GENERIC,
     QK_GEMM_LANES,
     QK_PATH_NEON,
@@ -48,6 +49,7 @@ from qpack._kernels.qk cimport (
     qk_int8_batch_path,
     qk_gemm_pack_x,
     qk_gemm_rows_avx512,
+    qk_gemm_rows_avx2,
     qk_build_flags,
     qk_isa_best,
     qk_isa_supported,
@@ -73,7 +75,8 @@ cdef enum:
 
 PATH_NAMES = {QK_PATH_GENERIC: "generic", QK_PATH_AVX2: "avx2", QK_PATH_AVX512: "avx512",
               QK_PATH_AVX512_ANY: "avx512-any", QK_PATH_AVX512_GEMM: "avx512-gemm",
-              QK_PATH_AVX2_ANY: "avx2-any", QK_PATH_NEON: "neon"}
+              QK_PATH_AVX2_ANY: "avx2-any", QK_PATH_AVX2_GEMM: "avx2-gemm",
+              QK_PATH_NEON: "neon"}
 
 def isa_supported(int isa):
     """1 if this CPU can run variant ``isa`` (0 ref, 1 avx2, 2 avx512, 3 neon)."""
@@ -295,9 +298,14 @@ cdef class DenseKernel:
         cdef int64_t nbg = (batch + QK_GEMM_LANES - 1) // QK_GEMM_LANES
         cdef int8_t[:, ::1] xi
         cdef float[:, ::1] xst, xzt
-        if path == QK_PATH_AVX512_GEMM:
-            # the GEMM's interleaved activations (qk_gemm_avx512.h): zero padding lanes
-            # and columns, so the kernel needs no batch or column tails
+        if path == QK_PATH_AVX512_GEMM or path == QK_PATH_AVX2_GEMM:
+            # the GEMMs' interleaved activations (qk_gemm.h), sized here as the kernels
+            # assume (qk_int8_batch_path admitted block % 4 == 0, block <= 4096): zero
+            # padding lanes and columns, so the kernels need no batch or column tails.
+            # With y's shape checked above and codes sized by qk_int8_scratch_codes,
+            # these are all the lengths the kernels index (boundscheck is off for that)
+            if block % 4 or block > 4096 or q.nblocks != (n_in + block - 1) // block:
+                raise RuntimeError(f"internal: a GEMM path chosen for x blocks of {block}")
             xi = np.zeros((nbg, ((n_in + 3) // 4) * 4 * QK_GEMM_LANES), dtype=np.int8)
             xst = np.zeros((nbg, q.nblocks * QK_GEMM_LANES), dtype=np.float32)
             xzt = np.zeros((nbg, q.nblocks * QK_GEMM_LANES), dtype=np.float32)
@@ -307,9 +315,14 @@ cdef class DenseKernel:
                     tid = threadid()
                     for r in prange((w.n_out + 3) // 4, schedule="dynamic",
                                     chunksize=ROW_CHUNK // 4):
-                        qk_gemm_rows_avx512(&w, 4 * r, min(4, w.n_out - 4 * r), &xi[0, 0],
-                                            &xst[0, 0], &xzt[0, 0], batch, block, q.nblocks,
-                                            &y[0, 0], &codes[tid, 0])
+                        if path == QK_PATH_AVX512_GEMM:
+                            qk_gemm_rows_avx512(&w, 4 * r, min(4, w.n_out - 4 * r), &xi[0, 0],
+                                                &xst[0, 0], &xzt[0, 0], batch, block,
+                                                q.nblocks, &y[0, 0], &codes[tid, 0])
+                        else:
+                            qk_gemm_rows_avx2(&w, 4 * r, min(4, w.n_out - 4 * r), &xi[0, 0],
+                                              &xst[0, 0], &xzt[0, 0], batch, block,
+                                              q.nblocks, &y[0, 0], &codes[tid, 0])
             return
         with nogil, parallel(num_threads=nt):
             tid = threadid()

@@ -14,6 +14,10 @@
  *   - dense int8 rows (qk_dense_int8_rows on the path qk_int8_path picks) against the
  *     int8 formula evaluated here with exact integer block sums (NEON: also bit for bit
  *     against the generic kernel);
+ *   - the int8 GEMMs (qk_int8_batch_path from a batch of 16: avx512-gemm, avx2-gemm)
+ *     against the same formula for every width and kind, batches 16-64, 1-9 rows, x
+ *     blocks of 4 to a whole row, weights at the ends of their range (a saturated int16
+ *     sum would show), and avx2-gemm bit for bit against avx512-gemm where both run;
  *   - on aarch64, the NEON integer block sums (sdot and the vmull/vpadal fallback)
  *     bit for bit against a plain loop.
  * Prints one line per variant with the paths that ran, then "ALL OK" (exit 0), or the
@@ -129,6 +133,7 @@ typedef struct {
     float *scales, *zeros, *cb, *cbs;
     uint8_t *cbu8;
     float *wd;               /* dequantized weights, n_out x n_in */
+    float *xsign;            /* mat_make_extreme: the sign of x per column, else NULL */
 } mat;
 
 static void mat_make(mat *m, int bits, int kind, int64_t n_out, int64_t n_in, int64_t group,
@@ -186,11 +191,37 @@ static void mat_make(mat *m, int bits, int kind, int64_t n_out, int64_t n_in, in
 
 static void mat_free(mat *m) {
     free(m->codes); free(m->packed); free(m->scales); free(m->zeros); free(m->cb);
-    free(m->cbu8); free(m->cbs); free(m->wd);
+    free(m->cbu8); free(m->cbs); free(m->wd); free(m->xsign);
+}
+
+/* Weights at the ends of their int8 range, the same codes in every row, and the sign x
+   must have per column so that every product is as large as it gets: linear codes of up
+   to 7 bits all 2**b - 1 (against q = 127 the int16 chunk sums of the AVX2 GEMM reach
+   their bound), 8-bit codes 0 or 255 (w' = -128 or 127), codebook entries 1 or 255
+   (int8 -127 or 127). A saturating or wrapping int16 sum would be far off. The float
+   values (wd) are not recomputed: only the int8 checks use these. */
+static void mat_make_extreme(mat *m, int bits, int kind, int64_t n_out, int64_t n_in,
+                             int64_t group) {
+    mat_make(m, bits, kind, n_out, n_in, group, 0);
+    const int64_t rb = (n_in * bits + 7) / 8, L = bits <= 4 ? 16 : (1 << bits);
+    const int umax = (1 << bits) - 1;
+    m->xsign = xmalloc(sizeof(float) * (size_t)n_in);
+    for (int64_t r = 0; r < n_out; r++)
+        for (int64_t k = 0; k < L; k++) m->cbu8[r * L + k] = (uint8_t)(k & 1 ? 255 : 1);
+    for (int64_t c = 0; c < n_in; c++) {
+        int hi = (int)(rnd() & 1);
+        uint8_t code;
+        if (kind == 1) code = (uint8_t)((rnd() & (uint32_t)umax & ~1u) | (uint32_t)(bits > 0 && hi));
+        else if (bits < 8) { hi = 1; code = (uint8_t)umax; }
+        else code = (uint8_t)(hi ? 255 : 0);
+        m->xsign[c] = hi ? 1.0f : -1.0f;
+        for (int64_t r = 0; r < n_out; r++) m->codes[r * n_in + c] = code;
+    }
+    for (int64_t r = 0; r < n_out; r++) ref_pack(m->codes + r * n_in, m->packed + r * rb, n_in, bits);
 }
 
 /* Paths seen per variant, for the summary line. */
-#define NPATH 8
+#define NPATH 9
 static long float_paths[NPATH], int8_paths[NPATH];
 
 static void test_float(const mat *m, int isa, int64_t batch) {
@@ -229,6 +260,46 @@ static void test_float(const mat *m, int isa, int64_t batch) {
     free(x); free(xp); free(y); free(codes); free(wrow);
 }
 
+/* y (batch x n_out) against the int8 formula with exact integer block sums of the codes
+   (m->codes, natural order) and the activations xqn quantized in natural order. */
+static void check_int8(const mat *m, const qk_dense *wp, const int8_t *xqn, const float *xs,
+                       const int32_t *xsum, int64_t batch, int64_t block, const float *y,
+                       int path, const char *what) {
+    const qk_dense w = *wp;
+    const int64_t n = w.n_in, n_out = w.n_out, nb = (n + block - 1) / block;
+    for (int64_t bi = 0; bi < batch; bi++)
+        for (int64_t r = 0; r < n_out; r++) {
+            double ref = 0.0, mag = 0.0;
+            for (int64_t k = 0; k < nb; k++) {
+                const int64_t c0 = k * block, c1 = c0 + block < n ? c0 + block : n;
+                int64_t isum = 0, iabs = 0, qsum = 0;
+                for (int64_t c = c0; c < c1; c++) {
+                    const uint8_t code = m->codes[r * n + c];
+                    const int64_t u = w.kind == 0 ? code : m->cbu8[r * w.cbrow + code];
+                    isum += u * xqn[bi * n + c];
+                    iabs += llabs(u * xqn[bi * n + c]);
+                    qsum += xqn[bi * n + c];
+                }
+                CHECK(qsum == xsum[bi * nb + k], "quantize: block sum %lld, stored %d",
+                      (long long)qsum, xsum[bi * nb + k]);
+                double s, z;
+                if (w.kind == 0) {
+                    const int64_t p = r * w.prow + c0 / w.group;
+                    s = m->scales[p]; z = m->zeros[p];
+                } else { s = m->cbs[w.cbrow ? r : 0]; z = 128.0; }
+                const double d = s * (double)xs[bi * nb + k];
+                ref += d * ((double)isum - z * (double)qsum);
+                mag += fabs(d) * ((double)iabs + fabs(z * (double)qsum));
+            }
+            const double got = y[bi * n_out + r];
+            CHECK(fabs(got - ref) <= 1e-5 * mag + 1e-6,
+                  "%s int8 path %d bits=%d kind=%d n_in=%lld group=%lld block=%lld batch=%lld "
+                  "y[%lld,%lld] = %.7g, reference %.7g",
+                  what, path, w.bits, w.kind, (long long)n, (long long)w.group,
+                  (long long)block, (long long)batch, (long long)bi, (long long)r, got, ref);
+        }
+}
+
 static void test_int8(const mat *m, int isa, int64_t batch, int64_t block) {
     qk_dense w = m->w;
     w.isa = isa;
@@ -263,37 +334,7 @@ static void test_int8(const mat *m, int isa, int64_t batch, int64_t block) {
         free(yg);
     }
 #endif
-    for (int64_t bi = 0; bi < batch; bi++)
-        for (int64_t r = 0; r < n_out; r++) {
-            double ref = 0.0, mag = 0.0;
-            for (int64_t k = 0; k < nb; k++) {
-                const int64_t c0 = k * block, c1 = c0 + block < n ? c0 + block : n;
-                int64_t isum = 0, iabs = 0, qsum = 0;
-                for (int64_t c = c0; c < c1; c++) {
-                    const uint8_t code = m->codes[r * n + c];
-                    const int64_t u = w.kind == 0 ? code : m->cbu8[r * w.cbrow + code];
-                    isum += u * xqn[bi * n + c];
-                    iabs += llabs(u * xqn[bi * n + c]);
-                    qsum += xqn[bi * n + c];
-                }
-                CHECK(qsum == xsum[bi * nb + k], "quantize: block sum %lld, stored %d",
-                      (long long)qsum, xsum[bi * nb + k]);
-                double s, z;
-                if (w.kind == 0) {
-                    const int64_t p = r * w.prow + c0 / w.group;
-                    s = m->scales[p]; z = m->zeros[p];
-                } else { s = m->cbs[w.cbrow ? r : 0]; z = 128.0; }
-                const double d = s * (double)xs[bi * nb + k];
-                ref += d * ((double)isum - z * (double)qsum);
-                mag += fabs(d) * ((double)iabs + fabs(z * (double)qsum));
-            }
-            const double got = y[bi * n_out + r];
-            CHECK(fabs(got - ref) <= 1e-5 * mag + 1e-6,
-                  "%s int8 path %d bits=%d kind=%d n_in=%lld group=%lld block=%lld batch=%lld "
-                  "y[%lld,%lld] = %.7g, reference %.7g",
-                  isa_name(isa), path, w.bits, w.kind, (long long)n, (long long)w.group,
-                  (long long)block, (long long)batch, (long long)bi, (long long)r, got, ref);
-        }
+    check_int8(m, &w, xqn, xs, xsum, batch, block, y, path, isa_name(isa));
     free(x); free(y); free(xq); free(xqn); free(tmp); free(xs); free(xsum); free(codes);
 }
 
@@ -329,6 +370,113 @@ static void test_dense(int isa) {
                     }
                 }
             }
+}
+
+/* The GEMM path's product (qk_gemm.h's interleave, then the kernel per quad of rows). */
+static void run_gemm(const qk_dense *w, int path, const qk_xq *q, int64_t batch, float *y) {
+    const int64_t n = w->n_in, n4 = (n + 3) & ~(int64_t)3, nbg = (batch + 15) / 16;
+    const int64_t nb = q->nblocks, nt = nbg * nb * QK_GEMM_LANES;
+    int8_t *xi = calloc((size_t)(nbg * n4 * QK_GEMM_LANES), 1);
+    float *xst = calloc((size_t)nt, sizeof(float)), *xzt = calloc((size_t)nt, sizeof(float));
+    uint8_t *scratch = xmalloc((size_t)qk_int8_scratch_codes(n));
+    if (!xi || !xst || !xzt) { fprintf(stderr, "out of memory\n"); exit(2); }
+    qk_gemm_pack_x(q, batch, n, xi, xst, xzt);
+    for (int64_t r0 = 0; r0 < w->n_out; r0 += 4) {
+        const int64_t nr = w->n_out - r0 < 4 ? w->n_out - r0 : 4;
+        if (path == QK_PATH_AVX512_GEMM)
+            qk_gemm_rows_avx512(w, r0, nr, xi, xst, xzt, batch, q->block, nb, y, scratch);
+        else
+            qk_gemm_rows_avx2(w, r0, nr, xi, xst, xzt, batch, q->block, nb, y, scratch);
+    }
+    free(xi); free(xst); free(xzt); free(scratch);
+}
+
+/* The int8 GEMM of variant isa on a batch of >= 16 and the first n_out rows of m: against
+   the int8 formula with exact sums and, for AVX2 on a CPU that also runs AVX-512, bit for
+   bit against the AVX-512 GEMM (the same integer sums and the same float operations). */
+static void test_gemm(const mat *m, int isa, int64_t n_out, int64_t batch, int64_t block) {
+    qk_dense w = m->w;
+    w.isa = isa;
+    w.n_out = n_out;
+    const int64_t n = w.n_in, nb = (n + block - 1) / block;
+    const int path = qk_int8_batch_path(&w, isa, block, batch);
+    if (isa != QK_ISA_AVX2 && isa != QK_ISA_AVX512) {
+        CHECK(path != QK_PATH_AVX2_GEMM && path != QK_PATH_AVX512_GEMM, "%s: a GEMM path", isa_name(isa));
+        return;
+    }
+    CHECK(path == (isa == QK_ISA_AVX2 ? QK_PATH_AVX2_GEMM : QK_PATH_AVX512_GEMM),
+          "%s bits=%d block=%lld batch=%lld: path %d, not the GEMM", isa_name(isa), w.bits,
+          (long long)block, (long long)batch, path);
+    int8_paths[path >= 0 && path < NPATH ? path : NPATH - 1]++;
+    float *x = xmalloc(sizeof(float) * (size_t)(batch * n)), *y = xmalloc(sizeof(float) * (size_t)(batch * n_out));
+    int8_t *xq = xmalloc((size_t)(batch * n)), *tmp = xmalloc((size_t)n);
+    float *xs = xmalloc(sizeof(float) * (size_t)(batch * nb));
+    int32_t *xsum = xmalloc(sizeof(int32_t) * (size_t)(batch * nb));
+    for (int64_t bi = 0; bi < batch; bi++)
+        for (int64_t c = 0; c < n; c++)   /* extreme: q = +-127, a third of the rows negated */
+            x[bi * n + c] = m->xsign ? m->xsign[c] * (bi % 3 == 2 ? -1.0f : 1.0f) : frnd(-1.0f, 1.0f);
+    for (int64_t bi = 0; bi < batch; bi++)
+        qk_quantize_row(x + bi * n, n, block, xq + bi * n, xs + bi * nb, xsum + bi * nb, 0, tmp, 0.0f);
+    qk_xq q = {xq, xs, xsum, block, nb};
+    for (int64_t i = 0; i < batch * n_out; i++) y[i] = NAN;
+    run_gemm(&w, path, &q, batch, y);
+    check_int8(m, &w, xq, xs, xsum, batch, block, y, path, isa_name(isa));
+    if (isa == QK_ISA_AVX2 && qk_isa_supported(QK_ISA_AVX512)) {
+        float *y5 = xmalloc(sizeof(float) * (size_t)(batch * n_out));
+        qk_dense w5 = w;
+        w5.isa = QK_ISA_AVX512;
+        run_gemm(&w5, QK_PATH_AVX512_GEMM, &q, batch, y5);
+        CHECK(memcmp(y, y5, sizeof(float) * (size_t)(batch * n_out)) == 0,
+              "avx2-gemm bits=%d kind=%d n_in=%lld block=%lld batch=%lld n_out=%lld: not "
+              "bit-identical to avx512-gemm", w.bits, w.kind, (long long)n, (long long)block,
+              (long long)batch, (long long)n_out);
+        free(y5);
+    }
+    free(x); free(y); free(xq); free(tmp); free(xs); free(xsum);
+}
+
+/* Every width and kind, n_in ending in a partial step of 4 columns (130) or not, groups
+   none / 128 / 32, x blocks 128, 32, 4, 48 and the whole row, batches 16, 17, 31, 33
+   and 64 (full and partial groups of 16 and of 8 lanes), 1, 3, 5 and 9 rows; then the
+   extreme-value weights. */
+static void test_gemm_grid(int isa) {
+    static const int64_t n_ins[] = {130, 296, 1040};
+    static const int64_t batches[] = {16, 17, 31, 33, 64};
+    static const int64_t n_outs[] = {9, 1, 3, 5};
+    for (int bits = 1; bits <= 8; bits++)
+        for (int kind = 0; kind <= 1; kind++)
+            for (int ni = 0; ni < 3; ni++) {
+                const int64_t n_in = n_ins[ni];
+                const int64_t groups[] = {n_in, 128, 32};
+                for (int gi = 0; gi < (kind == 0 ? 3 : 1); gi++)
+                    for (int shared = 0; shared <= (gi == 0); shared++) {
+                        const int64_t group = groups[gi];
+                        mat m;
+                        mat_make(&m, bits, kind, 9, n_in, group, shared);
+                        for (int bt = 0; bt < 5; bt++) {
+                            const int64_t blocks[] = {128, 32, 4, 48, n_in};
+                            for (int k = 0; k < 5; k++) {
+                                const int64_t blk = blocks[k];
+                                if ((kind == 0 && group < n_in && group % blk) || blk % 4) continue;
+                                if (k >= 2 && bt != 1) continue;
+                                for (int no = 0; no < (bt == 1 || bt == 3 ? 4 : 1); no++)
+                                    test_gemm(&m, isa, n_outs[no], batches[bt], blk);
+                            }
+                        }
+                        mat_free(&m);
+                    }
+            }
+    for (int bits = 1; bits <= 8; bits++)
+        for (int kind = 0; kind <= 1; kind++) {
+            mat m;
+            mat_make_extreme(&m, bits, kind, 5, 1040, 1040);
+            for (int bt = 0; bt < 5; bt++) {
+                test_gemm(&m, isa, 5, batches[bt], 128);
+                test_gemm(&m, isa, 5, batches[bt], 1040);
+                if (bt == 1) test_gemm(&m, isa, 3, batches[bt], 4);
+            }
+            mat_free(&m);
+        }
 }
 
 #if defined(__aarch64__)
@@ -375,6 +523,8 @@ static const char *path_name(int p) {
         case 3: return "avx512-any";
         case 4: return "avx2-any";
         case 5: return "neon";
+        case 6: return "avx512-gemm";
+        case 7: return "avx2-gemm";
         default: return "other";
     }
 }
@@ -392,6 +542,7 @@ int main(void) {
         memset(int8_paths, 0, sizeof int8_paths);
         test_bitpack(isa);
         test_dense(isa);
+        test_gemm_grid(isa);
         printf("variant %s: tested (%s); float paths:", isa_name(isa),
                failures == before ? "ok" : "FAILED");
         for (int p = 0; p < NPATH; p++)

@@ -12,14 +12,16 @@
 #include "qk_dense_avx512.h"
 #include "qk_dense_avx2.h"
 #include "qk_gemm_avx512.h"
+#include "qk_gemm_avx2.h"
 #include "qk_dense_neon.h"  /* QK_PATH_NEON = 5 */
 
 /* AVX512: 2/4/8-bit codes in 128-column blocks (permuted activations for 2 and 4 bits);
    AVX512_ANY: any width, groups of any multiple of 32, natural order; AVX2 and AVX2_ANY
-   the same on AVX2. AVX512_GEMM: int8 mode from a batch of QK_GEMM_MIN_BATCH, any width
-   (qk_gemm_avx512.h); chosen per call by qk_int8_batch_path, never by qk_int8_path. */
+   the same on AVX2. AVX512_GEMM and AVX2_GEMM: int8 mode from a batch of
+   QK_GEMM_MIN_BATCH, any width (qk_gemm_avx512.h, qk_gemm_avx2.h); chosen per call by
+   qk_int8_batch_path, never by qk_int8_path. */
 enum { QK_PATH_GENERIC = 0, QK_PATH_AVX2 = 1, QK_PATH_AVX512 = 2, QK_PATH_AVX512_ANY = 3,
-       QK_PATH_AVX512_GEMM = 6 };
+       QK_PATH_AVX512_GEMM = 6, QK_PATH_AVX2_GEMM = 7 };
 enum { QK_PATH_AVX2_ANY = 4 };
 
 /* Groups that the 128-column block kernels handle: a multiple of 128, or none. */
@@ -72,7 +74,8 @@ QK_FN int qk_int8_path(const qk_dense *w, int isa, int64_t block) {
 /* The int8 path for a product of `batch` rows: the GEMM where it applies, else the
    row kernels' path. */
 QK_FN int qk_int8_batch_path(const qk_dense *w, int isa, int64_t block, int64_t batch) {
-    if (batch >= QK_GEMM_MIN_BATCH && qk_gemm_ok(w, isa, block)) return QK_PATH_AVX512_GEMM;
+    if (batch >= QK_GEMM_MIN_BATCH && qk_gemm_ok(w, isa, block))
+        return isa == QK_ISA_AVX512 ? QK_PATH_AVX512_GEMM : QK_PATH_AVX2_GEMM;
     return qk_int8_path(w, isa, block);
 }
 
@@ -88,8 +91,10 @@ static inline int64_t qk_float_scratch_wrow(int path, int64_t n_in, int64_t batc
     return path == QK_PATH_AVX2_ANY && batch >= 4 ? 4 * n_in : 1;
 }
 
-/* Per-thread scratch bytes of the int8 rows and of the GEMM (every int8 path). */
-static inline int64_t qk_int8_scratch_codes(int64_t n_in) { return 5 * (n_in + 64); }
+/* Per-thread scratch bytes of the int8 rows and of the GEMMs (every int8 path): the
+   any-width kernels and the AVX-512 GEMM use 5 * (n_in + 64) (a tail region and 4 rows
+   of bytes), the AVX2 GEMM 9 * (n_in + 64) (4 rows of up to 16-bit codes). */
+static inline int64_t qk_int8_scratch_codes(int64_t n_in) { return 9 * (n_in + 64); }
 
 /* Column layout of the activations for a path: 2 or 4 when each 128-column block must be
    split into 8/bits streams (qk_permute_row), 0 for natural order. */

@@ -16,6 +16,7 @@
  * arithmetic as the row kernels, so results agree to float rounding. int32 sums are
  * exact for blocks of up to 4096 columns (255 * 127 * 4096 < 2**31).
  *
+ * The interleave (qk_gemm_pack_x) and the conditions (qk_gemm_ok) are in qk_gemm.h.
  * Trusts its caller (matmul.pyx) for every length: xi holds ceil(batch / 16) * n4 * 16
  * bytes (n4 = n_in rounded up to 4, zero padded), xst and xzt ceil(batch / 16) *
  * nblocks * 16 floats, the scratch 5 * (n_in + 64) bytes, block % 4 == 0.
@@ -23,37 +24,8 @@
 #ifndef QK_GEMM_AVX512_H
 #define QK_GEMM_AVX512_H
 
+#include "qk_gemm.h"
 #include "qk_dense_avx512.h"
-
-#define QK_GEMM_LANES 16
-/* From this batch the GEMM replaces the row kernels in int8 mode. */
-#define QK_GEMM_MIN_BATCH 16
-
-/* Whether the GEMM takes weights w with x blocks of `block` columns on variant isa. */
-static inline int qk_gemm_ok(const qk_dense *w, int isa, int64_t block) {
-    (void)w;
-    return QK_X86 && isa == QK_ISA_AVX512 && block % 4 == 0 && block <= 4096;
-}
-
-/* Interleave the int8 activations for the GEMM (see the header comment): xi, xst and xzt
-   must be zero-filled by the caller (padding lanes and columns stay zero). */
-QK_FN void qk_gemm_pack_x(const qk_xq *q, int64_t batch, int64_t n, int8_t *xi, float *xst,
-                          float *xzt) {
-    const int64_t n4 = (n + 3) & ~(int64_t)3, nb = q->nblocks;
-    for (int64_t b = 0; b < batch; b++) {
-        const int64_t bg = b / QK_GEMM_LANES, lane = b % QK_GEMM_LANES;
-        const int8_t *src = q->xq + b * n;
-        int8_t *dst = xi + bg * n4 * QK_GEMM_LANES + lane * 4;
-        int64_t s = 0;
-        for (; 4 * s + 4 <= n; s++) memcpy(dst + s * 4 * QK_GEMM_LANES, src + 4 * s, 4);
-        for (int64_t c = 4 * s; c < n; c++) dst[s * 4 * QK_GEMM_LANES + (c - 4 * s)] = src[c];
-        for (int64_t k = 0; k < nb; k++) {
-            const float xs = q->xs[b * nb + k];
-            xst[(bg * nb + k) * QK_GEMM_LANES + lane] = xs;
-            xzt[(bg * nb + k) * QK_GEMM_LANES + lane] = xs * (float)q->xsum[b * nb + k];
-        }
-    }
-}
 
 #if QK_X86
 
