@@ -44,7 +44,16 @@ class _DaskRunner:
     def submit(self, fn, arg):
         # pure=False: every task runs (two equal tensors are still two tensors); one
         # retry when the worker running it dies
-        return self._client.submit(fn, arg, pure=False, retries=1)
+        return self._client.submit(_on_dask_worker, fn, arg, pure=False, retries=1)
+
+
+def _on_dask_worker(fn, arg):
+    # the nanny's MALLOC_TRIM_THRESHOLD_ makes every numpy temporary a fresh mmap
+    # (qpack/malloc_limits.py): undo it once per worker process before the first task
+    from qpack.malloc_limits import restore_dynamic_limits
+
+    restore_dynamic_limits()
+    return fn(arg)
 
 
 def is_dask_client(executor) -> bool:

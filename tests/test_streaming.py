@@ -195,6 +195,12 @@ def test_local_workers_checks_its_argument():
             local_workers(bad)
 
 
+def _malloc_limits_seen():
+    from qpack import malloc_limits
+
+    return malloc_limits._done
+
+
 def test_dask_local_cluster_gives_the_same_bytes(tmp_path):
     distributed = pytest.importorskip("distributed", reason="dask.distributed is not "
                                       "installed (pip install 'qpack[dask]')")
@@ -207,6 +213,10 @@ def test_dask_local_cluster_gives_the_same_bytes(tmp_path):
         qpack.compress(path, bits=4, out=tmp_path / "b.qpk", executor=client)
         qpack.compress(path, bits=4, method="linear", group_size=64,
                        out=tmp_path / "d.qpk", executor=client)
+        # the workers that ran tasks have undone the nanny's fixed malloc limits (which
+        # workers ran some is the scheduler's choice: at least one did)
+        seen = client.run(_malloc_limits_seen)
+    assert any(seen.values())
     assert (tmp_path / "a.qpk").read_bytes() == (tmp_path / "b.qpk").read_bytes()
     assert (tmp_path / "c.qpk").read_bytes() == (tmp_path / "d.qpk").read_bytes()
 
