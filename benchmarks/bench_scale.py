@@ -233,7 +233,9 @@ def run(quick: bool) -> dict:
             "(1)), the baseline of 'vs 1 thread'; '1 process' runs on both cores' threads; "
             "the workers get 1 thread each.",
             "Dask: LocalCluster(n_workers=2, threads_per_worker=1); workers read each "
-            "tensor from the shards themselves by (path, byte offset).",
+            "tensor from the shards themselves by (path, byte offset), and undo the "
+            "nanny's MALLOC_TRIM_THRESHOLD_ before their first task "
+            "(qpack/malloc_limits.py).",
             f"qpack.load of the sharded result (headers of {n_shards if load_ms else '?'} "
             f"shards): median {load_ms:.1f} ms of 5 after one warm-up." if load_ms else
             "load not measured",
