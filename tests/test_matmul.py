@@ -239,6 +239,13 @@ def test_kernel_paths_follow_the_variant():
             # from a batch of 16 the int8 mode runs the GEMM (qk_gemm_avx512.h)
             assert w.kernel_paths(15)["int8"] == "avx512-any"
             assert w.kernel_paths(16) == {"float": "avx512-any", "int8": "avx512-gemm"}
+            # 2/4-bit codes in groups of 32 or 64: the int8 mode takes the 128-column
+            # kernels (per-lane group scales), float mode stays on the any-width path;
+            # 8-bit codes and groups of 96 do not
+            for bits, group, int8_path in ((4, 32, "avx512"), (2, 64, "avx512"),
+                                           (8, 32, "avx512-any"), (4, 96, "avx512-any")):
+                wg, _ = make_linear(rng, 4, 384, bits, group)
+                assert wg.kernel_paths() == {"float": "avx512-any", "int8": int8_path}
         if "avx2" in qpack.isa.available_isas():
             qpack.isa.set_isa("avx2")
             assert w.kernel_paths() == {"float": "avx2-any", "int8": "avx2-any"}
@@ -311,8 +318,9 @@ def test_any_width_int8_extreme_values_exact(n_in, kernel_isa, kernels_only):
     entries 1 and 255), 8-bit linear codes 0 and 255 in groups of 32 and 64 (zero-points
     0, 128, 255), 7-bit codes 127 (the largest pair of products AVX2's vpmaddubsw takes
     unsigned: 2 * 127 * 127) and 4-6-bit codes at their maximum (the AVX2 GEMM adds 8, 4
-    and 2 steps of such pairs in int16). Every product of a row has the same sign, so a
-    saturated or wrapped 16-bit sum would be far off."""
+    and 2 steps of such pairs in int16); 2- and 4-bit codes in groups of 32 and 64 run
+    the AVX-512 128-column kernels with per-lane group scales. Every product of a row has
+    the same sign, so a saturated or wrapped 16-bit sum would be far off."""
     rng = np.random.default_rng(n_in)
     for batch in (1, 3, 4, 5, 16, 33):
         sgn = np.where(rng.random((batch, n_in)) < 0.5, -1.0, 1.0).astype(np.float32)
@@ -325,7 +333,7 @@ def test_any_width_int8_extreme_values_exact(n_in, kernel_isa, kernels_only):
             codes = np.where(sgn[0] > 0, pos, pos - 1).astype(np.uint8)
             cases.append((CodebookWeights.from_packed(qpack.pack(codes, bits), bits, cb,
                                                       (5, n_in)), ref_codebook(codes, cb)))
-        for bits, hi in ((8, 255), (7, 127), (6, 63), (5, 31), (4, 15)):
+        for bits, hi in ((8, 255), (7, 127), (6, 63), (5, 31), (4, 15), (2, 3)):
             codes = np.where(sgn[0] > 0, hi, 0).astype(np.uint8)[None, :].repeat(5, 0)
             for g in (32, 64):
                 ng = -(-n_in // g)
@@ -461,6 +469,29 @@ def test_read_only_memmap_input(tmp_path):
     x = rng.standard_normal(200).astype(np.float32)
     assert_close(w.matmul(x)[None], x[None], ref_codebook(codes, cb))
     assert np.array_equal(np.asarray(mapped), packed)
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("block", [32, 64, 128])
+def test_quantize_in_the_permuted_layout(bits, block):
+    """Activations for the 128-column kernels: quantized per block in natural order, each
+    full 128-column span then permuted to the bits' stream layout (qk_permute_row), the
+    tail left in natural order."""
+    from qpack._kernels import matmul as kmat
+
+    x = np.random.default_rng(block + bits).standard_normal((3, 300)).astype(np.float32)
+    xq0, xs0, xsum0 = kmat.quantize(x, block, 0, 1)
+    xq, xs, xsum = kmat.quantize(x, block, bits, 2)
+    np.testing.assert_array_equal(xs, xs0)
+    np.testing.assert_array_equal(xsum, xsum0)
+    streams = 8 // bits
+    want = xq0.copy()
+    for c0 in (0, 128):
+        span = xq0[:, c0:c0 + 128]
+        want[:, c0:c0 + 128] = np.concatenate([span[:, k::streams] for k in range(streams)], 1)
+    np.testing.assert_array_equal(xq, want)
+    with pytest.raises(ValueError, match="block 32, 64 or 128"):
+        kmat.quantize(x, 96, bits, 1)
 
 
 def test_int8_block_rule():

@@ -361,12 +361,14 @@ def quantize(const float[:, ::1] x, int64_t block, int permute_bits, int num_thr
     """int8 blocks of x (batch, n_in): (xq int8 (batch, n_in), xs float32 (batch, nb),
     xsum int32 (batch, nb)) with nb = ceil(n_in / block), scale max|x_block| / 127 per
     block or ``static_scale`` for every block when > 0 (values beyond 127 * static_scale
-    clip). ``permute_bits`` 2 or 4 writes xq in that stream layout (then block == 128).
-    ValueError for a block < 1, a bad layout or a negative or non-finite static_scale.
+    clip). ``permute_bits`` 2 or 4 writes xq in that stream layout (then block is 32, 64
+    or 128: the blocks are quantized in natural order, each 128-column span permuted
+    after). ValueError for a block < 1, a bad layout or a negative or non-finite
+    static_scale.
     """
     cdef int64_t i, batch = x.shape[0], n_in = x.shape[1]
-    if block < 1 or permute_bits not in (0, 2, 4) or (permute_bits and block != 128):
-        raise ValueError("block must be >= 1, permute_bits 0/2/4 (with block 128)")
+    if block < 1 or permute_bits not in (0, 2, 4) or (permute_bits and block not in (32, 64, 128)):
+        raise ValueError("block must be >= 1, permute_bits 0/2/4 (with block 32, 64 or 128)")
     if not static_scale >= 0 or static_scale == float("inf"):
         raise ValueError("static_scale must be finite and >= 0")
     cdef int64_t nb = (n_in + block - 1) // block

@@ -54,6 +54,10 @@ QK_FN int qk_int8_path(const qk_dense *w, int isa, int64_t block) {
     if (isa == QK_ISA_AVX512 && qk_groups_aligned(w) && block == 128
         && (b == 2 || b == 4 || (b == 8 && w->kind == 0)))
         return QK_PATH_AVX512;
+    /* 2/4-bit linear codes in groups of 32 or 64 with x blocks of one group: the same
+       kernels, scaling each group's lanes (qk_int8_gpb) */
+    if (isa == QK_ISA_AVX512 && qk_int8_gpb(w) > 1 && block == w->group)
+        return QK_PATH_AVX512;
     /* codebooks: the any-width kernel scales whole 64-column chunks (their x blocks are
        128 columns from qpack.matmul; other multiples of 64 work too) */
     if (isa == QK_ISA_AVX512 && qk_groups_halves(w) && block % 32 == 0 && block <= 4096

@@ -206,6 +206,46 @@ QK_AVX512_FN void qk_rows_float_avx512(const qk_dense *w, int64_t r0, int64_t nr
 #endif /* QK_X86 */
 
 #if QK_X86
+/* ---- groups of 32 or 64 columns on the 128-column int8 kernels (2- and 4-bit linear
+   codes; x blocks = the group). In the permuted layout dword lane i of a block's integer
+   sums covers natural columns i * 32/bits .. +32/bits (qk_permute_row), so a block's
+   GPB = 128 / group groups sit in fixed lanes: one int32 vector per block still holds
+   every product, and one float multiply by a per-lane scale vector replaces the scalar
+   broadcast. The scale vector is s[g] * xs[g] for the block's GPB groups, loaded as
+   one short vector and spread to the lanes by vpermps. The zero-point terms do not
+   depend on the codes: qk_zero_terms_avx512 sums them over all groups in one pass. */
+
+/* Lane -> group-in-block index for `bits` (2 or 4) and GPB groups per 128 columns (the
+   2-bit sums fill 8 lanes; the upper 8 are zero and take group 0). */
+QK_AVX512_INL __m512i qk_gpb_lanes_avx512(const int bits, const int GPB) {
+    int32_t idx[16];
+    const int cols = 32 / bits, group = 128 / GPB;
+    for (int i = 0; i < 16; i++) idx[i] = i * cols < 128 ? (i * cols) / group : 0;
+    return _mm512_loadu_si512((const void *)idx);
+}
+
+/* Per-lane scale of one block: s[0..GPB) * xs[0..GPB) spread over the lanes. */
+QK_AVX512_INL __m512 qk_gpb_scale_avx512(__m128 s4, const float *xs, __m512i lanes,
+                                         const int GPB) {
+    const __m128 x4 = _mm_maskz_loadu_ps((__mmask8)((1 << GPB) - 1), xs);
+    return _mm512_permutexvar_ps(lanes, _mm512_zextps128_ps512(_mm_mul_ps(s4, x4)));
+}
+
+/* sum over groups k < ng of s[k] * z[k] * xs[k] * xsum[k]: the zero-point terms of one
+   (row, batch row) when x blocks are the groups. */
+QK_AVX512_INL float qk_zero_terms_avx512(const float *s, const float *z, const float *xs,
+                                         const int32_t *xsum, int64_t ng) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t k = 0; k < ng; k += 16) {
+        const __mmask16 m = ng - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (ng - k)) - 1);
+        const __m512 sz = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + k), _mm512_maskz_loadu_ps(m, z + k));
+        const __m512 zx = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xs + k),
+                                        _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, xsum + k)));
+        acc = _mm512_fmadd_ps(sz, zx, acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
 /* int8 row kernel (llama.cpp Q8_0 idea): per 128-column block, integer dot products of
    the unsigned weight bytes with the int8 activations (vpdpbusd: 4 products per dword
    lane), then one float multiply by scale_w * scale_x. The zero-point term
@@ -213,7 +253,7 @@ QK_AVX512_FN void qk_rows_float_avx512(const qk_dense *w, int64_t r0, int64_t nr
    enter through a 16-byte table (vpshufb) mapping codes to round(cb/scale)+128. */
 QK_AVX512_INL void
 qk_int8_tile_avx512(const qk_dense *w, int64_t r, const qk_xq *q, int64_t b0, float *y,
-                  uint8_t *codes, const int NB) {
+                  uint8_t *codes, const int NB, const int GPB) {
     const int64_t n = w->n_in, nblk = n / 128, bits = w->bits, NBK = q->nblocks;
     const uint8_t *row = w->packed + r * w->row_bytes;
     const int cbk = w->kind == 1;
@@ -235,14 +275,17 @@ qk_int8_tile_avx512(const qk_dense *w, int64_t r, const qk_xq *q, int64_t b0, fl
         acc[t] = _mm512_setzero_ps(); zacc[t] = 0.0f; xb[t] = q->xq + (b0 + t) * n;
     }
     const int64_t bpg = qk_blocks_per_group(w);
+    const __m512i lanes = GPB > 1 ? qk_gpb_lanes_avx512((int)bits, GPB) : _mm512_setzero_si512();
     int64_t g_next = 0, gpos = 0;
     for (int64_t blk = 0; blk < nblk; blk++) {
         const int64_t c0 = blk * 128;
         QK_GROUP_STEP(g, gpos, bpg, newg)
         (void)newg;
-        float s, z;
-        if (cbk) { s = cbs; z = 128.0f; }
-        else { s = sc[g]; z = zz[g]; }
+        float s = 0.0f, z = 0.0f;   /* GPB > 1: per-lane scales below, zero-points after */
+        if (GPB == 1) {
+            if (cbk) { s = cbs; z = 128.0f; }
+            else { s = sc[g]; z = zz[g]; }
+        }
         __m512i ia[8];
         if (bits == 4) {
             __m512i p = _mm512_loadu_si512((const void *)(row + blk * 64));
@@ -276,6 +319,14 @@ qk_int8_tile_avx512(const qk_dense *w, int64_t r, const qk_xq *q, int64_t b0, fl
                 ia[t] = _mm512_dpbusd_epi32(a, p1, _mm512_loadu_si512((const void *)(xb[t] + c0 + 64)));
             }
         }
+        if (GPB > 1) {
+            const __m128 s4 = _mm_maskz_loadu_ps((__mmask8)((1 << GPB) - 1), sc + blk * GPB);
+            for (int t = 0; t < NB; t++) {
+                const __m512 dv = qk_gpb_scale_avx512(s4, q->xs + (b0 + t) * NBK + blk * GPB, lanes, GPB);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[t]), dv, acc[t]);
+            }
+            continue;
+        }
         for (int t = 0; t < NB; t++) {
             const int64_t k = (b0 + t) * NBK + blk;
             const float d = s * q->xs[k];
@@ -283,26 +334,44 @@ qk_int8_tile_avx512(const qk_dense *w, int64_t r, const qk_xq *q, int64_t b0, fl
             zacc[t] += d * (z * (float)q->xsum[k]);
         }
     }
-    for (int t = 0; t < NB; t++)
-        y[(b0 + t) * w->n_out + r] = (_mm512_reduce_add_ps(acc[t]) - zacc[t])
-                                     + (nblk * 128 < n ? qk_tail_int8(w, r, q, b0 + t, codes) : 0.0f);
+    for (int t = 0; t < NB; t++) {
+        float tail = 0.0f;
+        if (GPB > 1) {
+            /* blocks past the vector part start at nblk * 128: the any-width tail adds
+               their zero-point terms itself */
+            const int64_t o = (b0 + t) * NBK;
+            zacc[t] = qk_zero_terms_avx512(sc, zz, q->xs + o, q->xsum + o, nblk * GPB);
+            tail = qk_tail_int8_any(w, r, q, b0 + t, nblk * 128, codes);
+        } else if (nblk * 128 < n) {
+            tail = qk_tail_int8(w, r, q, b0 + t, codes);
+        }
+        y[(b0 + t) * w->n_out + r] = (_mm512_reduce_add_ps(acc[t]) - zacc[t]) + tail;
+    }
 }
+
+#define QK_INT8_ROW_TILES(G) { int64_t b0 = 0; \
+    for (; b0 + 8 <= batch; b0 += 8) qk_int8_tile_avx512(w, r, q, b0, y, codes, 8, G); \
+    if (b0 + 4 <= batch) { qk_int8_tile_avx512(w, r, q, b0, y, codes, 4, G); b0 += 4; } \
+    if (b0 + 2 <= batch) { qk_int8_tile_avx512(w, r, q, b0, y, codes, 2, G); b0 += 2; } \
+    if (b0 < batch) qk_int8_tile_avx512(w, r, q, b0, y, codes, 1, G); }
 
 QK_AVX512_FN void qk_row_int8_avx512(const qk_dense *w, int64_t r, const qk_xq *q, int64_t batch,
                              float *y, uint8_t *codes) {
-    int64_t b0 = 0;
-    for (; b0 + 8 <= batch; b0 += 8) qk_int8_tile_avx512(w, r, q, b0, y, codes, 8);
-    if (b0 + 4 <= batch) { qk_int8_tile_avx512(w, r, q, b0, y, codes, 4); b0 += 4; }
-    if (b0 + 2 <= batch) { qk_int8_tile_avx512(w, r, q, b0, y, codes, 2); b0 += 2; }
-    if (b0 < batch) qk_int8_tile_avx512(w, r, q, b0, y, codes, 1);
+    switch (qk_int8_gpb(w)) {
+        case 4: QK_INT8_ROW_TILES(4) break;
+        case 2: QK_INT8_ROW_TILES(2) break;
+        default: QK_INT8_ROW_TILES(1) break;
+    }
 }
+#undef QK_INT8_ROW_TILES
 
 /* Batched int8 kernel: R rows x NB batch rows per register tile (R = 4 for 4 and 8
    bits, 2 for 2 bits whose four code streams take more registers). Same arithmetic as
    qk_int8_tile_avx512; each activation load now serves R rows. */
 QK_AVX512_INL void
 qk_int8_rb_tile_avx512(const qk_dense *w, int64_t r0, const qk_xq *q, int64_t b0, float *y,
-                uint8_t *codes, const int R, const int NB, const int bits, const int cbk) {
+                uint8_t *codes, const int R, const int NB, const int bits, const int cbk,
+                const int GPB) {
     const int64_t n = w->n_in, nblk = n / 128, NBK = q->nblocks;
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const __m256i m2 = _mm256_set1_epi8(0x03);
@@ -325,13 +394,14 @@ qk_int8_rb_tile_avx512(const qk_dense *w, int64_t r0, const qk_xq *q, int64_t b0
         for (int t = 0; t < NB; t++) { acc[i][t] = _mm512_setzero_ps(); zacc[i][t] = 0.0f; }
     }
     const int64_t bpg = qk_blocks_per_group(w);
+    const __m512i lanes = GPB > 1 ? qk_gpb_lanes_avx512(bits, GPB) : _mm512_setzero_si512();
     int64_t g_next = 0, gpos = 0;
     for (int64_t blk = 0; blk < nblk; blk++) {
         const int64_t c0 = blk * 128;
         QK_GROUP_STEP(g, gpos, bpg, newg)
         (void)newg;
-        float s[4], z[4];
-        for (int i = 0; i < R; i++) {
+        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int i = 0; i < R && GPB == 1; i++) {
             if (cbk) { s[i] = cbs[i]; z[i] = 128.0f; }
             else { s[i] = w->scales[(r0 + i) * w->prow + g]; z[i] = w->zeros[(r0 + i) * w->prow + g]; }
         }
@@ -377,6 +447,18 @@ qk_int8_rb_tile_avx512(const qk_dense *w, int64_t r0, const qk_xq *q, int64_t b0
                 }
             }
         }
+        if (GPB > 1) {
+            __m128 s4[4];
+            for (int i = 0; i < R; i++)
+                s4[i] = _mm_maskz_loadu_ps((__mmask8)((1 << GPB) - 1),
+                                           w->scales + (r0 + i) * w->prow + blk * GPB);
+            for (int t = 0; t < NB; t++)
+                for (int i = 0; i < R; i++) {
+                    const __m512 dv = qk_gpb_scale_avx512(s4[i], q->xs + (b0 + t) * NBK + blk * GPB, lanes, GPB);
+                    acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[i][t]), dv, acc[i][t]);
+                }
+            continue;
+        }
         for (int t = 0; t < NB; t++) {
             const float xs = q->xs[(b0 + t) * NBK + blk];
             const float zx = xs * (float)q->xsum[(b0 + t) * NBK + blk];
@@ -388,9 +470,18 @@ qk_int8_rb_tile_avx512(const qk_dense *w, int64_t r0, const qk_xq *q, int64_t b0
         }
     }
     for (int i = 0; i < R; i++)
-        for (int t = 0; t < NB; t++)
-            y[(b0 + t) * w->n_out + r0 + i] = (_mm512_reduce_add_ps(acc[i][t]) - zacc[i][t])
-                                              + (nblk * 128 < n ? qk_tail_int8(w, r0 + i, q, b0 + t, codes) : 0.0f);
+        for (int t = 0; t < NB; t++) {
+            float tail = 0.0f;
+            if (GPB > 1) {   /* as in qk_int8_tile_avx512 */
+                const int64_t o = (b0 + t) * NBK, so = (r0 + i) * w->prow;
+                zacc[i][t] = qk_zero_terms_avx512(w->scales + so, w->zeros + so, q->xs + o,
+                                                  q->xsum + o, nblk * GPB);
+                tail = qk_tail_int8_any(w, r0 + i, q, b0 + t, nblk * 128, codes);
+            } else if (nblk * 128 < n) {
+                tail = qk_tail_int8(w, r0 + i, q, b0 + t, codes);
+            }
+            y[(b0 + t) * w->n_out + r0 + i] = (_mm512_reduce_add_ps(acc[i][t]) - zacc[i][t]) + tail;
+        }
 }
 
 QK_AVX512_FN void qk_rows_int8_avx512(const qk_dense *w, int64_t r0, int64_t nrows, const qk_xq *q,
@@ -400,27 +491,34 @@ QK_AVX512_FN void qk_rows_int8_avx512(const qk_dense *w, int64_t r0, int64_t nro
         return;
     }
     int64_t b0 = 0;
-    const int cbk = w->kind == 1;
+    const int cbk = w->kind == 1, gpb = qk_int8_gpb(w);
+    /* (rows, batch rows, bits, codebook, groups per block) of the tiles */
+    #define QK_RB2(K, G) { qk_int8_rb_tile_avx512(w, r0, q, b0, y, codes, 2, 4, 2, K, G); \
+                           qk_int8_rb_tile_avx512(w, r0 + 2, q, b0, y, codes, 2, 4, 2, K, G); }
     if (w->bits == 2) {
         for (; b0 + 4 <= batch; b0 += 4) {
-            if (cbk) {
-                qk_int8_rb_tile_avx512(w, r0, q, b0, y, codes, 2, 4, 2, 1);
-                qk_int8_rb_tile_avx512(w, r0 + 2, q, b0, y, codes, 2, 4, 2, 1);
-            } else {
-                qk_int8_rb_tile_avx512(w, r0, q, b0, y, codes, 2, 4, 2, 0);
-                qk_int8_rb_tile_avx512(w, r0 + 2, q, b0, y, codes, 2, 4, 2, 0);
-            }
+            if (cbk) QK_RB2(1, 1)
+            else if (gpb == 4) QK_RB2(0, 4)
+            else if (gpb == 2) QK_RB2(0, 2)
+            else QK_RB2(0, 1)
         }
     } else if (w->bits == 4) {
         for (; b0 + 4 <= batch; b0 += 4) {
-            if (cbk) qk_int8_rb_tile_avx512(w, r0, q, b0, y, codes, 4, 4, 4, 1);
-            else qk_int8_rb_tile_avx512(w, r0, q, b0, y, codes, 4, 4, 4, 0);
+            if (cbk) qk_int8_rb_tile_avx512(w, r0, q, b0, y, codes, 4, 4, 4, 1, 1);
+            else if (gpb == 4) qk_int8_rb_tile_avx512(w, r0, q, b0, y, codes, 4, 4, 4, 0, 4);
+            else if (gpb == 2) qk_int8_rb_tile_avx512(w, r0, q, b0, y, codes, 4, 4, 4, 0, 2);
+            else qk_int8_rb_tile_avx512(w, r0, q, b0, y, codes, 4, 4, 4, 0, 1);
         }
     } else {  /* 8-bit codebooks never reach the fast path */
-        for (; b0 + 4 <= batch; b0 += 4) qk_int8_rb_tile_avx512(w, r0, q, b0, y, codes, 4, 4, 8, 0);
+        for (; b0 + 4 <= batch; b0 += 4) qk_int8_rb_tile_avx512(w, r0, q, b0, y, codes, 4, 4, 8, 0, 1);
     }
-    for (; b0 < batch; b0++)
-        for (int64_t i = 0; i < 4; i++) qk_int8_tile_avx512(w, r0 + i, q, b0, y, codes, 1);
+    #undef QK_RB2
+    /* the batch rows left (fewer than 4), row by row: the row kernel's tiles */
+    if (b0 < batch) {
+        qk_xq rest = *q;
+        rest.xq += b0 * w->n_in; rest.xs += b0 * q->nblocks; rest.xsum += b0 * q->nblocks;
+        for (int64_t i = 0; i < 4; i++) qk_row_int8_avx512(w, r0 + i, &rest, batch - b0, y + b0 * w->n_out, codes);
+    }
 }
 
 /* ---- any width 1..8, groups that are multiples of 32: natural column order ----------

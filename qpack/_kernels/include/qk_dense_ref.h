@@ -210,6 +210,13 @@ QK_FN void qk_quantize_row(const float *x, int64_t n, int64_t B, int8_t *xq, flo
 static inline int64_t qk_blocks_per_group(const qk_dense *w) {
     return (w->kind != 0 || w->group >= w->n_in) ? INT64_MAX : w->group / 128;
 }
+/* Groups per 128-column block on the 128-column int8 kernels: 2 or 4 for linear 2/4-bit
+   codes in groups of 64 or 32 (qk_int8_path admits those with x blocks equal to the
+   group; the AVX-512 kernels scale each group's lanes), else 1. */
+static inline int qk_int8_gpb(const qk_dense *w) {
+    return (w->kind == 0 && w->group < w->n_in && (w->group == 32 || w->group == 64)
+            && (w->bits == 2 || w->bits == 4)) ? (int)(128 / w->group) : 1;
+}
 #define QK_GROUP_STEP(g, gpos, bpg, newg) \
     const int newg = (gpos) == 0; const int64_t g = g##_next; \
     if (++(gpos) == (bpg)) { (gpos) = 0; g##_next++; }
