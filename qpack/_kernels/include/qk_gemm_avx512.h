@@ -177,6 +177,14 @@ qk_gemm_tile_avx512(const qk_dense *w, int64_t r0, int64_t nrows, const uint8_t 
         else qk_gemm_dots_4x1(wp, wstride, xp, xgs, s1 - s0, d);
         /* the weight group of this block (blocks never straddle groups) */
         if (c0 >= gend) { g++; gend += w->group; }
+        /* the lane groups' scales, loaded once per block (the stores to accf below may
+           alias them as far as the compiler knows, so it would reload them per row) */
+        __m512 vxs[4], vxz[4];
+        for (int j = 0; j < NB; j++) {
+            const int64_t o = ((bg0 + j) * nb + blk) * QK_GEMM_LANES;
+            vxs[j] = _mm512_loadu_ps(xst + o);
+            vxz[j] = _mm512_loadu_ps(xzt + o);
+        }
         for (int i = 0; i < 4; i++) {
             const int64_t r = r0 + (i < nrows ? i : 0);
             float s, z;
@@ -184,11 +192,10 @@ qk_gemm_tile_avx512(const qk_dense *w, int64_t r0, int64_t nrows, const uint8_t 
             else { s = w->scales[r * w->prow + g]; z = w->zeros[r * w->prow + g]; }
             const __m512 vs = _mm512_set1_ps(s), vsz = _mm512_set1_ps(s * z);
             for (int j = 0; j < NB; j++) {
-                const int64_t o = ((bg0 + j) * nb + blk) * QK_GEMM_LANES;
                 float *a = accf + (i * 4 + j) * QK_GEMM_LANES;
-                const __m512 xs = _mm512_mul_ps(vs, _mm512_loadu_ps(xst + o));
+                const __m512 xs = _mm512_mul_ps(vs, vxs[j]);
                 __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d[i * 4 + j]), xs, _mm512_loadu_ps(a));
-                _mm512_storeu_ps(a, _mm512_fnmadd_ps(vsz, _mm512_loadu_ps(xzt + o), f));
+                _mm512_storeu_ps(a, _mm512_fnmadd_ps(vsz, vxz[j], f));
             }
         }
     }
