@@ -181,6 +181,9 @@ class LinearQuantized:
         return self.bits + 8.0 * self.nbytes_params / size
 
 
+_UINT_OF_SIZE = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
 def round_scale_up(scale: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Round positive scales to ``dtype`` without ever going below the exact value.
 
@@ -192,7 +195,10 @@ def round_scale_up(scale: np.ndarray, dtype: np.dtype) -> np.ndarray:
         s = scale.astype(dtype)
     low = s.astype(scale.dtype) < scale
     if low.any():
-        s[low] = np.nextafter(s[low], dtype.type(np.inf))
+        # the next value up: for s >= 0 (scale > s >= 0 here) that is the bit pattern
+        # plus one (0 -> the smallest subnormal, the largest finite -> inf, reported
+        # below); np.nextafter on float16 is emulated and masked indexing copies twice
+        s.view(_UINT_OF_SIZE[s.dtype.itemsize])[...] += low
     if not np.isfinite(s).all():
         raise ValueError(
             f"scale_dtype {dtype} cannot hold a scale of {float(scale.max()):.4g}; the "
@@ -219,9 +225,8 @@ def _group_params(gmin: np.ndarray, gmax: np.ndarray, lo: np.ndarray, hi: np.nda
         scale = (hi - lo) / ((1 << bits) - 1)
     const = (gmin == gmax) & (gmin != 0)
     scale = np.where(const, np.abs(gmin), scale).astype(work)
-    s_store = np.zeros(scale.shape, dtype=sdt)
-    pos = scale > 0
-    s_store[pos] = round_scale_up(scale[pos], sdt)
+    # scale >= 0 (hi >= 0 >= lo): zeros stay 0, positive ones round up
+    s_store = round_scale_up(scale, np.dtype(sdt))
     s = s_store.astype(work)
     if symmetric:
         zero = np.full(scale.shape, 1 << (bits - 1), dtype=np.int32)

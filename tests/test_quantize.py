@@ -330,3 +330,32 @@ def test_row_blocks_give_the_same_result(monkeypatch, group_size, clip):
     for start, stop in ((0, 37), (3, 4), (30, 37)):
         np.testing.assert_array_equal(whole.dequantize_rows(start, stop),
                                       whole.dequantize()[start:stop])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_round_scale_up_never_goes_below_and_is_the_next_value(dtype):
+    """Scales round to the nearest ``dtype`` value at or above them: the same as
+    np.nextafter(upward) on every value that rounded down, including a scale below the
+    smallest subnormal (-> that subnormal) and 0 (stays 0)."""
+    from qpack.quantize import round_scale_up
+
+    rng = np.random.default_rng(int(np.dtype(dtype).itemsize))
+    work = np.float32 if dtype == np.float16 else np.float64
+    scale = np.concatenate([rng.random(5000) * 10.0 ** rng.integers(-9, 4, 5000),
+                            # 1e-30 / 1e-46: below the smallest subnormal of dtype
+                            [0.0, 1e-30 if dtype == np.float16 else 1e-46, 1.0, 0.1,
+                             0.3]]).astype(work)
+    got = round_scale_up(scale, np.dtype(dtype))
+    assert got.dtype == dtype
+    assert (got.astype(work) >= scale).all()
+    near = scale.astype(dtype)
+    want = np.where(near.astype(work) < scale, np.nextafter(near, dtype(np.inf)), near)
+    np.testing.assert_array_equal(got, want)
+    assert got[-5] == 0 and got[-4] == np.nextafter(dtype(0), dtype(1))
+
+
+def test_round_scale_up_reports_overflow():
+    from qpack.quantize import round_scale_up
+
+    with pytest.raises(ValueError, match="cannot hold a scale"):
+        round_scale_up(np.array([1.0, 65504.0 * 1.0001], np.float32), np.dtype(np.float16))
