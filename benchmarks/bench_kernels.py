@@ -179,8 +179,12 @@ def bench(shape, configs, names, repeat, evict, variants, *, torch=None,
                     set_isa(variant)
                     times, paths = {}, {}
                     for name, w in encodings.items():
-                        time.sleep(idle)  # both modes of one encoding run back to back
                         for mode in MODES:
+                            # idle before every product: a float product at a large batch
+                            # runs tiles + numpy's BLAS, whose threads spin ~0.1 s after
+                            # it and took a core from the next product's OpenMP team (the
+                            # int8 GEMM's 2-thread medians were 2x its best calls)
+                            time.sleep(idle)
                             path = paths[(name, mode)] = product_path(w, batch, mode)
                             slow = (slow_repeat is not None and path == "generic"
                                     and batch >= SLOW_BATCH)
@@ -267,8 +271,9 @@ def run(quick: bool) -> dict:
         "numpy's BLAS (threadpoolctl), torch (set_num_threads) and qpack use the same "
         "thread count; products under 2M multiply-adds per thread use fewer qpack threads "
         "(the dispatch policy's min_macs_per_thread), e.g. 1024x1024 batch 1 runs on one",
-        f"{IDLE_BETWEEN_METHODS} s idle before each encoding and peer (OpenBLAS spins "
-        "~0.1 s after a call); the two modes of an encoding run back to back",
+        f"{IDLE_BETWEEN_METHODS} s idle before each product (each mode of each "
+        "encoding) and peer: OpenBLAS spins ~0.1 s after a call, and the float mode's "
+        "tiles+BLAS products call it",
         "codes are random (speed does not depend on their values); codebook rows share one "
         "codebook of 2**bits entries; scales float16, zero-points uint8 (matmul holds them "
         "as float32 copies, which the size table's bytes include)",
