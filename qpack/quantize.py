@@ -185,12 +185,16 @@ _UINT_OF_SIZE = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def round_scale_up(scale: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Round positive scales to ``dtype`` without ever going below the exact value.
+    """Round non-negative scales to ``dtype`` without ever going below the exact value
+    (0 stays 0).
 
     A scale rounded down would shrink the representable range and clip the extreme value;
     rounding up keeps every value within half a step of a code. Raises ValueError when a
-    scale overflows ``dtype`` (too wide a range for float16, say).
+    scale overflows ``dtype`` (too wide a range for float16, say) or is negative (the
+    rounding step below is only right for values >= 0).
     """
+    if scale.size and not scale.min() >= 0:
+        raise ValueError("round_scale_up takes scales >= 0")
     with np.errstate(over="ignore"):  # overflow is reported below, by name
         s = scale.astype(dtype)
     low = s.astype(scale.dtype) < scale

@@ -359,3 +359,5 @@ def test_round_scale_up_reports_overflow():
 
     with pytest.raises(ValueError, match="cannot hold a scale"):
         round_scale_up(np.array([1.0, 65504.0 * 1.0001], np.float32), np.dtype(np.float16))
+    with pytest.raises(ValueError, match="scales >= 0"):
+        round_scale_up(np.array([0.5, -0.1], np.float32), np.dtype(np.float16))
