@@ -11,7 +11,6 @@ fallback: a failed compile fails the install with the compiler's message.
 import glob
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 

@@ -255,6 +255,11 @@ def test_kernel_paths_follow_the_variant():
             assert w4.kernel_paths() == {"float": "avx2", "int8": "avx2"}
             w8, _ = make_codebook(rng, 4, 256, 8)
             assert w8.kernel_paths() == {"float": "avx2", "int8": "avx2-any"}
+            # groups of 32/64 for 2/4-bit codes: per-lane group scales, as on AVX-512
+            for bits, group, int8_path in ((4, 32, "avx2"), (4, 64, "avx2"), (2, 32, "avx2"),
+                                           (8, 32, "avx2-any"), (4, 96, "avx2-any")):
+                wg, _ = make_linear(rng, 4, 384, bits, group)
+                assert wg.kernel_paths() == {"float": "avx2-any", "int8": int8_path}
             # from a batch of 16 the AVX2 int8 GEMM (qk_gemm_avx2.h), as on AVX-512
             assert w.kernel_paths(15)["int8"] == "avx2-any"
             for ww in (w, w4, w8):
@@ -319,8 +324,8 @@ def test_any_width_int8_extreme_values_exact(n_in, kernel_isa, kernels_only):
     0, 128, 255), 7-bit codes 127 (the largest pair of products AVX2's vpmaddubsw takes
     unsigned: 2 * 127 * 127) and 4-6-bit codes at their maximum (the AVX2 GEMM adds 8, 4
     and 2 steps of such pairs in int16); 2- and 4-bit codes in groups of 32 and 64 run
-    the AVX-512 128-column kernels with per-lane group scales. Every product of a row has
-    the same sign, so a saturated or wrapped 16-bit sum would be far off."""
+    the 128-column kernels (AVX-512 and AVX2) with per-lane group scales. Every product
+    of a row has the same sign, so a saturated or wrapped 16-bit sum would be far off."""
     rng = np.random.default_rng(n_in)
     for batch in (1, 3, 4, 5, 16, 33):
         sgn = np.where(rng.random((batch, n_in)) < 0.5, -1.0, 1.0).astype(np.float32)

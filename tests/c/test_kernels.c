@@ -345,12 +345,14 @@ static void test_dense(int isa) {
         for (int kind = 0; kind <= 1; kind++)
             for (int ni = 0; ni < 3; ni++) {
                 const int64_t n_in = n_ins[ni];
-                /* groups: none, 128, 32 (linear only), one of them with shared parameters */
-                const int64_t groups[] = {n_in, 128, 32};
-                for (int gi = 0; gi < (kind == 0 ? 3 : 1); gi++) {
+                /* groups: none, 128, 32 and 64 (linear only; 32 and 64 take the per-lane
+                   group scales of the 128-column int8 kernels for 2 and 4 bits), one of
+                   them with shared parameters */
+                const int64_t groups[] = {n_in, 128, 32, 64};
+                for (int gi = 0; gi < (kind == 0 ? 4 : 1); gi++) {
                     const int64_t group = groups[gi];
                     for (int shared = 0; shared <= 1; shared++) {
-                        if (shared && gi == 2) continue;
+                        if (shared && gi >= 2) continue;
                         mat m;
                         mat_make(&m, bits, kind, 9, n_in, group, shared);
                         for (int bt = 0; bt < 6; bt++) {

@@ -66,6 +66,8 @@ QK_FN int qk_int8_path(const qk_dense *w, int isa, int64_t block) {
     if (isa == QK_ISA_AVX2 && qk_groups_aligned(w) && block == 128
         && (b == 2 || b == 4 || (b == 8 && w->kind == 0)))
         return QK_PATH_AVX2;
+    if (isa == QK_ISA_AVX2 && qk_int8_gpb(w) > 1 && block == w->group)
+        return QK_PATH_AVX2;
     /* the same conditions as AVX512_ANY (the AVX2 kernel works per 32-column half and
        could take codebook blocks of an odd number of halves, but the two any-width paths
        accept the same calls) */

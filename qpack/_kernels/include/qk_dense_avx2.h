@@ -183,9 +183,55 @@ QK_AVX2_FN void qk_rows_float_avx2(const qk_dense *w, int64_t r0, int64_t nrows,
      which holds because qpack/matmul.py clips the int8 codebook to +-127, u in 1..255.
      8-bit linear codes (u = 0 gives w' = -128): vpmaddubsw(|w'|, sign(q, w')), where
      |-128| = 0x80 read as unsigned is 128, exact for every u. */
+
+/* Groups of 32 or 64 columns (2- and 4-bit linear codes, x blocks = the group), as in
+   qk_dense_avx512.h, on 8 dword lanes. In the permuted layout:
+   - 2 bits: the four chunks of a block summed give lane l = natural columns 16l..16l+15,
+     so lane l belongs to group 16l / group of the block;
+   - 4 bits: chunks 0 and 2 (the low and high nibbles of bytes 0..31) give lane l =
+     columns 8l..8l+7, chunks 1 and 3 columns 64 + 8l..; the two pairs are summed apart
+     (one more vpmaddwd per block) and lane l of the first belongs to group 8l / group,
+     of the second to group (64 + 8l) / group.
+   The scale vector of a block is s[g] * xs[g] for its GPB = 128 / group groups, spread
+   over the lanes by vpermps; the zero-point terms are summed once per (row, batch row)
+   by qk_zero_terms_avx2. */
+QK_AVX2_INL __m256i qk_gpb_lanes_avx2(const int bits, const int GPB, const int half) {
+    int32_t idx[8];
+    const int group = 128 / GPB;
+    for (int l = 0; l < 8; l++)
+        idx[l] = bits == 2 ? (16 * l) / group : (64 * half + 8 * l) / group;
+    return _mm256_loadu_si256((const __m256i *)idx);
+}
+
+/* s[0..GPB) * xs[0..GPB) (GPB = 2 or 4) as one 256-bit vector (upper lanes zero). */
+QK_AVX2_INL __m256 qk_gpb_prod_avx2(const float *s, const float *xs, const int GPB) {
+    __m128 p;
+    if (GPB == 4) p = _mm_mul_ps(_mm_loadu_ps(s), _mm_loadu_ps(xs));
+    else p = _mm_mul_ps(_mm_castpd_ps(_mm_load_sd((const double *)s)),
+                        _mm_castpd_ps(_mm_load_sd((const double *)xs)));
+    return _mm256_castps128_ps256(p);
+}
+
+/* sum over groups k < ng of s[k] * z[k] * xs[k] * xsum[k] (see qk_zero_terms_avx512). */
+QK_AVX2_INL float qk_zero_terms_avx2(const float *s, const float *z, const float *xs,
+                                     const int32_t *xsum, int64_t ng) {
+    __m256 acc = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= ng; k += 8) {
+        const __m256 sz = _mm256_mul_ps(_mm256_loadu_ps(s + k), _mm256_loadu_ps(z + k));
+        const __m256 zx = _mm256_mul_ps(_mm256_loadu_ps(xs + k),
+                                        _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(xsum + k))));
+        acc = _mm256_fmadd_ps(sz, zx, acc);
+    }
+    float t = qk_hsum_avx2(acc);
+    for (; k < ng; k++) t += (s[k] * z[k]) * (xs[k] * (float)xsum[k]);
+    return t;
+}
+
 QK_AVX2_INL void
 qk_int8_tile_avx2(const qk_dense *w, int64_t r0, const qk_xq *q, int64_t b0, float *y,
-                  uint8_t *codes, const int R, const int NB, const int bits, const int cbk) {
+                  uint8_t *codes, const int R, const int NB, const int bits, const int cbk,
+                  const int GPB) {
     const int64_t n = w->n_in, nblk = n / 128, NBK = q->nblocks, bpb = 16 * bits;
     const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x03);
     const __m256i bias = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
@@ -209,14 +255,17 @@ qk_int8_tile_avx2(const qk_dense *w, int64_t r0, const qk_xq *q, int64_t b0, flo
         }
         for (int t = 0; t < NB; t++) { acc[i][t] = _mm256_setzero_ps(); zacc[i][t] = 0.0f; }
     }
+    if (GPB > 1) for (int t = 0; t < NB; t++) acc[1][t] = _mm256_setzero_ps();
     const int64_t bpg = qk_blocks_per_group(w);
+    const __m256i lanes0 = GPB > 1 ? qk_gpb_lanes_avx2(bits, GPB, 0) : _mm256_setzero_si256();
+    const __m256i lanes1 = GPB > 1 ? qk_gpb_lanes_avx2(bits, GPB, 1) : _mm256_setzero_si256();
     int64_t g_next = 0, gpos = 0;
     for (int64_t blk = 0; blk < nblk; blk++) {
         const int64_t c0 = blk * 128;
         QK_GROUP_STEP(g, gpos, bpg, newg)
         (void)newg;
-        float s[2], z[2];
-        for (int i = 0; i < R; i++) {
+        float s[2] = {0.0f, 0.0f}, z[2] = {0.0f, 0.0f};
+        for (int i = 0; i < R && GPB == 1; i++) {
             if (cbk) { s[i] = cbs[i]; z[i] = 0.0f; }
             else {
                 s[i] = w->scales[(r0 + i) * w->prow + g];
@@ -245,6 +294,30 @@ qk_int8_tile_avx2(const qk_dense *w, int64_t r0, const qk_xq *q, int64_t b0, flo
             }
             if (cbk)
                 for (int k = 0; k < 4; k++) wv[i][k] = _mm256_shuffle_epi8(tbl[i], wv[i][k]);
+        }
+        if (GPB > 1) {   /* 2/4-bit linear codes, R == 1 (qk_int8_run_avx2) */
+            const float *srow = w->scales + r0 * w->prow + blk * GPB;
+            for (int t = 0; t < NB; t++) {
+                const __m256 d = qk_gpb_prod_avx2(srow, q->xs + (b0 + t) * NBK + blk * GPB, GPB);
+                __m256i xv[4];
+                for (int m = 0; m < 4; m++) xv[m] = _mm256_loadu_si256((const __m256i *)(xb[t] + c0 + 32 * m));
+                if (bits == 2) {
+                    __m256i s16 = _mm256_maddubs_epi16(wv[0][0], xv[0]);
+                    for (int m = 1; m < 4; m++) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(wv[0][m], xv[m]));
+                    acc[0][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones)),
+                                                _mm256_permutevar8x32_ps(d, lanes0), acc[0][t]);
+                } else {
+                    const __m256i sa = _mm256_add_epi16(_mm256_maddubs_epi16(wv[0][0], xv[0]),
+                                                        _mm256_maddubs_epi16(wv[0][2], xv[2]));
+                    const __m256i sb = _mm256_add_epi16(_mm256_maddubs_epi16(wv[0][1], xv[1]),
+                                                        _mm256_maddubs_epi16(wv[0][3], xv[3]));
+                    acc[0][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(sa, ones)),
+                                                _mm256_permutevar8x32_ps(d, lanes0), acc[0][t]);
+                    acc[1][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(sb, ones)),
+                                                _mm256_permutevar8x32_ps(d, lanes1), acc[1][t]);
+                }
+            }
+            continue;
         }
         for (int t = 0; t < NB; t++) {
             __m256i ia[2];
@@ -281,6 +354,20 @@ qk_int8_tile_avx2(const qk_dense *w, int64_t r0, const qk_xq *q, int64_t b0, flo
             }
         }
     }
+    if (GPB > 1) {
+        /* blocks past the vector part start at nblk * 128: the any-width tail adds their
+           zero-point terms itself */
+        const int64_t so = r0 * w->prow;
+        for (int t = 0; t < NB; t++) {
+            const int64_t o = (b0 + t) * NBK;
+            const float zt = qk_zero_terms_avx2(w->scales + so, w->zeros + so, q->xs + o,
+                                                q->xsum + o, nblk * GPB);
+            const __m256 a = bits == 4 ? _mm256_add_ps(acc[0][t], acc[1][t]) : acc[0][t];
+            y[(b0 + t) * w->n_out + r0] = (qk_hsum_avx2(a) - zt)
+                + qk_tail_int8_any(w, r0, q, b0 + t, nblk * 128, codes);
+        }
+        return;
+    }
     for (int i = 0; i < R; i++)
         for (int t = 0; t < NB; t++)
             y[(b0 + t) * w->n_out + r0 + i] = (qk_hsum_avx2(acc[i][t]) - zacc[i][t])
@@ -289,23 +376,31 @@ qk_int8_tile_avx2(const qk_dense *w, int64_t r0, const qk_xq *q, int64_t b0, flo
 
 QK_AVX2_INL void
 qk_int8_run_avx2(const qk_dense *w, int64_t r0, const qk_xq *q, int64_t batch, float *y,
-                 uint8_t *codes, const int R, const int NBMAX, const int bits, const int cbk) {
+                 uint8_t *codes, const int R, const int NBMAX, const int bits, const int cbk,
+                 const int GPB) {
     int64_t b0 = 0;
-    if (NBMAX >= 8) for (; b0 + 8 <= batch; b0 += 8) qk_int8_tile_avx2(w, r0, q, b0, y, codes, R, 8, bits, cbk);
-    if (NBMAX >= 4) for (; b0 + 4 <= batch; b0 += 4) qk_int8_tile_avx2(w, r0, q, b0, y, codes, R, 4, bits, cbk);
-    for (; b0 + 2 <= batch; b0 += 2) qk_int8_tile_avx2(w, r0, q, b0, y, codes, R, 2, bits, cbk);
-    if (b0 < batch) qk_int8_tile_avx2(w, r0, q, b0, y, codes, R, 1, bits, cbk);
+    if (NBMAX >= 8) for (; b0 + 8 <= batch; b0 += 8) qk_int8_tile_avx2(w, r0, q, b0, y, codes, R, 8, bits, cbk, GPB);
+    if (NBMAX >= 4) for (; b0 + 4 <= batch; b0 += 4) qk_int8_tile_avx2(w, r0, q, b0, y, codes, R, 4, bits, cbk, GPB);
+    for (; b0 + 2 <= batch; b0 += 2) qk_int8_tile_avx2(w, r0, q, b0, y, codes, R, 2, bits, cbk, GPB);
+    if (b0 < batch) qk_int8_tile_avx2(w, r0, q, b0, y, codes, R, 1, bits, cbk, GPB);
 }
 
-/* 8-bit codebooks never reach the int8 fast path (qk_int8_path). */
+/* 8-bit codebooks never reach the int8 fast path (qk_int8_path); groups of 32/64 only
+   2/4-bit linear codes (qk_int8_gpb). */
 #define QK_AVX2_BK_INT8(CALL) \
-    do { if (w->kind == 0) { if (w->bits == 4) CALL(4, 0); else if (w->bits == 2) CALL(2, 0); \
-                             else CALL(8, 0); } \
-         else { if (w->bits == 4) CALL(4, 1); else CALL(2, 1); } } while (0)
+    do { const int gpb_ = qk_int8_gpb(w); \
+         if (w->kind == 0) { if (w->bits == 4) { if (gpb_ == 4) CALL(4, 0, 4); \
+                                                  else if (gpb_ == 2) CALL(4, 0, 2); \
+                                                  else CALL(4, 0, 1); } \
+                             else if (w->bits == 2) { if (gpb_ == 4) CALL(2, 0, 4); \
+                                                       else if (gpb_ == 2) CALL(2, 0, 2); \
+                                                       else CALL(2, 0, 1); } \
+                             else CALL(8, 0, 1); } \
+         else { if (w->bits == 4) CALL(4, 1, 1); else CALL(2, 1, 1); } } while (0)
 
 QK_AVX2_FN void qk_row_int8_avx2(const qk_dense *w, int64_t r, const qk_xq *q, int64_t batch,
                                  float *y, uint8_t *codes) {
-#define QK_CALL(B, K) qk_int8_run_avx2(w, r, q, batch, y, codes, 1, 4, B, K)
+#define QK_CALL(B, K, G) qk_int8_run_avx2(w, r, q, batch, y, codes, 1, 4, B, K, G)
     QK_AVX2_BK_INT8(QK_CALL);
 #undef QK_CALL
 }
@@ -320,8 +415,8 @@ QK_AVX2_FN void qk_rows_int8_avx2(const qk_dense *w, int64_t r0, int64_t nrows, 
         for (int64_t i = 0; i < nrows; i++) qk_row_int8_avx2(w, r0 + i, q, batch, y, codes);
         return;
     }
-#define QK_CALL(B, K) for (int64_t i = 0; i < 4; i++) \
-                          qk_int8_run_avx2(w, r0 + i, q, batch, y, codes, 1, 4, B, K)
+#define QK_CALL(B, K, G) for (int64_t i = 0; i < 4; i++) \
+                             qk_int8_run_avx2(w, r0 + i, q, batch, y, codes, 1, 4, B, K, G)
     QK_AVX2_BK_INT8(QK_CALL);
 #undef QK_CALL
 }
