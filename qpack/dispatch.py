@@ -3,7 +3,7 @@
 Every dense or sparse product (qpack.matmul's weight objects) asks the current
 ``DispatchPolicy`` for a ``Plan``: either the packed kernels ("kernel", one pass over
 the codes per call) or dequantized row tiles times BLAS ("tiles", W_hat decoded a tile
-at a time into a reused float32 buffer that stays in L2, then ``x @ tile.T``).
+at a time into a reused float32 buffer that stays in cache, then ``x @ tile.T``).
 
 The choice is a cost model, not a set of thresholds. Each of the two costs has a part
 per weight and call and a part per multiply-add (``MACs = batch * weights``)::
@@ -25,7 +25,8 @@ The rates come from ``KernelCosts``: built-in defaults (measured on the 2-core A
 Zen 4 development machine, one thread, cache-resident weights), or a one-time
 calibration of this machine (``calibrate()``, or ``qpack calibrate``) saved in a cache
 file and used by every later process on the same CPU, variant and build. The tile size
-comes from the L2 size read from the machine (sysfs, else sysconf, else 1 MiB).
+comes from the cache sizes read from the machine (half the L3, at least the L2; sysfs,
+else sysconf, else 32 MiB / 1 MiB).
 
 Tests and benchmarks select a path explicitly: ``DispatchPolicy(path="kernel")`` or
 ``path="tiles"`` under ``use_policy(...)``, or ``matmul(..., path=...)`` per call.
@@ -131,16 +132,19 @@ def _pair(v, name) -> Rate:
 
 # Measured by calibrate() on the development machine (AMD EPYC Zen 4, 2 cores, AVX-512
 # VNNI/VBMI, -march=native; the avx2 rows with QPACK_ISA=avx2), one thread, 1024 x 1024
-# weights, batches 16 and 128.
+# weights, batches 16 and 128. The avx512/float and avx2/float rows: medians of three
+# calibrations on 2026-12-03 (after the batched float tiles; they had been 0.011/0.042
+# and 0.033/0.047, which sent 4096x4096 float products at batch 64 to tiles: 25.9 ms
+# against 16-21 on the kernel, numpy 20-22).
 DEFAULT_COSTS = KernelCosts(
     kernel={
         "generic/float": (0.67, 0.085), "generic/int8": (1.5, 1.5),
-        "avx512/float": (0.011, 0.042), "avx512/float/codebook-8": (0.0, 0.11),
+        "avx512/float": (0.0, 0.029), "avx512/float/codebook-8": (0.0, 0.11),
         "avx512-any/float": (0.0, 0.056),
         # the row kernels' int8 rates (batches 4-15; the GEMM takes 16 and more)
         "avx512/int8": (0.06, 0.025), "avx512-any/int8": (0.07, 0.045),
         "avx512-gemm/int8": (0.031, 0.010),
-        "avx2/float": (0.033, 0.047), "avx2/float/codebook-8": (0.092, 0.11),
+        "avx2/float": (0.0, 0.036), "avx2/float/codebook-8": (0.092, 0.11),
         "avx2/int8": (0.0, 0.027), "avx2-any/float": (0.11, 0.045),
         "avx2-any/int8": (0.36, 0.030),
         # the AVX2 GEMM (batches from 16; QPACK_ISA=avx2, median of two calibrations)
@@ -211,6 +215,13 @@ def cache_sizes() -> dict:
     return out
 
 
+def default_tile_bytes() -> int:
+    """Bytes of float32 weights per tile by default: half the L3, at least the L2 (a
+    tile is written by the fill and read back by BLAS while still in cache)."""
+    sizes = cache_sizes()
+    return max(sizes["l2"], sizes["l3"] // 2)
+
+
 class DispatchPolicy:
     """Chooses kernel or tiles, the thread count and the tile size for each product.
 
@@ -220,7 +231,10 @@ class DispatchPolicy:
         kernels) or "tiles" (always dequantized tiles + BLAS).
     costs : KernelCosts; default: this machine's calibration if one is cached, else
         DEFAULT_COSTS.
-    tile_bytes : bytes of float32 weights per tile; default the L2 size (cache_sizes()).
+    tile_bytes : bytes of float32 weights per tile; default half the L3 (at least the
+        L2; cache_sizes()). Each BLAS call repacks all of x, so small tiles pay that per
+        tile: on 4096x4096 at batch 450, 2 threads, 1 MiB tiles (64 rows) took 141-157
+        ms against 105-107 for 16 MiB (numpy on the float32 matrix: 83-111).
     min_macs_per_thread : products with fewer multiply-adds per thread run on fewer
         threads (waking a second OpenMP thread costs more than it saves on small layers).
     threads : a fixed thread count, or None for qpack.get_num_threads() at each call.
@@ -242,7 +256,7 @@ class DispatchPolicy:
             raise ValueError(f"costs must be a KernelCosts, got {type(costs).__name__}")
         self.path = path
         self.costs = costs if costs is not None else _machine_costs()
-        self.tile_bytes = tile_bytes if tile_bytes is not None else cache_sizes()["l2"]
+        self.tile_bytes = tile_bytes if tile_bytes is not None else default_tile_bytes()
         self.min_macs_per_thread = min_macs_per_thread
         self.threads = threads
 

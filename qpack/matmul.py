@@ -177,6 +177,12 @@ def _tiled_product(x2: np.ndarray, y2: np.ndarray, shape: tuple[int, int],
     bound holds a fortiori. The tiles are filled on one thread: BLAS brings its own
     pool, and two pools fight on a 2-core machine (qpack.dispatch)."""
     n_out, n_in = shape
+    if rows >= n_out and y2.flags.c_contiguous:
+        # one tile: BLAS writes y2 itself (no temporary and copy of the whole output)
+        tile = np.empty((n_out, n_in), dtype=np.float32)
+        fill_rows(0, tile)
+        np.matmul(x2, tile.T, out=y2)
+        return
     tile_buf = np.empty((rows, n_in), dtype=np.float32)
     for r0 in range(0, n_out, rows):
         r1 = min(n_out, r0 + rows)

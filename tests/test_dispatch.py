@@ -261,7 +261,8 @@ def test_cache_sizes_are_read():
     sizes = dispatch.cache_sizes()
     assert set(sizes) == {"l1d", "l2", "l3"}
     assert all(isinstance(v, int) and v >= 4096 for v in sizes.values())
-    assert DispatchPolicy().tile_bytes == sizes["l2"]
+    assert DispatchPolicy().tile_bytes == dispatch.default_tile_bytes()
+    assert dispatch.default_tile_bytes() == max(sizes["l2"], sizes["l3"] // 2)
 
 
 def test_cli_calibrate_dry_run(tmp_path, monkeypatch, capsys):

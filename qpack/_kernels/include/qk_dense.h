@@ -108,6 +108,23 @@ static inline int qk_path_permute_bits(int path, int bits) {
     return (path == QK_PATH_AVX512 || path == QK_PATH_AVX2) && (bits == 2 || bits == 4) ? bits : 0;
 }
 
+/* Dequantize whole row r into out[0 .. n_in) (codes: n_in + 64 bytes of scratch); the
+   same values as qk_dequant_cols on every variant (a table lookup is exact). */
+QK_FN void qk_dequant_row(const qk_dense *w, int64_t r, uint8_t *codes, float *out) {
+    qk_unpack_any(w->packed + r * w->row_bytes, codes, w->n_in, w->bits, w->isa);
+#if QK_X86
+    if (w->kind == 1 && w->isa == QK_ISA_AVX512) {
+        qk_cb_lookup_avx512(w->codebook + r * w->cbrow, w->bits, codes, w->n_in, out);
+        return;
+    }
+    if (w->kind == 1 && w->isa == QK_ISA_AVX2) {
+        qk_cb_lookup_avx2(w->codebook + r * w->cbrow, w->bits, codes, w->n_in, out);
+        return;
+    }
+#endif
+    qk_dequant_cols(w, r, codes, 0, w->n_in, out);
+}
+
 /* Rows r0 .. r0+nrows (nrows <= 4) of y = x @ W_hat.T, float activations (xp in the
    path's layout). Scratch: codes n_in + 64 bytes (AVX2_ANY: 5 * (n_in + 64)), wrow n_in
    floats (generic path; AVX2_ANY from a batch of 4: 4 * n_in). */

@@ -165,6 +165,29 @@ QK_AVX2_FN void qk_rows_float_avx2(const qk_dense *w, int64_t r0, int64_t nrows,
 #undef QK_CALL
 }
 
+/* Codebook values of n unpacked codes (as qk_cb_lookup_avx512): 8 per step, vpermps up
+   to 8 entries, two vpermps and a blend up to 16 (qk_lut16_avx2), a gather beyond. */
+QK_AVX2_FN void qk_cb_lookup_avx2(const float *cb, int bits, const uint8_t *codes,
+                                  int64_t n, float *out) {
+    int64_t k = 0;
+    if (bits <= 4) {
+        float t[16] = {0};
+        for (int i = 0; i < (1 << bits); i++) t[i] = cb[i];
+        const __m256 lo = _mm256_loadu_ps(t), hi = _mm256_loadu_ps(t + 8);
+        for (; k + 8 <= n; k += 8) {
+            const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(codes + k)));
+            _mm256_storeu_ps(out + k, bits == 4 ? qk_lut16_avx2(v, lo, hi)
+                                                : _mm256_permutevar8x32_ps(lo, v));
+        }
+    } else {
+        for (; k + 8 <= n; k += 8) {
+            const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(codes + k)));
+            _mm256_storeu_ps(out + k, _mm256_i32gather_ps(cb, v, 4));
+        }
+    }
+    for (; k < n; k++) out[k] = cb[codes[k]];
+}
+
 /* ---- int8 mode ------------------------------------------------------------------ */
 /* Per 128-column block, integer dot products of weight bytes with the int8 activations,
    then one float multiply by scale_w * scale_x, as in qk_dense_avx512.h. AVX2 has no

@@ -87,11 +87,6 @@ QK_FN void qk_row_float_generic(const qk_dense *w, int64_t r, const float *x, in
         y[bi * w->n_out + r] = qk_dot(wrow, x + bi * n, n);
 }
 
-/* Dequantize whole row r into out[0 .. n_in). */
-QK_FN void qk_dequant_row(const qk_dense *w, int64_t r, uint8_t *codes, float *out) {
-    qk_unpack_any(w->packed + r * w->row_bytes, codes, w->n_in, w->bits, w->isa);
-    qk_dequant_cols(w, r, codes, 0, w->n_in, out);
-}
 
 /* ---- generic int8 row -------------------------------------------------------- */
 /* The int8 mode's weight scale and zero-point for row r's block starting at column c0:
