@@ -177,18 +177,15 @@ def _tiled_product(x2: np.ndarray, y2: np.ndarray, shape: tuple[int, int],
     bound holds a fortiori. The tiles are filled on one thread: BLAS brings its own
     pool, and two pools fight on a 2-core machine (qpack.dispatch)."""
     n_out, n_in = shape
-    if rows >= n_out and y2.flags.c_contiguous:
-        # one tile: BLAS writes y2 itself (no temporary and copy of the whole output)
-        tile = np.empty((n_out, n_in), dtype=np.float32)
-        fill_rows(0, tile)
-        np.matmul(x2, tile.T, out=y2)
-        return
-    tile_buf = np.empty((rows, n_in), dtype=np.float32)
+    tile_buf = np.empty((min(rows, n_out), n_in), dtype=np.float32)
     for r0 in range(0, n_out, rows):
         r1 = min(n_out, r0 + rows)
         tile = tile_buf[: r1 - r0]
         fill_rows(r0, tile)
-        y2[:, r0:r1] = x2 @ tile.T
+        if r1 - r0 == n_out and y2.flags.c_contiguous:
+            np.matmul(x2, tile.T, out=y2)  # one tile: no temporary and copy of y
+        else:
+            y2[:, r0:r1] = x2 @ tile.T
 
 
 def _row_indices(indices, n_out: int) -> tuple[np.ndarray, tuple]:

@@ -87,7 +87,6 @@ QK_FN void qk_row_float_generic(const qk_dense *w, int64_t r, const float *x, in
         y[bi * w->n_out + r] = qk_dot(wrow, x + bi * n, n);
 }
 
-
 /* ---- generic int8 row -------------------------------------------------------- */
 /* The int8 mode's weight scale and zero-point for row r's block starting at column c0:
    the linear group's, or the codebook's int8 scale and 128. */
