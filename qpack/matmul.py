@@ -354,7 +354,8 @@ class _DenseWeights:
         """Which kernel each mode runs on for ``batch`` rows with the current variant
         (qpack.kernel_info()) when the kernels run (not tiles, see qpack.dispatch):
         {"float": name, "int8": name}, names "generic" or the variant's ("avx512",
-        "avx512-any", "avx512-gemm" / "avx2-gemm" for int8 batches from 16)."""
+        "avx512-any", "avx512-gemm" / "avx2-gemm" / "neon-gemm" for int8 batches from
+        16)."""
         if self._kernel is None:
             return {"float": "none", "int8": "none"}
         return {"float": self._kernel.float_path,

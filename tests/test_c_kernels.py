@@ -7,8 +7,9 @@ and int8 rows) against plain reference code and prints "ALL OK". Legs:
 - x86-64 (or whatever the host is) with -march=native, and with the portable flags of
   setup.py (QPACK_PORTABLE=1: no -march); the first with -fopenmp as well;
 - aarch64, when aarch64-linux-gnu-gcc and qemu-aarch64 are installed: -march=armv8.2-a
-  +dotprod run on qemu's default CPU (NEON with sdot), and -march=armv8-a run as a
-  Cortex-A53 (no dotprod: the vmull/vpadal fallback, and no sdot instruction may run).
+  +dotprod run on qemu's "max" CPU (NEON with sdot: also the int8 GEMM), and -march=armv8-a
+  run as a Cortex-A53 (no dotprod: the vmull/vpadal fallback, and no sdot instruction may
+  run).
 
 Compiling the headers takes most of a minute per leg on a loaded 2-core machine, so each
 binary is kept in the pytest cache under a key made of the compiler's version, the flags
@@ -108,4 +109,7 @@ def test_headers_on_aarch64_under_qemu(leg, cache_dir):
                                           capture_output=True, text=True, timeout=600))
     assert "variant neon: tested (ok)" in stdout, stdout
     assert f"neon dotprod: {'yes' if dotprod else 'no'}" in stdout, stdout
-    assert "neon=" in stdout.split("variant neon:")[1].splitlines()[0], stdout
+    neon_line = stdout.split("variant neon:")[1].splitlines()[0]
+    assert "neon=" in neon_line, stdout
+    # the int8 GEMM runs exactly when the CPU has sdot
+    assert ("neon-gemm=" in neon_line) == dotprod, stdout

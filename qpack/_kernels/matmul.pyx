@@ -40,6 +40,7 @@ from qpack._kernels.qk cimport (
     QK_PATH_GENERIC,
     QK_GEMM_LANES,
     QK_PATH_NEON,
+    QK_PATH_NEON_GEMM,
     qk_dense,
     qk_dense_float_rows,
     qk_dense_int8_rows,
@@ -50,6 +51,7 @@ from qpack._kernels.qk cimport (
     qk_gemm_pack_x,
     qk_gemm_rows_avx512,
     qk_gemm_rows_avx2,
+    qk_gemm_rows_neon,
     qk_build_flags,
     qk_isa_best,
     qk_isa_supported,
@@ -76,7 +78,7 @@ cdef enum:
 PATH_NAMES = {QK_PATH_GENERIC: "generic", QK_PATH_AVX2: "avx2", QK_PATH_AVX512: "avx512",
               QK_PATH_AVX512_ANY: "avx512-any", QK_PATH_AVX512_GEMM: "avx512-gemm",
               QK_PATH_AVX2_ANY: "avx2-any", QK_PATH_AVX2_GEMM: "avx2-gemm",
-              QK_PATH_NEON: "neon"}
+              QK_PATH_NEON: "neon", QK_PATH_NEON_GEMM: "neon-gemm"}
 
 def isa_supported(int isa):
     """1 if this CPU can run variant ``isa`` (0 ref, 1 avx2, 2 avx512, 3 neon)."""
@@ -298,7 +300,7 @@ cdef class DenseKernel:
         cdef int64_t nbg = (batch + QK_GEMM_LANES - 1) // QK_GEMM_LANES
         cdef int8_t[:, ::1] xi
         cdef float[:, ::1] xst, xzt
-        if path == QK_PATH_AVX512_GEMM or path == QK_PATH_AVX2_GEMM:
+        if path == QK_PATH_AVX512_GEMM or path == QK_PATH_AVX2_GEMM or path == QK_PATH_NEON_GEMM:
             # the GEMMs' interleaved activations (qk_gemm.h), sized here as the kernels
             # assume (qk_int8_batch_path admitted block % 4 == 0, block <= 4096): zero
             # padding lanes and columns, so the kernels need no batch or column tails.
@@ -319,8 +321,12 @@ cdef class DenseKernel:
                             qk_gemm_rows_avx512(&w, 4 * r, min(4, w.n_out - 4 * r), &xi[0, 0],
                                                 &xst[0, 0], &xzt[0, 0], batch, block,
                                                 q.nblocks, &y[0, 0], &codes[tid, 0])
-                        else:
+                        elif path == QK_PATH_AVX2_GEMM:
                             qk_gemm_rows_avx2(&w, 4 * r, min(4, w.n_out - 4 * r), &xi[0, 0],
+                                              &xst[0, 0], &xzt[0, 0], batch, block,
+                                              q.nblocks, &y[0, 0], &codes[tid, 0])
+                        else:
+                            qk_gemm_rows_neon(&w, 4 * r, min(4, w.n_out - 4 * r), &xi[0, 0],
                                               &xst[0, 0], &xzt[0, 0], batch, block,
                                               q.nblocks, &y[0, 0], &codes[tid, 0])
             return

@@ -48,6 +48,7 @@ cdef extern from "qk_dense.h" nogil:
         QK_PATH_AVX512_ANY
         QK_PATH_AVX512_GEMM
         QK_PATH_AVX2_GEMM
+        QK_PATH_NEON_GEMM
         QK_GEMM_LANES
         QK_PATH_NEON
         QK_PATH_AVX2_ANY
@@ -60,6 +61,9 @@ cdef extern from "qk_dense.h" nogil:
                              const float *xst, const float *xzt, int64_t batch,
                              int64_t block, int64_t nb, float *y, uint8_t *scratch)
     void qk_gemm_rows_avx2(const qk_dense *w, int64_t r0, int64_t nrows, const int8_t *xi,
+                           const float *xst, const float *xzt, int64_t batch,
+                           int64_t block, int64_t nb, float *y, uint8_t *scratch)
+    void qk_gemm_rows_neon(const qk_dense *w, int64_t r0, int64_t nrows, const int8_t *xi,
                            const float *xst, const float *xzt, int64_t batch,
                            int64_t block, int64_t nb, float *y, uint8_t *scratch)
     int qk_path_permute_bits(int path, int bits)

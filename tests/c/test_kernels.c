@@ -14,8 +14,8 @@
  *   - dense int8 rows (qk_dense_int8_rows on the path qk_int8_path picks) against the
  *     int8 formula evaluated here with exact integer block sums (NEON: also bit for bit
  *     against the generic kernel);
- *   - the int8 GEMMs (qk_int8_batch_path from a batch of 16: avx512-gemm, avx2-gemm)
- *     against the same formula for every width and kind, batches 16-64, 1-9 rows, x
+ *   - the int8 GEMMs (qk_int8_batch_path from a batch of 16: avx512-gemm, avx2-gemm,
+ *     neon-gemm with dotprod) against the same formula for every width and kind, batches 16-64, 1-9 rows, x
  *     blocks of 4 to a whole row, weights at the ends of their range (a saturated int16
  *     sum would show), and avx2-gemm bit for bit against avx512-gemm where both run;
  *   - on aarch64, the NEON integer block sums (sdot and the vmull/vpadal fallback)
@@ -221,7 +221,7 @@ static void mat_make_extreme(mat *m, int bits, int kind, int64_t n_out, int64_t 
 }
 
 /* Paths seen per variant, for the summary line. */
-#define NPATH 9
+#define NPATH 10
 static long float_paths[NPATH], int8_paths[NPATH];
 
 static void test_float(const mat *m, int isa, int64_t batch) {
@@ -387,8 +387,10 @@ static void run_gemm(const qk_dense *w, int path, const qk_xq *q, int64_t batch,
         const int64_t nr = w->n_out - r0 < 4 ? w->n_out - r0 : 4;
         if (path == QK_PATH_AVX512_GEMM)
             qk_gemm_rows_avx512(w, r0, nr, xi, xst, xzt, batch, q->block, nb, y, scratch);
-        else
+        else if (path == QK_PATH_AVX2_GEMM)
             qk_gemm_rows_avx2(w, r0, nr, xi, xst, xzt, batch, q->block, nb, y, scratch);
+        else
+            qk_gemm_rows_neon(w, r0, nr, xi, xst, xzt, batch, q->block, nb, y, scratch);
     }
     free(xi); free(xst); free(xzt); free(scratch);
 }
@@ -402,13 +404,21 @@ static void test_gemm(const mat *m, int isa, int64_t n_out, int64_t batch, int64
     w.n_out = n_out;
     const int64_t n = w.n_in, nb = (n + block - 1) / block;
     const int path = qk_int8_batch_path(&w, isa, block, batch);
-    if (isa != QK_ISA_AVX2 && isa != QK_ISA_AVX512) {
-        CHECK(path != QK_PATH_AVX2_GEMM && path != QK_PATH_AVX512_GEMM, "%s: a GEMM path", isa_name(isa));
+    /* the variants with a GEMM: AVX2, AVX-512, and NEON when the CPU has dotprod */
+    int want = 0;
+#if QK_X86
+    want = isa == QK_ISA_AVX2 ? QK_PATH_AVX2_GEMM : isa == QK_ISA_AVX512 ? QK_PATH_AVX512_GEMM : 0;
+#endif
+#if QK_ARM64
+    want = isa == QK_ISA_NEON && qk_neon_dotprod() ? QK_PATH_NEON_GEMM : 0;
+#endif
+    if (!want) {
+        CHECK(path != QK_PATH_AVX2_GEMM && path != QK_PATH_AVX512_GEMM && path != QK_PATH_NEON_GEMM,
+              "%s: a GEMM path", isa_name(isa));
         return;
     }
-    CHECK(path == (isa == QK_ISA_AVX2 ? QK_PATH_AVX2_GEMM : QK_PATH_AVX512_GEMM),
-          "%s bits=%d block=%lld batch=%lld: path %d, not the GEMM", isa_name(isa), w.bits,
-          (long long)block, (long long)batch, path);
+    CHECK(path == want, "%s bits=%d block=%lld batch=%lld: path %d, not the GEMM", isa_name(isa),
+          w.bits, (long long)block, (long long)batch, path);
     int8_paths[path >= 0 && path < NPATH ? path : NPATH - 1]++;
     float *x = xmalloc(sizeof(float) * (size_t)(batch * n)), *y = xmalloc(sizeof(float) * (size_t)(batch * n_out));
     int8_t *xq = xmalloc((size_t)(batch * n)), *tmp = xmalloc((size_t)n);
@@ -438,9 +448,9 @@ static void test_gemm(const mat *m, int isa, int64_t n_out, int64_t batch, int64
 }
 
 /* Every width and kind, n_in ending in a partial step of 4 columns (130) or not, groups
-   none / 128 / 32, x blocks 128, 32, 4, 48 and the whole row, batches 16, 17, 31, 33
-   and 64 (full and partial groups of 16 and of 8 lanes), 1, 3, 5 and 9 rows; then the
-   extreme-value weights. */
+   none / 128 / 32, x blocks 128, 32, 4, 48, 12 (3 steps: the NEON GEMM's step tail) and
+   the whole row, batches 16, 17, 31, 33 and 64 (full and partial groups of 16 and of 8
+   lanes), 1, 3, 5 and 9 rows; then the extreme-value weights. */
 static void test_gemm_grid(int isa) {
     static const int64_t n_ins[] = {130, 296, 1040};
     static const int64_t batches[] = {16, 17, 31, 33, 64};
@@ -456,8 +466,8 @@ static void test_gemm_grid(int isa) {
                         mat m;
                         mat_make(&m, bits, kind, 9, n_in, group, shared);
                         for (int bt = 0; bt < 5; bt++) {
-                            const int64_t blocks[] = {128, 32, 4, 48, n_in};
-                            for (int k = 0; k < 5; k++) {
+                            const int64_t blocks[] = {128, 32, 4, 48, 12, n_in};
+                            for (int k = 0; k < 6; k++) {
                                 const int64_t blk = blocks[k];
                                 if ((kind == 0 && group < n_in && group % blk) || blk % 4) continue;
                                 if (k >= 2 && bt != 1) continue;
@@ -527,6 +537,7 @@ static const char *path_name(int p) {
         case 5: return "neon";
         case 6: return "avx512-gemm";
         case 7: return "avx2-gemm";
+        case 8: return "neon-gemm";
         default: return "other";
     }
 }

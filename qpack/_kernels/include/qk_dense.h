@@ -14,14 +14,15 @@
 #include "qk_gemm_avx512.h"
 #include "qk_gemm_avx2.h"
 #include "qk_dense_neon.h"  /* QK_PATH_NEON = 5 */
+#include "qk_gemm_neon.h"
 
 /* AVX512: 2/4/8-bit codes in 128-column blocks (permuted activations for 2 and 4 bits);
    AVX512_ANY: any width, groups of any multiple of 32, natural order; AVX2 and AVX2_ANY
-   the same on AVX2. AVX512_GEMM and AVX2_GEMM: int8 mode from a batch of
-   QK_GEMM_MIN_BATCH, any width (qk_gemm_avx512.h, qk_gemm_avx2.h); chosen per call by
-   qk_int8_batch_path, never by qk_int8_path. */
+   the same on AVX2. AVX512_GEMM, AVX2_GEMM and NEON_GEMM: int8 mode from a batch of
+   QK_GEMM_MIN_BATCH, any width (qk_gemm_avx512.h, qk_gemm_avx2.h, qk_gemm_neon.h);
+   chosen per call by qk_int8_batch_path, never by qk_int8_path. */
 enum { QK_PATH_GENERIC = 0, QK_PATH_AVX2 = 1, QK_PATH_AVX512 = 2, QK_PATH_AVX512_ANY = 3,
-       QK_PATH_AVX512_GEMM = 6, QK_PATH_AVX2_GEMM = 7 };
+       QK_PATH_AVX512_GEMM = 6, QK_PATH_AVX2_GEMM = 7, QK_PATH_NEON_GEMM = 8 };
 enum { QK_PATH_AVX2_ANY = 4 };
 
 /* Groups that the 128-column block kernels handle: a multiple of 128, or none. */
@@ -81,7 +82,8 @@ QK_FN int qk_int8_path(const qk_dense *w, int isa, int64_t block) {
    row kernels' path. */
 QK_FN int qk_int8_batch_path(const qk_dense *w, int isa, int64_t block, int64_t batch) {
     if (batch >= QK_GEMM_MIN_BATCH && qk_gemm_ok(w, isa, block))
-        return isa == QK_ISA_AVX512 ? QK_PATH_AVX512_GEMM : QK_PATH_AVX2_GEMM;
+        return isa == QK_ISA_AVX512 ? QK_PATH_AVX512_GEMM
+               : isa == QK_ISA_AVX2 ? QK_PATH_AVX2_GEMM : QK_PATH_NEON_GEMM;
     return qk_int8_path(w, isa, block);
 }
 

@@ -17,7 +17,8 @@
  * vdotq_s32 (sdot, when the CPU has dotprod) or vmull_s8 + vpadalq_s16 otherwise. sdot is
  * signed x signed, so bytes above 127 (8-bit codes, codebook entries + 128) are biased to
  * u - 128 and 128 * sum(x) is added back, exactly. Sums are the generic kernel's integers
- * bit for bit, and the block scaling is its formula.
+ * bit for bit, and the block scaling is its formula. From a batch of 16, on a CPU with
+ * dotprod, int8 products run the register-blocked GEMM of qk_gemm_neon.h instead.
  */
 #ifndef QK_DENSE_NEON_H
 #define QK_DENSE_NEON_H
@@ -198,27 +199,36 @@ QK_NEON_FN int64_t qk_isum_neon_plain(const int8_t *wv, const int8_t *xq, int64_
     return total;
 }
 
-/* Row r: unpacked once into codes (n_in bytes), then every batch row, block by block,
-   as qk_row_int8_generic. */
-QK_NEON_INL void qk_int8_row_neon(const qk_dense *w, int64_t r, const qk_xq *q, int64_t batch,
-                                  float *y, uint8_t *codes, int dot) {
-    const int64_t n = w->n_in, B = q->block;
+/* Row r as int8-mode bytes in codes[0 .. n_in) (n_in + 64 bytes of scratch): linear codes
+   of up to 7 bits as they are, 8-bit codes and codebook entries (cb_u8) biased to u - 128
+   so that sdot's signed x signed product takes them. Returns whether they are biased. */
+QK_NEON_INL int qk_int8_bytes_neon(const qk_dense *w, int64_t r, uint8_t *codes) {
+    const int64_t n = w->n_in;
     qk_unpack_any(w->packed + r * w->row_bytes, codes, n, w->bits, w->isa);
-    int biased = 0;
     int64_t c = 0;
-    if (w->kind == 1) {        /* codebook: u = cb_u8[code], biased to u - 128 */
+    if (w->kind == 1) {        /* codebook: u = cb_u8[code] */
         const uint8_t *lut = w->cb_u8 + r * w->cbrow;
-        biased = 1;
         if (w->bits <= 4) {    /* the padded row holds >= 16 entries */
             const uint8x16_t tbl = veorq_u8(vld1q_u8(lut), vdupq_n_u8(0x80));
             for (; c + 16 <= n; c += 16) vst1q_u8(codes + c, vqtbl1q_u8(tbl, vld1q_u8(codes + c)));
         }
         for (; c < n; c++) codes[c] = (uint8_t)(lut[codes[c]] ^ 0x80);
-    } else if (w->bits == 8) { /* codes up to 255: biased too */
-        biased = 1;
+        return 1;
+    }
+    if (w->bits == 8) {        /* codes up to 255 */
         for (; c + 16 <= n; c += 16) vst1q_u8(codes + c, veorq_u8(vld1q_u8(codes + c), vdupq_n_u8(0x80)));
         for (; c < n; c++) codes[c] ^= 0x80;
+        return 1;
     }
+    return 0;
+}
+
+/* Row r: unpacked once into codes (n_in bytes), then every batch row, block by block,
+   as qk_row_int8_generic. */
+QK_NEON_INL void qk_int8_row_neon(const qk_dense *w, int64_t r, const qk_xq *q, int64_t batch,
+                                  float *y, uint8_t *codes, int dot) {
+    const int64_t n = w->n_in, B = q->block;
+    const int biased = qk_int8_bytes_neon(w, r, codes);
     const int8_t *wv = (const int8_t *)codes;
     for (int64_t bi = 0; bi < batch; bi++) {
         const int8_t *xq = q->xq + bi * n;

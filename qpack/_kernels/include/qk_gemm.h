@@ -1,10 +1,10 @@
-/* What the int8 GEMMs (qk_gemm_avx512.h, qk_gemm_avx2.h) share: when they run, and the
+/* What the int8 GEMMs (qk_gemm_avx512.h, qk_gemm_avx2.h, qk_gemm_neon.h) share: when they run, and the
  * activations interleaved once per call so that vector lanes are batch rows.
  *
  * xi[bg][step][lane][4]: bg a group of QK_GEMM_LANES (16) batch rows, step 4 columns,
  * zero padded (no batch or column tails). Beside it, per (bg, x block, lane): the block
  * scale xs (xst) and xs * sum q (xzt). The AVX-512 GEMM reads a group as one zmm per
- * step, the AVX2 GEMM as two ymm halves of 8 lanes.
+ * step, the AVX2 GEMM as two ymm halves of 8 lanes, the NEON GEMM as four quads of 4.
  */
 #ifndef QK_GEMM_H
 #define QK_GEMM_H
@@ -16,11 +16,16 @@
 #define QK_GEMM_MIN_BATCH 16
 
 /* Whether a GEMM takes weights w with x blocks of `block` columns on variant isa: int32
-   block sums are exact up to 4096 columns (255 * 127 * 4096 < 2**31). */
+   block sums are exact up to 4096 columns (255 * 127 * 4096 < 2**31). On AArch64 only
+   with dotprod (qk_gemm_neon.h); the row kernels' vmull fallback is as fast per sum. */
 static inline int qk_gemm_ok(const qk_dense *w, int isa, int64_t block) {
     (void)w;
-    return QK_X86 && (isa == QK_ISA_AVX512 || isa == QK_ISA_AVX2) && block % 4 == 0
-           && block <= 4096;
+    if (block % 4 || block > 4096) return 0;
+#if QK_ARM64
+    return isa == QK_ISA_NEON && qk_neon_dotprod();
+#else
+    return QK_X86 && (isa == QK_ISA_AVX512 || isa == QK_ISA_AVX2);
+#endif
 }
 
 /* Interleave the int8 activations (see above): xi, xst and xzt must be

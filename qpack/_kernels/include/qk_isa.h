@@ -54,12 +54,14 @@ enum { QK_ISA_REF = 0, QK_ISA_AVX2 = 1, QK_ISA_AVX512 = 2, QK_ISA_NEON = 3, QK_I
 #define QK_NEON_FN static __attribute__((unused))
 #define QK_NEON_INL static inline __attribute__((always_inline))
 #if defined(__clang__)
-#define QK_NEON_DOT_FN static __attribute__((unused, target("dotprod")))
+#define QK_NEON_DOT_TARGET "dotprod"
 #else
 /* GCC declares vdotq_s32 under arch=armv8.2-a+dotprod: a plain "+dotprod" on an armv8-a
    build does not cover it ("target specific option mismatch") */
-#define QK_NEON_DOT_FN static __attribute__((unused, target("arch=armv8.2-a+dotprod")))
+#define QK_NEON_DOT_TARGET "arch=armv8.2-a+dotprod"
 #endif
+#define QK_NEON_DOT_FN static __attribute__((unused, target(QK_NEON_DOT_TARGET)))
+#define QK_NEON_DOT_INL static inline __attribute__((always_inline, target(QK_NEON_DOT_TARGET)))
 #if defined(__linux__)
 #include <sys/auxv.h>
 #ifndef HWCAP_ASIMD
