@@ -246,6 +246,12 @@ def test_kernel_paths_follow_the_variant():
                                            (8, 32, "avx512-any"), (4, 96, "avx512-any")):
                 wg, _ = make_linear(rng, 4, 384, bits, group)
                 assert wg.kernel_paths() == {"float": "avx512-any", "int8": int8_path}
+            # rows whose 128-column kernels would leave a scalar tail longer than the
+            # any-width kernels' (under 128 columns, or 64-127 extra) run the latter
+            for n_in, path in ((64, "avx512-any"), (100, "avx512-any"), (200, "avx512-any"),
+                               (300, "avx512"), (784, "avx512")):
+                ws, _ = make_linear(rng, 4, n_in, 4, 128)
+                assert ws.kernel_paths() == {"float": path, "int8": path}, n_in
         if "avx2" in qpack.isa.available_isas():
             qpack.isa.set_isa("avx2")
             assert w.kernel_paths() == {"float": "avx2-any", "int8": "avx2-any"}
@@ -260,6 +266,9 @@ def test_kernel_paths_follow_the_variant():
                                            (8, 32, "avx2-any"), (4, 96, "avx2-any")):
                 wg, _ = make_linear(rng, 4, 384, bits, group)
                 assert wg.kernel_paths() == {"float": "avx2-any", "int8": int8_path}
+            for n_in, path in ((64, "avx2-any"), (200, "avx2-any"), (300, "avx2")):
+                ws, _ = make_linear(rng, 4, n_in, 4, 128)
+                assert ws.kernel_paths() == {"float": path, "int8": path}, n_in
             # from a batch of 16 the AVX2 int8 GEMM (qk_gemm_avx2.h), as on AVX-512
             assert w.kernel_paths(15)["int8"] == "avx2-any"
             for ww in (w, w4, w8):

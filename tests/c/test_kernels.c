@@ -339,11 +339,14 @@ static void test_int8(const mat *m, int isa, int64_t batch, int64_t block) {
 }
 
 static void test_dense(int isa) {
-    static const int64_t n_ins[] = {128, 296, 1040};
+    /* 100 and 200: rows the 128-column kernels leave to the any-width ones (shorter than
+       128 columns, or 64-127 past the last full block); every length has a scalar tail on
+       some path (296: 40 columns past 2 blocks, 1040: 16) */
+    static const int64_t n_ins[] = {128, 296, 1040, 100, 200};
     static const int64_t batches[] = {1, 2, 3, 4, 5, 9};
     for (int bits = 1; bits <= 8; bits++)
         for (int kind = 0; kind <= 1; kind++)
-            for (int ni = 0; ni < 3; ni++) {
+            for (int ni = 0; ni < 5; ni++) {
                 const int64_t n_in = n_ins[ni];
                 /* groups: none, 128, 32 and 64 (linear only; 32 and 64 take the per-lane
                    group scales of the 128-column int8 kernels for 2 and 4 bits), one of

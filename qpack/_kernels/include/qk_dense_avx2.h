@@ -74,7 +74,7 @@ qk_w8_avx2(const uint8_t *bp, const int bits, const int j, const int kind, __m25
    accumulators alternate to hide the FMA latency. */
 QK_AVX2_INL void
 qk_float_tile_avx2(const qk_dense *w, int64_t r0, const float *xp, int64_t b0, float *y,
-                   uint8_t *codes, const int R, const int NB, const int bits, const int kind) {
+                   const int R, const int NB, const int bits, const int kind) {
     const int64_t n = w->n_in, nblk = n / 128, bpb = 16 * bits;
     const int NA = R * NB <= 2 ? 2 : 1;
     const __m256 iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
@@ -128,8 +128,7 @@ qk_float_tile_avx2(const qk_dense *w, int64_t r0, const float *xp, int64_t b0, f
     for (int i = 0; i < R; i++)
         for (int t = 0; t < NB; t++)
             y[(b0 + t) * w->n_out + r0 + i] =
-                qk_hsum_avx2(NA == 2 ? _mm256_add_ps(acc[i][t][0], acc[i][t][1]) : acc[i][t][0])
-                + (nblk * 128 < n ? qk_tail_float(w, r0 + i, xb[t], nblk * 128, codes) : 0.0f);
+                qk_hsum_avx2(NA == 2 ? _mm256_add_ps(acc[i][t][0], acc[i][t][1]) : acc[i][t][0]);
 }
 
 /* The whole batch for rows r0 .. r0+R in tiles of NBMAX, then 4, 2, 1 batch rows. */
@@ -137,10 +136,11 @@ QK_AVX2_INL void
 qk_float_run_avx2(const qk_dense *w, int64_t r0, const float *xp, int64_t batch, float *y,
                   uint8_t *codes, const int R, const int NBMAX, const int bits, const int kind) {
     int64_t b0 = 0;
-    if (NBMAX >= 8) for (; b0 + 8 <= batch; b0 += 8) qk_float_tile_avx2(w, r0, xp, b0, y, codes, R, 8, bits, kind);
-    if (NBMAX >= 4) for (; b0 + 4 <= batch; b0 += 4) qk_float_tile_avx2(w, r0, xp, b0, y, codes, R, 4, bits, kind);
-    for (; b0 + 2 <= batch; b0 += 2) qk_float_tile_avx2(w, r0, xp, b0, y, codes, R, 2, bits, kind);
-    if (b0 < batch) qk_float_tile_avx2(w, r0, xp, b0, y, codes, R, 1, bits, kind);
+    if (NBMAX >= 8) for (; b0 + 8 <= batch; b0 += 8) qk_float_tile_avx2(w, r0, xp, b0, y, R, 8, bits, kind);
+    if (NBMAX >= 4) for (; b0 + 4 <= batch; b0 += 4) qk_float_tile_avx2(w, r0, xp, b0, y, R, 4, bits, kind);
+    for (; b0 + 2 <= batch; b0 += 2) qk_float_tile_avx2(w, r0, xp, b0, y, R, 2, bits, kind);
+    if (b0 < batch) qk_float_tile_avx2(w, r0, xp, b0, y, R, 1, bits, kind);
+    for (int i = 0; i < R; i++) qk_tail_float_rows(w, r0 + i, xp, batch, w->n_in / 128 * 128, y, codes);
 }
 
 /* One row, any batch: up to 8 batch rows per tile. */
@@ -453,7 +453,7 @@ QK_AVX2_FN void qk_rows_int8_avx2(const qk_dense *w, int64_t r0, int64_t nrows, 
    32-column half (one ymm of bytes, four of floats): the smallest group these paths
    accept, so a group or an x block always starts on a half and is stepped with counters,
    never divided. Scratch ('codes', 5 * (n_in + 64) bytes): region 0 for the scalar tails
-   (qk_tail_float, qk_tail_int8_any), region 1 + i for row r0 + i; float mode from a batch
+   (qk_tail_float_rows, qk_tail_int8_any), region 1 + i for row r0 + i; float mode from a batch
    of 4 also 'wrow', 4 * n_in floats (the dequantized rows). Every function here trusts
    qk_dense.h's caller (matmul.pyx) to have checked lengths and scratch sizes. */
 
@@ -512,7 +512,7 @@ QK_AVX2_INL __m256 qk_vtab_get_avx2(const qk_vtab_avx2 *v, const uint8_t *p, con
    (x rows of n_in, u of n_in bytes, y) checked by the wrapper. */
 QK_AVX2_INL void
 qk_float_any_tile_avx2(const qk_dense *w, int64_t r, const uint8_t *u, const float *x, int64_t b0,
-                       float *y, uint8_t *codes, const int NB, const int b, const int kind) {
+                       float *y, const int NB, const int b, const int kind) {
     const int64_t n = w->n_in, nh = n / 32;
     const int NA = NB == 1 ? 4 : NB == 2 ? 2 : 1;
     const float *sc = w->scales + r * w->prow, *zz = w->zeros + r * w->prow;
@@ -543,8 +543,7 @@ qk_float_any_tile_avx2(const qk_dense *w, int64_t r, const uint8_t *u, const flo
     for (int t = 0; t < NB; t++) {
         __m256 s = acc[t][0];
         for (int a = 1; a < NA; a++) s = _mm256_add_ps(s, acc[t][a]);
-        y[(b0 + t) * w->n_out + r] = qk_hsum_avx2(s)
-                                     + (nh * 32 < n ? qk_tail_float(w, r, xb[t], nh * 32, codes) : 0.0f);
+        y[(b0 + t) * w->n_out + r] = qk_hsum_avx2(s);
     }
 }
 
@@ -573,7 +572,7 @@ QK_AVX2_INL void qk_float_any_dequant_avx2(const qk_dense *w, int64_t r, const u
 
 /* Batched float tile: R (4 or 1) rows x NB (2 or 1) batch rows over the 8-column vectors
    v0 .. v1 of dequantized rows (wf, row stride wstride), added to y (set when first;
-   the scalar tail added when last). Decoding stays out of the inner loop: per 8 columns
+   the caller adds the scalar tail). Decoding stays out of the inner loop: per 8 columns
    R + NB loads and R * NB FMAs (4 x 2: 8 accumulators, 4 weights, 2 activations in 16
    ymm). The caller walks the columns in slices of QK_ANY_FSLICE so that the 4 rows'
    floats of a slice stay in L1 for every batch tile: whole 4096-column rows (64 KB for
@@ -582,9 +581,9 @@ QK_AVX2_INL void qk_float_any_dequant_avx2(const qk_dense *w, int64_t r, const u
 #define QK_ANY_FSLICE 128   /* vectors of 8 columns: 4 rows x 1024 columns = 16 KB */
 QK_AVX2_INL void
 qk_float_any_rb_tile_avx2(const qk_dense *w, int64_t r0, const float *wf, int64_t wstride,
-                          const float *x, int64_t b0, float *y, uint8_t *codes, int64_t v0,
-                          int64_t v1, int first, int last, const int R, const int NB) {
-    const int64_t n = w->n_in, nv = (n / 32) * 4;
+                          const float *x, int64_t b0, float *y, int64_t v0, int64_t v1,
+                          int first, const int R, const int NB) {
+    const int64_t n = w->n_in;
     __m256 acc[4][2];
     const float *xb[2];
     for (int t = 0; t < NB; t++) {
@@ -600,8 +599,7 @@ qk_float_any_rb_tile_avx2(const qk_dense *w, int64_t r0, const float *wf, int64_
     }
     for (int t = 0; t < NB; t++)
         for (int i = 0; i < R; i++) {
-            float s = qk_hsum_avx2(acc[i][t]);
-            if (last && nv * 8 < n) s += qk_tail_float(w, r0 + i, xb[t], nv * 8, codes);
+            const float s = qk_hsum_avx2(acc[i][t]);
             float *yy = y + (b0 + t) * w->n_out + r0 + i;
             *yy = first ? s : *yy + s;
         }
@@ -615,9 +613,10 @@ qk_rows_float_any_bk_avx2(const qk_dense *w, int64_t r0, int64_t nrows, const fl
     if (batch < 4) {   /* weights decoded per 8 columns, once for the whole batch */
         for (int64_t i = 0; i < nrows; i++) {
             const uint8_t *u = qk_any_codes_avx2(w, r0 + i, codes + pstride);
-            if (batch == 1) qk_float_any_tile_avx2(w, r0 + i, u, x, 0, y, codes, 1, b, kind);
-            else if (batch == 2) qk_float_any_tile_avx2(w, r0 + i, u, x, 0, y, codes, 2, b, kind);
-            else qk_float_any_tile_avx2(w, r0 + i, u, x, 0, y, codes, 3, b, kind);
+            if (batch == 1) qk_float_any_tile_avx2(w, r0 + i, u, x, 0, y, 1, b, kind);
+            else if (batch == 2) qk_float_any_tile_avx2(w, r0 + i, u, x, 0, y, 2, b, kind);
+            else qk_float_any_tile_avx2(w, r0 + i, u, x, 0, y, 3, b, kind);
+            qk_tail_float_rows(w, r0 + i, x, batch, w->n_in / 32 * 32, y, codes);
         }
         return;
     }
@@ -631,26 +630,27 @@ qk_rows_float_any_bk_avx2(const qk_dense *w, int64_t r0, int64_t nrows, const fl
     int64_t v0 = 0;
     do {
         const int64_t v1 = v0 + QK_ANY_FSLICE < nv ? v0 + QK_ANY_FSLICE : nv;
-        const int first = v0 == 0, last = v1 == nv;
+        const int first = v0 == 0;
         if (nrows == 4) {
             int64_t b0 = 0;
             for (; b0 + 2 <= batch; b0 += 2)
-                qk_float_any_rb_tile_avx2(w, r0, wrow, wstride, x, b0, y, codes, v0, v1, first, last, 4, 2);
+                qk_float_any_rb_tile_avx2(w, r0, wrow, wstride, x, b0, y, v0, v1, first, 4, 2);
             if (b0 < batch)
-                qk_float_any_rb_tile_avx2(w, r0, wrow, wstride, x, b0, y, codes, v0, v1, first, last, 4, 1);
+                qk_float_any_rb_tile_avx2(w, r0, wrow, wstride, x, b0, y, v0, v1, first, 4, 1);
         } else {
             for (int64_t i = 0; i < nrows; i++) {
                 int64_t b0 = 0;
                 for (; b0 + 2 <= batch; b0 += 2)
-                    qk_float_any_rb_tile_avx2(w, r0 + i, wrow + i * wstride, wstride, x, b0, y, codes,
-                                              v0, v1, first, last, 1, 2);
+                    qk_float_any_rb_tile_avx2(w, r0 + i, wrow + i * wstride, wstride, x, b0, y,
+                                              v0, v1, first, 1, 2);
                 if (b0 < batch)
-                    qk_float_any_rb_tile_avx2(w, r0 + i, wrow + i * wstride, wstride, x, b0, y, codes,
-                                              v0, v1, first, last, 1, 1);
+                    qk_float_any_rb_tile_avx2(w, r0 + i, wrow + i * wstride, wstride, x, b0, y,
+                                              v0, v1, first, 1, 1);
             }
         }
         v0 = v1;
     } while (v0 < nv);
+    for (int64_t i = 0; i < nrows; i++) qk_tail_float_rows(w, r0 + i, x, batch, nv * 8, y, codes);
 }
 
 /* Each (width, kind) its own instantiation, so tables and tile sizes are constants. */

@@ -25,7 +25,7 @@
    FMA latency chain when NB is small. */
 QK_AVX512_INL void
 qk_float_tile_avx512(const qk_dense *w, int64_t r, const float *xp, int64_t b0, float *y,
-                   uint8_t *codes, const int NB) {
+                     const int NB) {
     const int64_t n = w->n_in, nblk = n / 128, bits = w->bits;
     const uint8_t *row = w->packed + r * w->row_bytes;
     const float *sc = w->scales + r * w->prow, *zz = w->zeros + r * w->prow;
@@ -90,17 +90,17 @@ qk_float_tile_avx512(const qk_dense *w, int64_t r, const float *xp, int64_t b0, 
         }
     }
     for (int t = 0; t < NB; t++)
-        y[(b0 + t) * w->n_out + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]))
-                                     + (nblk * 128 < n ? qk_tail_float(w, r, xb[t], nblk * 128, codes) : 0.0f);
+        y[(b0 + t) * w->n_out + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
 }
 
 QK_AVX512_FN void qk_row_float_avx512(const qk_dense *w, int64_t r, const float *xp, int64_t batch,
                               float *y, uint8_t *codes) {
     int64_t b0 = 0;
-    for (; b0 + 8 <= batch; b0 += 8) qk_float_tile_avx512(w, r, xp, b0, y, codes, 8);
-    if (b0 + 4 <= batch) { qk_float_tile_avx512(w, r, xp, b0, y, codes, 4); b0 += 4; }
-    if (b0 + 2 <= batch) { qk_float_tile_avx512(w, r, xp, b0, y, codes, 2); b0 += 2; }
-    if (b0 < batch) qk_float_tile_avx512(w, r, xp, b0, y, codes, 1);
+    for (; b0 + 8 <= batch; b0 += 8) qk_float_tile_avx512(w, r, xp, b0, y, 8);
+    if (b0 + 4 <= batch) { qk_float_tile_avx512(w, r, xp, b0, y, 4); b0 += 4; }
+    if (b0 + 2 <= batch) { qk_float_tile_avx512(w, r, xp, b0, y, 2); b0 += 2; }
+    if (b0 < batch) qk_float_tile_avx512(w, r, xp, b0, y, 1);
+    qk_tail_float_rows(w, r, xp, batch, w->n_in / 128 * 128, y, codes);
 }
 
 /* Batched float kernel: a register tile of R rows x NB batch rows. Each decoded weight
@@ -132,7 +132,7 @@ qk_w16_avx512(const uint8_t *blockp, int bits, int j, int kind, __m512 lut, __m5
 
 QK_AVX512_INL void
 qk_float_rb_tile_avx512(const qk_dense *w, int64_t r0, const float *xp, int64_t b0, float *y,
-                 uint8_t *codes, const int R, const int NB, const int bits, const int kind) {
+                        const int R, const int NB, const int bits, const int kind) {
     const int64_t n = w->n_in, nblk = n / 128;
     const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512 iota2 = _mm512_setr_ps(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3);
@@ -178,8 +178,7 @@ qk_float_rb_tile_avx512(const qk_dense *w, int64_t r0, const float *xp, int64_t 
     }
     for (int i = 0; i < R; i++)
         for (int t = 0; t < NB; t++)
-            y[(b0 + t) * w->n_out + r0 + i] = _mm512_reduce_add_ps(acc[i][t])
-                                              + (nblk * 128 < n ? qk_tail_float(w, r0 + i, xb[t], nblk * 128, codes) : 0.0f);
+            y[(b0 + t) * w->n_out + r0 + i] = _mm512_reduce_add_ps(acc[i][t]);
 }
 
 /* Rows r0 .. r0+nrows (nrows <= 4) for a batch of >= 4: 4x4 register tiles. */
@@ -194,8 +193,10 @@ QK_AVX512_FN void qk_rows_float_avx512(const qk_dense *w, int64_t r0, int64_t nr
        run-time bits GCC kept acc[][] and wv[] in memory: objdump showed vmovaps to
        and from the stack around every FMA, and it ran slower than row-at-a-time). */
     #define QK_FLOAT_RB(B, K) { int64_t b0 = 0; \
-        for (; b0 + 4 <= batch; b0 += 4) qk_float_rb_tile_avx512(w, r0, xp, b0, y, codes, 4, 4, B, K); \
-        for (; b0 < batch; b0++) qk_float_rb_tile_avx512(w, r0, xp, b0, y, codes, 4, 1, B, K); }
+        for (; b0 + 4 <= batch; b0 += 4) qk_float_rb_tile_avx512(w, r0, xp, b0, y, 4, 4, B, K); \
+        for (; b0 < batch; b0++) qk_float_rb_tile_avx512(w, r0, xp, b0, y, 4, 1, B, K); \
+        for (int i = 0; i < 4; i++) \
+            qk_tail_float_rows(w, r0 + i, xp, batch, w->n_in / 128 * 128, y, codes); }
     if (w->kind == 0) {
         if (w->bits == 4) QK_FLOAT_RB(4, 0) else if (w->bits == 2) QK_FLOAT_RB(2, 0) else QK_FLOAT_RB(8, 0)
     } else {
@@ -603,7 +604,7 @@ QK_AVX512_INL __m512 qk_vtab_get(const qk_vtab *v, __m512i idx, const int b, con
 
 QK_AVX512_INL void
 qk_float_any_tile_avx512(const qk_dense *w, int64_t r, const float *x, int64_t b0, float *y,
-                         uint8_t *codes, const int NB, const int b, const int kind) {
+                         const int NB, const int b, const int kind) {
     const int64_t n = w->n_in, nch = n / 64;
     const uint8_t *row = w->packed + r * w->row_bytes;
     const float *sc = w->scales + r * w->prow, *zz = w->zeros + r * w->prow;
@@ -637,8 +638,7 @@ qk_float_any_tile_avx512(const qk_dense *w, int64_t r, const float *x, int64_t b
         }
     }
     for (int t = 0; t < NB; t++)
-        y[(b0 + t) * w->n_out + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]))
-                                     + (nch * 64 < n ? qk_tail_float(w, r, xb[t], nch * 64, codes) : 0.0f);
+        y[(b0 + t) * w->n_out + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
 }
 
 #define QK_ANY_ROW_TILES(TILE, ...) { int64_t b0 = 0; \
@@ -649,8 +649,9 @@ qk_float_any_tile_avx512(const qk_dense *w, int64_t r, const float *x, int64_t b
 
 #define QK_FLOAT_ANY(B, K) { \
     for (int64_t i = 0; i < nrows; i++) { const int64_t r = r0 + i; \
-        QK_ANY_ROW_TILES(QK_FLOAT_ANY_CALL, B, K) } }
-#define QK_FLOAT_ANY_CALL(B, K, b0, NB) qk_float_any_tile_avx512(w, r, xp, b0, y, codes, NB, B, K)
+        QK_ANY_ROW_TILES(QK_FLOAT_ANY_CALL, B, K) \
+        qk_tail_float_rows(w, r, xp, batch, w->n_in / 64 * 64, y, codes); } }
+#define QK_FLOAT_ANY_CALL(B, K, b0, NB) qk_float_any_tile_avx512(w, r, xp, b0, y, NB, B, K)
 
 /* Rows r0 .. r0+nrows of the float product on the any-width path; each (width, kind) is
    its own instantiation so the table and the tile sizes are compile-time constants. */

@@ -92,7 +92,7 @@ QK_NEON_INL void qk_tab_load_neon(uint8x16x4_t *tab, const float *t16) {
 
 /* Row r against NB batch rows b0 .. b0+NB (NB, bits and kind compile-time constants). */
 QK_NEON_INL void qk_float_tile_neon(const qk_dense *w, int64_t r, const float *xp, int64_t b0,
-                                    float *y, uint8_t *codes, const int NB, const int bits,
+                                    float *y, const int NB, const int bits,
                                     const int kind) {
     const int64_t n = w->n_in, n16 = n / 16 * 16;
     const uint8_t *row = w->packed + r * w->row_bytes;
@@ -129,16 +129,16 @@ QK_NEON_INL void qk_float_tile_neon(const qk_dense *w, int64_t r, const float *x
                 acc[t][m & 1] = vfmaq_f32(acc[t][m & 1], wv[m], vld1q_f32(xb[t] + c + 4 * m));
     }
     for (int t = 0; t < NB; t++)
-        y[(b0 + t) * w->n_out + r] = vaddvq_f32(vaddq_f32(acc[t][0], acc[t][1]))
-            + (n16 < n ? qk_tail_float(w, r, xb[t], n16, codes) : 0.0f);
+        y[(b0 + t) * w->n_out + r] = vaddvq_f32(vaddq_f32(acc[t][0], acc[t][1]));
 }
 
 QK_NEON_INL void qk_float_row_neon(const qk_dense *w, int64_t r, const float *xp, int64_t batch,
                                    float *y, uint8_t *codes, const int bits, const int kind) {
     int64_t b0 = 0;
-    for (; b0 + 4 <= batch; b0 += 4) qk_float_tile_neon(w, r, xp, b0, y, codes, 4, bits, kind);
-    if (b0 + 2 <= batch) { qk_float_tile_neon(w, r, xp, b0, y, codes, 2, bits, kind); b0 += 2; }
-    if (b0 < batch) qk_float_tile_neon(w, r, xp, b0, y, codes, 1, bits, kind);
+    for (; b0 + 4 <= batch; b0 += 4) qk_float_tile_neon(w, r, xp, b0, y, 4, bits, kind);
+    if (b0 + 2 <= batch) { qk_float_tile_neon(w, r, xp, b0, y, 2, bits, kind); b0 += 2; }
+    if (b0 < batch) qk_float_tile_neon(w, r, xp, b0, y, 1, bits, kind);
+    qk_tail_float_rows(w, r, xp, batch, w->n_in / 16 * 16, y, codes);
 }
 
 /* Rows r0 .. r0+nrows, float activations in natural order (qk_float_path_neon). */
