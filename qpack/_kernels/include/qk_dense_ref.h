@@ -41,8 +41,8 @@ typedef struct {
 } qk_xq;
 
 
-/* Dequantize columns [c0, c1) of row r from its unpacked codes (codes[c] for column c)
-   into out[c]: exactly the reference formula, in float32. */
+/* Dequantize columns [c0, c1) of row r from its unpacked codes (codes[c - c0] for column
+   c) into out[c - c0]: exactly the reference formula, in float32, group by group. */
 QK_FN void qk_dequant_cols(const qk_dense *w, int64_t r, const uint8_t *codes,
                             int64_t c0, int64_t c1, float *out) {
     if (w->kind == 0) {
@@ -53,12 +53,12 @@ QK_FN void qk_dequant_cols(const qk_dense *w, int64_t r, const uint8_t *codes,
             int64_t g = c / G, e = (g + 1) * G;
             if (e > c1) e = c1;
             const float sf = s[g], zf = z[g];
-            for (int64_t k = c; k < e; k++) out[k] = ((float)codes[k] - zf) * sf;
+            for (int64_t k = c; k < e; k++) out[k - c0] = ((float)codes[k - c0] - zf) * sf;
             c = e;
         }
     } else {
         const float *cb = w->codebook + r * w->cbrow;
-        for (int64_t k = c0; k < c1; k++) out[k] = cb[codes[k]];
+        for (int64_t k = 0; k < c1 - c0; k++) out[k] = cb[codes[k]];
     }
 }
 
@@ -230,17 +230,7 @@ static inline void qk_tail_float_rows(const qk_dense *w, int64_t r, const float 
         /* c0 is a multiple of 8, so the columns start on a byte */
         qk_unpack_any(w->packed + r * w->row_bytes + c0 * w->bits / 8, codes, len, w->bits,
                       w->isa);
-        if (w->kind == 0) {
-            const float *sc = w->scales + r * w->prow, *z = w->zeros + r * w->prow;
-            /* group by group (a tail of the 16-64-column kernels may cross group ends) */
-            for (int64_t c = c0, g = c0 / w->group; c < c0 + len; g++) {
-                const int64_t e = (g + 1) * w->group < c0 + len ? (g + 1) * w->group : c0 + len;
-                for (; c < e; c++) tw[c - c0] = ((float)codes[c - c0] - z[g]) * sc[g];
-            }
-        } else {
-            const float *cb = w->codebook + r * w->cbrow;
-            for (int64_t k = 0; k < len; k++) tw[k] = cb[codes[k]];
-        }
+        qk_dequant_cols(w, r, codes, c0, c0 + len, tw);
         for (int64_t b = 0; b < batch; b++) y[b * w->n_out + r] += qk_dot(tw, x + b * n + c0, len);
     }
 }
