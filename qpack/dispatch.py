@@ -215,11 +215,18 @@ def cache_sizes() -> dict:
     return out
 
 
+# A VM reports its host socket's whole L3 (480 MiB on 2026-12-04's 2-core machine), of
+# which its cores get a share: half of it made one 240 MiB tile of a 4096x4096 matrix,
+# written out to memory and read back (tiles 2x numpy at batch 64).
+TILE_BYTES_MAX = 16 << 20
+
+
 def default_tile_bytes() -> int:
-    """Bytes of float32 weights per tile by default: half the L3, at least the L2 (a
-    tile is written by the fill and read back by BLAS while still in cache)."""
+    """Bytes of float32 weights per tile by default: half the L3, at least the L2 and at
+    most TILE_BYTES_MAX (a tile is written by the fill and read back by BLAS while still
+    in cache)."""
     sizes = cache_sizes()
-    return max(sizes["l2"], sizes["l3"] // 2)
+    return max(sizes["l2"], min(TILE_BYTES_MAX, sizes["l3"] // 2))
 
 
 class DispatchPolicy:

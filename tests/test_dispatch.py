@@ -262,7 +262,8 @@ def test_cache_sizes_are_read():
     assert set(sizes) == {"l1d", "l2", "l3"}
     assert all(isinstance(v, int) and v >= 4096 for v in sizes.values())
     assert DispatchPolicy().tile_bytes == dispatch.default_tile_bytes()
-    assert dispatch.default_tile_bytes() == max(sizes["l2"], sizes["l3"] // 2)
+    assert dispatch.default_tile_bytes() == max(sizes["l2"], min(dispatch.TILE_BYTES_MAX,
+                                                                   sizes["l3"] // 2))
 
 
 def test_cli_calibrate_dry_run(tmp_path, monkeypatch, capsys):
