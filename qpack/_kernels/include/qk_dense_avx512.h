@@ -573,10 +573,12 @@ QK_AVX512_INL __m512i qk_codes64_avx512(const uint8_t *row, int64_t ch, const in
 
 /* Float mode: the value of each code, looked up in registers. Up to 5 bits a table of
    2**b floats (the codebook row, or (i - z) * s of the current group) in one or two
-   registers (vpermps / vpermt2ps); 6 bits: four registers and a blend on bit 5 for
-   codebooks; 6-8 bit linear codes convert and dequantize ((u - z) * s, as the reference);
-   7-8 bit codebooks gather. */
-typedef struct { __m512 t[4]; __m512 z, s; } qk_vtab;
+   registers (vpermps / vpermt2ps); 6 and 7 bits: four or eight registers, a vpermt2ps
+   per pair and blends on bits 5 (and 6) for codebooks (a gather took 3.9 ms for 7-bit
+   4096x4096 at batch 1, 0.6x numpy); 6-8 bit linear codes convert and dequantize
+   ((u - z) * s, as the reference); 8-bit codebooks gather (16 table registers and
+   15 shuffles per vector would leave too few for the accumulators). */
+typedef struct { __m512 t[8]; __m512 z, s; } qk_vtab;
 
 QK_AVX512_INL void qk_vtab_linear(qk_vtab *v, float z, float s, const int b) {
     const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -599,6 +601,16 @@ QK_AVX512_INL __m512 qk_vtab_get(const qk_vtab *v, __m512i idx, const int b, con
         __m512 hi = _mm512_permutex2var_ps(v->t[2], idx, v->t[3]);
         return _mm512_mask_blend_ps(_mm512_test_epi32_mask(idx, _mm512_set1_epi32(32)), lo, hi);
     }
+    if (b == 7) {
+        const __mmask16 b5 = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(32));
+        const __m512 q0 = _mm512_permutex2var_ps(v->t[0], idx, v->t[1]);
+        const __m512 q1 = _mm512_permutex2var_ps(v->t[2], idx, v->t[3]);
+        const __m512 q2 = _mm512_permutex2var_ps(v->t[4], idx, v->t[5]);
+        const __m512 q3 = _mm512_permutex2var_ps(v->t[6], idx, v->t[7]);
+        return _mm512_mask_blend_ps(_mm512_test_epi32_mask(idx, _mm512_set1_epi32(64)),
+                                    _mm512_mask_blend_ps(b5, q0, q1),
+                                    _mm512_mask_blend_ps(b5, q2, q3));
+    }
     return _mm512_i32gather_ps(idx, cb, 4);
 }
 
@@ -611,9 +623,9 @@ qk_float_any_tile_avx512(const qk_dense *w, int64_t r, const float *x, int64_t b
     const float *cb = w->codebook + r * w->cbrow;
     qk_vtab v;
     v.z = v.s = _mm512_setzero_ps();
-    for (int i = 0; i < 4; i++) v.t[i] = _mm512_setzero_ps();
-    if (kind == 1 && b <= 6)   /* the padded codebook row holds max(16, 2**b) floats */
-        for (int i = 0; i < (b <= 4 ? 1 : b == 5 ? 2 : 4); i++) v.t[i] = _mm512_loadu_ps(cb + 16 * i);
+    for (int i = 0; i < 8; i++) v.t[i] = _mm512_setzero_ps();
+    if (kind == 1 && b <= 7)   /* the padded codebook row holds max(16, 2**b) floats */
+        for (int i = 0; i < (b <= 4 ? 1 : 1 << (b - 4)); i++) v.t[i] = _mm512_loadu_ps(cb + 16 * i);
     __m512 acc[8][2];
     const float *xb[8];
     for (int t = 0; t < NB; t++) {
