@@ -276,3 +276,17 @@ def test_cli_calibrate_dry_run(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "blas" in out and "built-in defaults" in out
     assert not (tmp_path / "d.json").exists()
+
+
+def test_default_tile_is_capped_and_floored(monkeypatch):
+    """A VM may report its host's whole L3: the tile stays at TILE_BYTES_MAX; a tiny L3
+    still gives at least one L2."""
+    monkeypatch.setattr(dispatch, "cache_sizes",
+                        lambda: {"l1d": 48 << 10, "l2": 2 << 20, "l3": 480 << 20})
+    assert dispatch.default_tile_bytes() == dispatch.TILE_BYTES_MAX
+    monkeypatch.setattr(dispatch, "cache_sizes",
+                        lambda: {"l1d": 32 << 10, "l2": 1 << 20, "l3": 1 << 20})
+    assert dispatch.default_tile_bytes() == 1 << 20
+    monkeypatch.setattr(dispatch, "cache_sizes",
+                        lambda: {"l1d": 32 << 10, "l2": 1 << 20, "l3": 8 << 20})
+    assert dispatch.default_tile_bytes() == 4 << 20
